@@ -1,0 +1,5 @@
+"""``python -m crosstune ...``"""
+
+from crosstune.cli import entry_point
+
+entry_point()

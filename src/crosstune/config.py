@@ -1,0 +1,311 @@
+"""Typed, frozen views of `params.yaml`, one dataclass per section.
+
+Why: a typo in `params.yaml` should fail before any work starts, naming the key and the valid
+choices, instead of silently falling back to a default halfway through a 5-minute stage.
+Every section loads through :func:`load_section`, which rejects unknown keys, checks types and
+coerces YAML 1.1 quirks (``5e-5`` is a string to PyYAML) before ``__post_init__`` checks values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from crosstune.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_PARAMS_PATH = "params.yaml"
+
+
+def _fail(key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"params.yaml: {key}: {message}")
+
+
+def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    allowed = sorted(choices)
+    if value not in allowed:
+        _fail(key, f"{value!r} is not one of {allowed}; set one of those.")
+
+
+def _check_registered(key: str, value: str, registry: Any) -> None:
+    if value not in registry:
+        _fail(key, f"unknown {registry.kind} {value!r}; valid {registry.kind} names: {registry.names()}")
+
+
+def _check_range(key: str, value: float, low: float | None = None, high: float | None = None,
+                 low_inclusive: bool = True, high_inclusive: bool = True) -> None:
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        _fail(key, f"{value!r} is outside {left}{low}, {high}{right}.")
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    """Settings shared by every stage."""
+
+    seed: int = 42  # one seed fixes splits, head init, shuffling and dropout
+    device: str = "auto"  # auto picks cuda when present, else cpu
+    num_threads: int = 0  # CPU threads for torch; 0 = all cores of this machine
+
+    def __post_init__(self) -> None:
+        _check_choice("base.device", self.device, ("auto", "cpu", "cuda"))
+        _check_range("base.num_threads", self.num_threads, low=0)
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """How to read, validate and split the target-domain table."""
+
+    text_column: str = "text"
+    label_column: str = "label"
+    task: str = "classification"  # or regression (numeric labels, MSE loss)
+    validation_fraction: float = 0.15  # held out of the training file, stratified
+    test_fraction: float = 0.2  # used only when no test file is given
+    min_examples_per_class: int = 5  # fewer makes stratified splits and F1 meaningless
+    lowercase: bool = False  # most modern tokenizers handle case themselves
+    deduplicate: bool = True  # identical texts leak between splits otherwise
+    min_text_chars: int = 1  # texts shorter than this after normalising are an error
+
+    def __post_init__(self) -> None:
+        _check_choice("prepare.task", self.task, ("classification", "regression"))
+        _check_range("prepare.validation_fraction", self.validation_fraction, 0.0, 0.5, False, False)
+        _check_range("prepare.test_fraction", self.test_fraction, 0.0, 0.5, False, False)
+        _check_range("prepare.min_examples_per_class", self.min_examples_per_class, low=2)
+        _check_range("prepare.min_text_chars", self.min_text_chars, low=1)
+        if self.text_column == self.label_column:
+            _fail("prepare.label_column", "must differ from prepare.text_column.")
+
+
+@dataclass(frozen=True)
+class TinyBertParams:
+    """Shape of the random BERT used by tests (`backbone.name: tiny-bert`)."""
+
+    num_layers: int = 2
+    hidden_size: int = 32
+    num_heads: int = 2
+    intermediate_size: int = 64
+    vocab_size: int = 1000  # WordPiece vocabulary learnt from the training texts
+
+    def __post_init__(self) -> None:
+        for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
+            _check_range(f"backbone.tiny.{key}", getattr(self, key), low=1)
+        _check_range("backbone.tiny.vocab_size", self.vocab_size, low=100)
+        if self.hidden_size % self.num_heads:
+            _fail("backbone.tiny.hidden_size", "must be divisible by backbone.tiny.num_heads.")
+
+
+@dataclass(frozen=True)
+class BackboneParams:
+    """Which pretrained encoder to load and how to tokenize for it."""
+
+    name: str = "minilm-l6"  # a registry name, a local Hugging Face directory, or a hub id
+    max_length: int = 256  # tokens kept per text when encoding; finetune may cut further
+    tiny: TinyBertParams = field(default_factory=TinyBertParams)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
+        _check_range("backbone.max_length", self.max_length, low=8)
+
+
+@dataclass(frozen=True)
+class FreezeParams:
+    """Which backbone parameters stay at their pretrained values."""
+
+    depth: Union[int, str] = 0  # embeddings + the bottom N blocks; "all" = the whole backbone
+    patterns: tuple[str, ...] = ()  # extra fnmatch patterns on parameter names to freeze
+
+    def __post_init__(self) -> None:
+        if isinstance(self.depth, str) and self.depth != "all":
+            _fail("freeze.depth", f"{self.depth!r} is neither a whole number >= 0 nor 'all'.")
+        if isinstance(self.depth, int) and self.depth < 0:
+            _fail("freeze.depth", f"{self.depth} is negative; use 0 (train everything) or more.")
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """The new task head put on top of the pooled backbone features."""
+
+    type: str = "linear"
+    pooling: str = "mean"  # mean suits sentence-transformer backbones; cls suits BERT-style ones
+    dropout: float = 0.1
+    hidden_dim: int = 256  # mlp head only
+
+    def __post_init__(self) -> None:
+        from crosstune.heads import HEADS, POOLINGS
+
+        _check_registered("head.type", self.type, HEADS)
+        _check_registered("head.pooling", self.pooling, POOLINGS)
+        _check_range("head.dropout", self.dropout, 0.0, 1.0, True, False)
+        _check_range("head.hidden_dim", self.hidden_dim, low=1)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Optimisation of the attached model on the target training split."""
+
+    optimizer: str = "adamw"
+    lr: float = 5e-5
+    weight_decay: float = 0.01  # decoupled for adamw, L2 penalty for the others
+    momentum: float = 0.9  # sgd and rmsprop only
+    epochs: int = 3
+    batch_size: int = 16
+    max_length: int = 256  # tokens per text at training time (<= backbone.max_length)
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.1  # fraction of all steps spent warming up
+    loss: str = "cross_entropy"  # mse for regression
+    class_weights: Union[str, tuple[float, ...]] = "none"  # none | balanced | one weight per label
+    select_metric: str = "f1_macro"  # validation metric that picks the best epoch
+    log_every: int = 5  # optimizer steps between logged training losses
+
+    def __post_init__(self) -> None:
+        from crosstune.losses import LOSSES
+        from crosstune.metrics import SELECT_METRICS
+        from crosstune.optimization import OPTIMIZERS, SCHEDULERS
+
+        _check_registered("finetune.optimizer", self.optimizer, OPTIMIZERS)
+        _check_registered("finetune.scheduler", self.scheduler, SCHEDULERS)
+        _check_registered("finetune.loss", self.loss, LOSSES)
+        _check_choice("finetune.select_metric", self.select_metric, SELECT_METRICS)
+        _check_range("finetune.lr", self.lr, low=0.0, low_inclusive=False)
+        _check_range("finetune.weight_decay", self.weight_decay, low=0.0)
+        _check_range("finetune.momentum", self.momentum, 0.0, 1.0, True, False)
+        _check_range("finetune.epochs", self.epochs, low=1)
+        _check_range("finetune.batch_size", self.batch_size, low=1)
+        _check_range("finetune.max_length", self.max_length, low=8)
+        _check_range("finetune.warmup_ratio", self.warmup_ratio, 0.0, 1.0, True, False)
+        _check_range("finetune.log_every", self.log_every, low=1)
+        if isinstance(self.class_weights, str):
+            _check_choice("finetune.class_weights", self.class_weights, ("none", "balanced"))
+        elif any(weight <= 0 for weight in self.class_weights):
+            _fail("finetune.class_weights", "every class weight must be > 0.")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Test-split evaluation and the baselines reported beside the fine-tuned model."""
+
+    batch_size: int = 64
+    baselines: tuple[str, ...] = ("majority", "tfidf_logreg")
+
+    def __post_init__(self) -> None:
+        from crosstune.baselines import BASELINES
+
+        _check_range("evaluate.batch_size", self.batch_size, low=1)
+        for name in self.baselines:
+            _check_registered("evaluate.baselines", name, BASELINES)
+
+
+SECTIONS: dict[str, type] = {
+    "base": BaseParams,
+    "prepare": PrepareParams,
+    "backbone": BackboneParams,
+    "freeze": FreezeParams,
+    "head": HeadParams,
+    "finetune": FinetuneParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation, converting YAML lists to tuples."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        _fail(key, f"{value!r} matches none of the allowed types ({'; '.join(errors)}).")
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"expected a list, got {value!r}.")
+        return tuple(_coerce(f"{key}[{index}]", item, item_type) for index, item in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        return from_mapping(annotation, value, key)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expected true or false, got {value!r}.")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"expected a whole number, got {value!r}.")
+        return value
+    if annotation is float:
+        if isinstance(value, bool):
+            _fail(key, f"expected a number, got {value!r}.")
+        if isinstance(value, str):  # PyYAML reads 5e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                _fail(key, f"expected a number, got {value!r}.")
+        if not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {value!r}.")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {value!r}.")
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {annotation!r}")
+
+
+def from_mapping(cls: type[T], data: Any, section: str) -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(section, f"expected a mapping of keys to values, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        _fail(f"{section}.{unknown[0]}", f"unknown key; valid keys in '{section}': {sorted(names)}")
+    values = {name: _coerce(f"{section}.{name}", data[name], hints[name]) for name in names if name in data}
+    return cls(**values)
+
+
+def read_params_file(path: str | Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+    """Parse the whole params file, with errors that name it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def load_section(section: str, path: str | Path = DEFAULT_PARAMS_PATH) -> Any:
+    """Load one section of the params file into its typed dataclass (defaults if absent)."""
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown params section {section!r}; valid sections: {sorted(SECTIONS)}")
+    return from_mapping(SECTIONS[section], read_params_file(path).get(section), section)
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """Plain-JSON form of a params dataclass (tuples become lists), for saving next to outputs."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(params))

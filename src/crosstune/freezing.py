@@ -1,0 +1,89 @@
+"""Freeze policies: which backbone parameters keep their pretrained values.
+
+``freeze.depth`` N freezes the embeddings and the bottom N transformer blocks (``all``: the whole
+backbone); ``freeze.patterns`` freezes further parameters by name (fnmatch). The head always trains.
+Fully frozen modules are put in eval mode while training (:func:`set_train_mode`): a frozen block is a
+fixed feature extractor, so its dropout (and any normalisation statistics) must not change it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import asdict, dataclass
+from typing import Sequence, Union
+
+from torch import nn
+
+from crosstune.backbones import embedding_module, transformer_blocks
+from crosstune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FreezeReport:
+    """Parameter counts after freezing, saved to ``metrics/freeze.json``."""
+
+    depth: Union[int, str]
+    num_blocks: int
+    frozen_blocks: int
+    trainable_parameters: int
+    frozen_parameters: int
+    total_parameters: int
+    trainable_fraction: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def apply_freeze(model: nn.Module, depth: Union[int, str], patterns: Sequence[str] = ()) -> FreezeReport:
+    """Set ``requires_grad`` on ``model`` (a :class:`~crosstune.modeling.TransferModel`) by policy.
+
+    Raises:
+        ConfigError: depth larger than the number of blocks, or a pattern that matches nothing.
+    """
+    backbone = model.backbone
+    blocks = transformer_blocks(backbone)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    if depth == "all":
+        frozen_blocks = len(blocks)
+        frozen_modules: list[nn.Module] = [backbone]
+    else:
+        if depth > len(blocks):
+            raise ConfigError(
+                f"params.yaml: freeze.depth: {depth} but this backbone has {len(blocks)} blocks; "
+                f"use 0..{len(blocks)} or 'all'."
+            )
+        frozen_blocks = int(depth)
+        frozen_modules = ([embedding_module(backbone)] if depth > 0 else []) + list(blocks[:depth])
+    for module in frozen_modules:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    named = dict(model.named_parameters())
+    for pattern in patterns:
+        matches = [name for name in named if fnmatch.fnmatchcase(name, pattern)]
+        if not matches:
+            raise ConfigError(
+                f"params.yaml: freeze.patterns: {pattern!r} matches no parameter; names look like "
+                f"{list(named)[:3]} (see metrics/freeze.json for the layout)."
+            )
+        for name in matches:
+            named[name].requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    report = FreezeReport(depth, len(blocks), frozen_blocks, trainable, total - trainable, total,
+                          round(trainable / total, 6))
+    logger.info("freeze depth=%s patterns=%s: %d trainable / %d frozen parameters",
+                depth, list(patterns), trainable, total - trainable)
+    return report
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, except modules whose parameters are all frozen stay in eval mode."""
+    model.train()
+    for module in model.modules():
+        parameters = list(module.parameters())
+        if parameters and not any(parameter.requires_grad for parameter in parameters):
+            module.eval()

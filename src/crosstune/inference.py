@@ -1,0 +1,39 @@
+"""Batched, gradient-free forward passes over an encoded split, in the split's original order."""
+
+from __future__ import annotations
+
+import torch
+
+from crosstune.encoding import EncodedSplit, iterate_batches
+
+
+@torch.inference_mode()
+def predict_outputs(model: torch.nn.Module, split: EncodedSplit, batch_size: int, max_length: int,
+                    device: str) -> torch.Tensor:
+    """Raw model outputs (logits, or regression values) for every row of ``split``.
+
+    Shape:
+        -> (N, num_outputs) float32, row i for example i of the split
+    """
+    was_training = model.training
+    model.eval()
+    outputs: torch.Tensor | None = None
+    for batch in iterate_batches(split, batch_size, max_length):
+        batch = batch.to(device)
+        result = model(batch.input_ids, batch.attention_mask).float().cpu()
+        if outputs is None:
+            outputs = torch.empty((len(split), result.shape[-1]), dtype=torch.float32)
+        outputs[batch.indices] = result
+    model.train(was_training)
+    if outputs is None:
+        raise ValueError("cannot predict on an empty split")
+    return outputs
+
+
+def outputs_to_predictions(outputs: torch.Tensor, task: str) -> tuple[list, list[float]]:
+    """Class indices and their probabilities (classification), or values and NaN (regression)."""
+    if task == "classification":
+        probabilities = outputs.softmax(dim=-1)
+        confidence, predicted = probabilities.max(dim=-1)
+        return predicted.tolist(), confidence.tolist()
+    return outputs.squeeze(-1).tolist(), [float("nan")] * len(outputs)

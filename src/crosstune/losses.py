@@ -1,0 +1,66 @@
+"""Task losses by name: cross-entropy (optionally class-weighted) and mean squared error."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence, Union
+
+from crosstune.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+LossFactory = Callable[["torch.Tensor | None"], "torch.nn.Module"]
+LOSSES: Registry[LossFactory] = Registry("loss")
+LOSS_TASKS = {"cross_entropy": "classification", "mse": "regression"}
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(class_weights: "torch.Tensor | None") -> "torch.nn.Module":
+    import torch
+
+    return torch.nn.CrossEntropyLoss(weight=class_weights)
+
+
+@LOSSES.register("mse")
+def mse(class_weights: "torch.Tensor | None") -> "torch.nn.Module":
+    import torch
+
+    class SquaredError(torch.nn.Module):
+        """MSE between a (B, 1) regression output and (B,) targets."""
+
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.mse_loss(outputs.squeeze(-1), targets.float())
+
+    return SquaredError()
+
+
+def class_weight_tensor(
+    setting: Union[str, Sequence[float]], train_labels: "torch.Tensor", num_classes: int
+) -> "torch.Tensor | None":
+    """``none`` -> None; ``balanced`` -> n_samples / (n_classes * count) (scikit-learn's rule);
+    a list -> those weights, one per label in sorted label order."""
+    import numpy as np
+    import torch
+
+    if isinstance(setting, str):
+        if setting == "none":
+            return None
+        from sklearn.utils.class_weight import compute_class_weight
+
+        classes = np.arange(num_classes)
+        weights = compute_class_weight("balanced", classes=classes, y=train_labels.numpy())
+        return torch.tensor(weights, dtype=torch.float32)
+    if len(setting) != num_classes:
+        raise ValueError(
+            f"params.yaml: finetune.class_weights has {len(setting)} weights but there are {num_classes} "
+            f"labels; give one weight per label in sorted label order (see data/prepared/labels.json)."
+        )
+    return torch.tensor(list(setting), dtype=torch.float32)
+
+
+def build_loss(name: str, task: str, class_weights: "torch.Tensor | None") -> "torch.nn.Module":
+    """The loss ``name``, checked against the task it suits."""
+    if LOSS_TASKS[name] != task:
+        suitable = sorted(loss for loss, loss_task in LOSS_TASKS.items() if loss_task == task)
+        raise ValueError(f"params.yaml: finetune.loss: {name!r} does not suit a {task} task; use one of {suitable}.")
+    return LOSSES.get(name)(class_weights)

@@ -1,0 +1,51 @@
+"""Seeding, device and thread set-up: one place, so every stage is reproducible the same way."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+from crosstune.config import BaseParams
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from the one seed in ``params.yaml``."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(base: BaseParams) -> str:
+    """``auto`` means cuda when a GPU is visible, else cpu; asking for cuda without one is an error."""
+    import torch
+
+    if base.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if base.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("params.yaml: base.device: 'cuda' but no GPU is visible; set base.device: auto or cpu.")
+    return base.device
+
+
+def configure_threads(base: BaseParams) -> int:
+    """Use every core (or ``base.num_threads``) for torch's CPU kernels; returns the count used."""
+    import torch
+
+    threads = base.num_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def setup(base: BaseParams) -> str:
+    """Seed, set threads and pick the device; returns the device name."""
+    seed_everything(base.seed)
+    threads = configure_threads(base)
+    device = resolve_device(base)
+    logger.info("seed=%d device=%s threads=%d", base.seed, device, threads)
+    return device

@@ -1,0 +1,27 @@
+"""Stage 2, backbone (select-and-load-backbone): load the pretrained encoder and tokenize the splits.
+
+Reads params sections `base` (seed) and `backbone`. By hand:
+    python stages/backbone.py --prepared data/prepared --model models/backbone \
+        --encoded data/encoded --summary metrics/backbone.json
+"""
+
+import argparse
+import sys
+
+from crosstune.cli import run_main
+from crosstune.pipeline import backbone_stage
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", required=True, help="directory written by the prepare stage")
+    parser.add_argument("--model", required=True, help="directory to save the backbone into")
+    parser.add_argument("--encoded", required=True, help="directory for the tokenized splits")
+    parser.add_argument("--summary", required=True, help="JSON summary of the backbone")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    backbone_stage(args.prepared, args.model, args.encoded, args.summary, args.params)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,28 @@
+"""Stage 5, evaluate: test-split metrics, confusion matrix, predictions and baselines.
+
+Reads params sections `base` (seed, device) and `evaluate`. By hand:
+    python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \
+        --metrics metrics/eval.json --predictions metrics/predictions.csv
+"""
+
+import argparse
+import sys
+
+from crosstune.cli import run_main
+from crosstune.pipeline import evaluate_stage
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="fine-tuned model directory")
+    parser.add_argument("--encoded", required=True, help="tokenized splits from the backbone stage")
+    parser.add_argument("--prepared", required=True, help="prepared splits (texts for the baselines)")
+    parser.add_argument("--metrics", required=True, help="flat JSON of test metrics")
+    parser.add_argument("--predictions", required=True, help="CSV of test texts, labels and predictions")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    evaluate_stage(args.model, args.encoded, args.prepared, args.metrics, args.predictions, args.params)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
