@@ -104,22 +104,36 @@ def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int
 
 
 def train_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int) -> "PreTrainedTokenizerBase":
-    """A BERT-style WordPiece tokenizer learnt from ``texts``: lets the tiny test backbone run
-    with no downloaded vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece tokenizer built from ``texts``, so the tiny test backbone needs no
+    downloaded vocabulary.
+
+    The vocabulary is built here rather than by ``tokenizers``' trainer, whose token ids vary from
+    run to run: special tokens, then every character (alone and as ``##`` suffix), then the most
+    frequent words (ties broken alphabetically) up to ``vocab_size``.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({character for word in counts for character in word})
+    vocabulary = specials + characters + [f"##{character}" for character in characters]
+    frequent = [word for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if len(word) > 1]
+    vocabulary += frequent[: max(0, vocab_size - len(vocabulary))]
+    tokenizer = Tokenizer(models.WordPiece({token: index for index, token in enumerate(vocabulary)},
+                                           unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tokenizer.train_from_iterator(list(texts), trainer)
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        special_tokens=[("[CLS]", specials.index("[CLS]")), ("[SEP]", specials.index("[SEP]"))],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",

@@ -68,6 +68,18 @@ def _rows(mask: pd.Series) -> str:
     return ", ".join(map(str, rows)) + (f" and {more} more" if more > 0 else "")
 
 
+def _require_values(frame: pd.DataFrame, column: str, what: str, fix: str, path: Path) -> pd.Series:
+    """``frame[column]``, or a `DataError` naming the rows where it is empty or missing."""
+    values = frame[column]
+    empty = values.isna() | (values.astype(str).str.strip() == "")
+    if empty.any():
+        raise DataError(
+            f"{path}: empty or missing {what} in column {column!r} at row(s) {_rows(empty)} "
+            f"(row 1 = first row after the header); {fix}."
+        )
+    return values
+
+
 def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
     """Read one file and return a clean two-column frame (``text``, ``label``), or raise `DataError`."""
     path = Path(path)
@@ -78,20 +90,8 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
             f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
             f"Set prepare.text_column / prepare.label_column in params.yaml to the right names."
         )
-    texts = frame[params.text_column]
-    no_text = texts.isna() | (texts.astype(str).str.strip() == "")
-    if no_text.any():
-        raise DataError(
-            f"{path}: empty or missing text in column {params.text_column!r} at row(s) {_rows(no_text)} "
-            f"(row 1 = first row after the header); remove those rows or fill in their text."
-        )
-    labels = frame[params.label_column]
-    no_label = labels.isna() | (labels.astype(str).str.strip() == "")
-    if no_label.any():
-        raise DataError(
-            f"{path}: empty or missing label in column {params.label_column!r} at row(s) {_rows(no_label)}; "
-            f"label those rows or remove them."
-        )
+    texts = _require_values(frame, params.text_column, "text", "remove those rows or fill in their text", path)
+    labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
     clean = pd.DataFrame({
         "text": texts.astype(str).map(lambda text: normalise_text(text, params.lowercase)),
         "label": labels.astype(str).str.strip(),

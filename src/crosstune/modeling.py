@@ -85,7 +85,9 @@ def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: 
     config = {
         "model_type": MODEL_TYPE,
         **model.spec,
-        "backbone_config": model.backbone.config.to_dict(),
+        # _name_or_path is where the backbone was loaded from on this machine: not part of the model.
+        "backbone_config": {key: value for key, value in model.backbone.config.to_dict().items()
+                            if key != "_name_or_path"},
         **(extra or {}),
     }
     write_json(directory / CONFIG_NAME, config)
@@ -101,7 +103,7 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     (see :func:`crosstune.freezing.apply_freeze`).
     """
     from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     directory = Path(directory)
     config = read_json(directory / CONFIG_NAME)
@@ -110,9 +112,7 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
             f"{directory / CONFIG_NAME}: model_type is {config.get('model_type')!r}, not {MODEL_TYPE!r}; "
             f"this is not a crosstune model directory (run the attach-head or finetune stage to make one)."
         )
-    backbone_config = dict(config["backbone_config"])
-    backbone_type = backbone_config.pop("model_type")
-    backbone = AutoModel.from_config(AutoConfig.for_model(backbone_type, **backbone_config))
+    backbone = AutoModel.from_config(_backbone_config(config))
     head_spec = config["head"]
     model = build_transfer_model(
         backbone, task=config["task"], labels=config["labels"], head_type=head_spec["type"],
@@ -126,8 +126,16 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     return model, config
 
 
+def _backbone_config(config: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    backbone_config = dict(config["backbone_config"])
+    return AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
+
+
 def load_tokenizer(directory: str | Path) -> Any:
-    """The tokenizer saved beside the model."""
+    """The tokenizer saved beside the model (told the backbone's config, not crosstune's)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(directory))
+    config = read_json(Path(directory) / CONFIG_NAME)
+    return AutoTokenizer.from_pretrained(str(directory), config=_backbone_config(config))

@@ -111,21 +111,22 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
                 device, to_dict(params))
     with Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None) as live:
         result = train(model, train_split, validation_split, params, base.seed, device, live)
+        # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
+        # differ in `dvc metrics diff` and in dvc.lock's hashes.
         live.summary.update({
             "best_epoch": result.best_epoch,
             "best_validation": {key: value for key, value in result.best_metrics.items() if key != "epoch"},
-            "train_seconds": round(result.train_seconds, 2),
-            "samples_per_second": round(result.samples_per_second, 2),
             "trainable_parameters": report.trainable_parameters,
         })
     model.to("cpu")
-    resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": freeze,
-                "head": config["head"], "backbone_config_name": config["backbone_config"].get("_name_or_path")}
+    resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": freeze, "head": config["head"],
+                "pooling": config["pooling"]}
     with atomic_directory(model_dir) as staging:
         save_transfer_model(model, staging, load_tokenizer(initial_dir),
                             extra={"max_length": params.max_length, "freeze": freeze})
         write_json(staging / "params.json", resolved)
         write_json(staging / "train_history.json", result.history)
+
     return {"best_epoch": result.best_epoch, **result.best_metrics}
 
 

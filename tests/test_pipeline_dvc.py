@@ -1,0 +1,146 @@
+"""End to end: real `dvc repro` of the five stages in a temporary git repo, with the tiny backbone.
+
+Checks the granularity users rely on: a no-op second run, a learning-rate change rerunning only
+finetune and evaluate, a freeze-depth change rerunning from attach-head, `dvc params/metrics diff`
+after a commit, `dvc exp run -S`, and identical metrics when the same params run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, make_texts, write_params, write_table
+
+pytestmark = pytest.mark.slow
+ALL_STAGES = {"prepare", "backbone", "attach_head", "finetune", "evaluate"}
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+                "GIT_AUTHOR_NAME": "crosstune-test", "GIT_AUTHOR_EMAIL": "test@crosstune.invalid",
+                "GIT_COMMITTER_NAME": "crosstune-test", "GIT_COMMITTER_EMAIL": "test@crosstune.invalid"})
+    return env
+
+
+class Repo:
+    """A throwaway copy of the pipeline with tiny data and the tiny random backbone."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = _environment()
+        shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+        shutil.copytree(REPO_ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
+        write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
+        write_params(root / "params.yaml", {"finetune": {"epochs": 2}})
+        (root / ".gitignore").write_text("__pycache__/\n", encoding="utf-8")
+        self.git("init", "-q")
+        self.dvc("init", "-q")
+        self.dvc("config", "core.analytics", "false")
+        self.commit("pipeline")
+
+    def run(self, *command: str) -> str:
+        result = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
+
+    def git(self, *args: str) -> str:
+        return self.run("git", *args)
+
+    def dvc(self, *args: str) -> str:
+        return self.run(str(Path(sys.executable).parent / "dvc"), *args)
+
+    def commit(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+
+    def repro(self, *args: str) -> set[str]:
+        """Run `dvc repro` and return the names of the stages that actually ran."""
+        return set(re.findall(r"Running stage '([\w-]+)'", self.dvc("repro", *args)))
+
+    def set_param(self, section: str, key: str, value: object) -> None:
+        params = yaml.safe_load((self.root / "params.yaml").read_text(encoding="utf-8"))
+        params[section][key] = value
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+    def metrics(self) -> dict:
+        return json.loads((self.root / "metrics" / "eval.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    return Repo(tmp_path_factory.mktemp("pipeline"))
+
+
+def test_full_run_then_no_op(repo: Repo) -> None:
+    assert repo.repro() == ALL_STAGES
+    for path in ("models/finetuned/model.safetensors", "models/finetuned/config.json", "metrics/eval.json",
+                 "metrics/predictions.csv", "metrics/finetune/metrics.json", "metrics/freeze.json", "dvc.lock"):
+        assert (repo.root / path).is_file(), path
+    assert repo.repro() == set()
+    repo.commit("first run")
+
+
+def test_learning_rate_reruns_only_finetune_and_evaluate(repo: Repo) -> None:
+    repo.set_param("finetune", "lr", 0.001)
+    assert repo.repro() == {"finetune", "evaluate"}
+    repo.commit("lower lr")
+    params_diff = repo.dvc("params", "diff", "HEAD~1")
+    assert re.search(r"finetune\.lr\s+0\.003\s+0\.001", params_diff), params_diff
+    metrics_diff = repo.dvc("metrics", "diff", "HEAD~1", "--all")
+    assert "metrics/eval.json" in metrics_diff and "f1_macro" in metrics_diff, metrics_diff
+
+
+def test_freeze_depth_reruns_from_attach_head(repo: Repo) -> None:
+    repo.set_param("freeze", "depth", 1)
+    assert repo.repro() == {"attach_head", "finetune", "evaluate"}
+    freeze = json.loads((repo.root / "metrics" / "freeze.json").read_text())
+    assert freeze["frozen_blocks"] == 1 and freeze["frozen_parameters"] > 0
+    repo.commit("freeze one block")
+
+
+def test_same_params_give_identical_metrics(repo: Repo) -> None:
+    before = repo.metrics()
+    live_before = (repo.root / "metrics" / "finetune" / "metrics.json").read_text()
+    assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "evaluate"}
+    assert repo.metrics() == before
+    assert (repo.root / "metrics" / "finetune" / "metrics.json").read_text() == live_before
+    assert repo.git("status", "--porcelain", "--", "metrics", "dvc.lock") == ""
+
+
+def test_experiment_run_with_set_param(repo: Repo) -> None:
+    output = repo.dvc("exp", "run", "-S", "finetune.lr=0.002")
+    assert set(re.findall(r"Running stage '([\w-]+)'", output)) == {"finetune", "evaluate"}
+    table = repo.dvc("exp", "show", "--json")
+    assert "0.002" in table
+
+
+def test_bad_param_fails_clearly_and_nothing_is_lost(repo: Repo) -> None:
+    repo.git("checkout", "-q", "--", ".")
+    repo.dvc("checkout", "--force")
+    assert "up to date" in repo.dvc("status")
+    model_before = (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes()
+    repo.set_param("finetune", "optimizer", "adamx")
+    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.root, env=repo.env,
+                            capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "finetune.optimizer: unknown optimizer 'adamx'" in output and "'adamw'" in output
+    assert "Traceback" not in output
+    # dvc clears a stage's outputs before running it; the committed ones come back from git and the dvc cache.
+    repo.git("checkout", "-q", "--", "params.yaml", "metrics")
+    repo.dvc("checkout", "--force")
+    assert "up to date" in repo.dvc("status")
+    assert (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes() == model_before
