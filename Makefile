@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install repro test test-fast clean
+.PHONY: install repro test test-fast report clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,17 @@ install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune it
 
 repro: install  ## run the pipeline on the embedded default and print the metrics
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	@echo "Test-split metrics (metrics/eval.json; all runs: dvc metrics show, dvc exp show):"
+	@$(BIN)/python -c 'import json; [print(f"  {k:40s} {v:.4f}" if isinstance(v, float) else f"  {k:40s} {v}") for k, v in json.load(open("metrics/eval.json")).items()]'
 
 test: install  ## run the whole test suite (unit tests and the end-to-end dvc test)
 	$(BIN)/python -m pytest
 
 test-fast: install  ## unit tests only, skipping the end-to-end dvc runs
 	$(BIN)/python -m pytest -m "not slow"
+
+report: install  ## report.html of the workspace's run; COMPARE=REV adds the differences against a revision
+	$(BIN)/crosstune report --out report.html $(if $(COMPARE),--compare $(COMPARE))
 
 clean:  ## remove the virtual environment and Python caches (pipeline outputs stay; see `dvc gc`)
 	rm -rf $(VENV) .pytest_cache

@@ -93,6 +93,27 @@ def test_full_run_then_no_op(repo: Repo) -> None:
     repo.commit("first run")
 
 
+def test_exported_model_card_and_round_trip(repo: Repo) -> None:
+    import pandas as pd
+
+    import crosstune
+
+    repo.run(str(Path(sys.executable).parent / "crosstune"), "export", "--out", "handover/model")
+    export = repo.root / "handover" / "model"
+    card = (export / "README.md").read_text(encoding="utf-8")
+    head = repo.git("rev-parse", "--short", "HEAD").strip()
+    outs = yaml.safe_load((repo.root / "dvc.lock").read_text())["stages"]["finetune"]["outs"]
+    locked = next(out for out in outs if out["path"] == "models/finetuned")
+    for expected in ("## Test metrics", "| f1_macro |", "baseline_tfidf_logreg_f1_macro", "tiny-bert",
+                     "| finetune.lr | 0.003", "| train_size |", f"git revision {head};", locked["md5"]):
+        assert expected in card, expected
+    predictions = pd.read_csv(repo.root / "metrics" / "predictions.csv", keep_default_na=False)
+    loaded = crosstune.load(str(export)).predict(predictions["text"].tolist())
+    assert [row["label"] for row in loaded] == predictions["predicted"].tolist()
+    assert [round(row["score"], 5) for row in loaded] == [round(value, 5) for value in predictions["confidence"]]
+    shutil.rmtree(repo.root / "handover")
+
+
 def test_learning_rate_reruns_only_finetune_and_evaluate(repo: Repo) -> None:
     repo.set_param("finetune", "lr", 0.001)
     assert repo.repro() == {"finetune", "evaluate"}
@@ -109,6 +130,33 @@ def test_freeze_depth_reruns_from_attach_head(repo: Repo) -> None:
     freeze = json.loads((repo.root / "metrics" / "freeze.json").read_text())
     assert freeze["frozen_blocks"] == 1 and freeze["frozen_parameters"] > 0
     repo.commit("freeze one block")
+
+
+def test_report_compares_revisions_and_renders_offline(repo: Repo, tmp_path: Path) -> None:
+    repo.run(str(Path(sys.executable).parent / "crosstune"), "report", "--compare", "HEAD~1", "--out", "report.html")
+    page = (repo.root / "report.html").read_text(encoding="utf-8")
+    assert "compared with HEAD~1" in page and "finetune.lr" in page and "metrics/eval.json:f1_macro" in page
+    assert not re.search(r"<script[^>]+src=", page), "the report must not load scripts from anywhere"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium); browser check skipped")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+             "--virtual-time-budget=15000"]
+    url = (repo.root / "report.html").as_uri()
+    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rendered = re.findall(r'<canvas width="(\d+)" height="(\d+)" class="marks"', dom)
+    assert len(rendered) >= 6, f"expected 6 rendered charts (5 curves + confusion matrix), found {len(rendered)}"
+    assert all(int(width) > 100 and int(height) > 100 for width, height in rendered)
+    screenshot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,1600",
+                    f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    image = Image.open(screenshot).convert("RGB")
+    charts = image.crop((0, 250, image.width, image.height))  # below the title: the plots area
+    assert len(charts.getcolors(maxcolors=1 << 20) or []) > 50, "the chart area is blank"
 
 
 def test_same_params_give_identical_metrics(repo: Repo) -> None:

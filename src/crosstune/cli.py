@@ -41,6 +41,20 @@ def _predict(args: argparse.Namespace) -> None:
     logger.info("labelled %d rows of %s into %s", count, args.input, args.output)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from crosstune.report import build_report
+
+    path = build_report(args.out, args.compare, args.repo)
+    print(f"report written to {path.resolve()} (open it in a browser; it needs no network)")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from crosstune.export import export_model
+
+    path = export_model(args.model, args.out, args.metrics, args.backbone_summary, args.data_summary, args.repo)
+    print(f"exported {args.model} with its model card to {path}; load it with crosstune.load({str(path)!r})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosstune", description="Cross-domain fine-tuning as a DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, help="CSV to write: the input columns plus predictions")
     predict.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
     predict.set_defaults(handler=_predict)
+    report = commands.add_parser("report", help="write one self-contained HTML page of metrics, params and plots")
+    report.add_argument("--compare", metavar="REV", help="git revision, branch or experiment to compare against")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument("--repo", default=".", help="the DVC repository (default: current directory)")
+    report.set_defaults(handler=_report)
+    export = commands.add_parser("export", help="copy the fine-tuned model with a model card (README.md) to hand over")
+    export.add_argument("--model", default="models/finetuned", help="model directory (default: models/finetuned)")
+    export.add_argument("--out", required=True, help="directory to create")
+    export.add_argument("--metrics", default="metrics/eval.json", help="test metrics to put on the card")
+    export.add_argument("--backbone-summary", default="metrics/backbone.json")
+    export.add_argument("--data-summary", default="data/prepared/summary.json")
+    export.add_argument("--repo", default=".", help="the git/DVC repository (default: current directory)")
+    export.set_defaults(handler=_export)
     return parser
 
 

@@ -192,3 +192,4 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     logger.info("test %s", {key: round(value, 4) for key, value in metrics.items()
                             if isinstance(value, float) and not key.startswith(tuple(labels))})
     return metrics
+

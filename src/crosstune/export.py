@@ -1,0 +1,148 @@
+"""``crosstune export``: the fine-tuned model directory plus a model card, ready to hand over.
+
+The exported directory is the finetune stage's directory (``config.json``, ``model.safetensors``,
+tokenizer, ``params.json``) with a ``README.md`` model card that records the backbone, the data,
+the params, the test metrics, the git revision and the DVC hash of the model. Load it with
+``crosstune.load(DIR)``.
+
+Export is a command run when handing a model over, not a pipeline stage: the card names the git
+revision, and a stage output that changed with every commit would never be up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+CARD_NAME = "README.md"
+
+
+def git_revision(directory: Path) -> str:
+    """``abc1234`` or ``abc1234 (+ uncommitted changes)``; ``unknown`` outside git."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    revision = git("rev-parse", "--short", "HEAD")
+    if not revision:
+        return "unknown (not a git checkout with commits)"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "params.yaml", "dvc.yaml", "src", "stages")
+    return f"{revision} (+ uncommitted changes to params or code)" if dirty else revision
+
+
+def dvc_locked_hash(repo_dir: Path, output: str) -> str:
+    """The md5 that ``dvc.lock`` records for ``output`` (e.g. ``models/finetuned``), or ``unknown``."""
+    import yaml
+
+    lock = repo_dir / "dvc.lock"
+    if not lock.is_file():
+        return "unknown (no dvc.lock)"
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") == output:
+                return str(out.get("md5", "unknown"))
+    return "unknown (not in dvc.lock)"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rows(mapping: dict[str, Any]) -> str:
+    lines = ["| key | value |", "| --- | --- |"]
+    for key, value in mapping.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, (list, dict)) else value
+        lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines)
+
+
+def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any], backbone: dict[str, Any],
+               data: dict[str, Any], revision: str, locked_hash: str, weights_sha256: str) -> str:
+    """The Markdown model card."""
+    task, labels = config["task"], config["labels"]
+    headline = {key: value for key, value in metrics.items()
+                if key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mse", "mae", "r2")}
+    baselines = {key: value for key, value in metrics.items() if key.startswith(("baseline_", "gain_"))}
+    per_class = {key: value for key, value in metrics.items() if key.split("_", 1)[0] in labels}
+    return f"""---
+library_name: crosstune
+tags: [crosstune, {task}, {backbone.get('architecture', 'unknown')}]
+---
+# crosstune {task} model
+
+A `{backbone.get('name')}` backbone ({backbone.get('architecture')}, {backbone.get('num_parameters')} parameters,
+{backbone.get('num_blocks')} blocks, hidden size {backbone.get('hidden_size')}) fine-tuned with crosstune.
+Labels (output index order): {', '.join(f'`{label}`' for label in labels) or 'a single regression value'}.
+
+## Use
+
+```python
+import crosstune
+predictor = crosstune.load("path/to/this/directory")
+predictor.predict(["a new text"])  # [{{"label": ..., "score": ...}}]
+```
+or `crosstune predict --model path/to/this/directory --input new.csv --text-column text --output labelled.csv`.
+
+## Test metrics
+
+{_rows(headline)}
+
+### Per class
+
+{_rows(per_class) if per_class else '(regression)'}
+
+### Baselines on the same split
+
+{_rows(baselines) if baselines else '(none)'}
+
+## Data
+
+{_rows(data)}
+
+## Params
+
+{_rows({f"{section}.{key}": value for section, values in params.items() if isinstance(values, dict)
+        for key, value in values.items()})}
+
+## Provenance
+
+- Exported at git revision {revision}; `dvc.lock` there records this model directory as md5 `{locked_hash}`,
+  and pins every input (data, backbone, params) that produced it: `git checkout {revision.split()[0]} && dvc repro`
+  reproduces it.
+- `model.safetensors` SHA-256: `{weights_sha256}`
+- Backbone source: {backbone.get('source')}
+"""
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = "metrics/eval.json",
+                 backbone_summary: str | Path = "metrics/backbone.json",
+                 data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".") -> Path:
+    """Copy ``model_dir`` to ``out_dir`` (atomically) and add the model card; returns ``out_dir``."""
+    from crosstune.io import atomic_directory, read_json
+
+    model_dir, repo_dir, out_dir = Path(model_dir), Path(repo_dir), Path(out_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json; run `dvc repro` first, or pass --model.")
+    relative = model_dir.resolve().relative_to(repo_dir.resolve()).as_posix() \
+        if model_dir.resolve().is_relative_to(repo_dir.resolve()) else str(model_dir)
+    card = model_card(
+        config=read_json(model_dir / "config.json"), params=read_json(model_dir / "params.json"),
+        metrics=read_json(eval_metrics), backbone=read_json(backbone_summary), data=read_json(data_summary),
+        revision=git_revision(repo_dir), locked_hash=dvc_locked_hash(repo_dir, relative),
+        weights_sha256=_sha256(model_dir / "model.safetensors"),
+    )
+    with atomic_directory(out_dir) as staging:
+        for item in model_dir.iterdir():
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
+    return out_dir

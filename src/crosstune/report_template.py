@@ -1,0 +1,64 @@
+"""Build the offline report template: the report page with vega, vega-lite and vega-embed inlined.
+
+DVC's own plot pages load those libraries from a CDN and render blank offline. This module takes
+them from the npm registry at pinned versions (``npm pack``) and writes
+``assets/report_template.html``, which is committed, so reports render with no network at all.
+
+Regenerate (needs npm and the registry):
+    python -m crosstune.report_template
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+PAGE = ASSETS / "report_page.html"
+TEMPLATE = ASSETS / "report_template.html"
+SCRIPTS_MARKER = "<!--crosstune:vega-scripts-->"
+
+# (npm package, version, file inside the package): the majors dvc-render's own page uses.
+LIBRARIES = (
+    ("vega", "5.33.1", "package/build/vega.min.js"),
+    ("vega-lite", "5.23.0", "package/build/vega-lite.min.js"),
+    ("vega-embed", "6.29.0", "package/build/vega-embed.min.js"),
+)
+
+
+def fetch_library(package: str, version: str, member: str, workdir: Path) -> str:
+    """``npm pack`` one package (npm checks the registry's integrity hash) and return the file's text."""
+    subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=workdir, check=True,
+                   capture_output=True, text=True)
+    with tarfile.open(workdir / f"{package}-{version}.tgz") as archive:
+        extracted = archive.extractfile(member)
+        if extracted is None:
+            raise FileNotFoundError(f"{package}@{version} has no {member}")
+        return extracted.read().decode("utf-8")
+
+
+def build_template(sources: dict[str, str]) -> str:
+    """The report page with each library inlined in its own ``<script>`` element."""
+    blocks = []
+    for (package, version, _), source in zip(LIBRARIES, sources.values()):
+        if "</script" in source.lower():
+            raise ValueError(f"{package} contains '</script' and cannot be inlined")
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        blocks.append(f"<!-- {package}@{version} from the npm registry, sha256 {digest} -->\n<script>{source}</script>")
+    page = PAGE.read_text(encoding="utf-8")
+    return page.replace(SCRIPTS_MARKER, "\n".join(blocks))
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as workdir:
+        sources = {package: fetch_library(package, version, member, Path(workdir))
+                   for package, version, member in LIBRARIES}
+    TEMPLATE.write_text(build_template(sources), encoding="utf-8")
+    print(f"wrote {TEMPLATE} ({TEMPLATE.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
