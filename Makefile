@@ -26,8 +26,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune itself
 
-repro: install  ## run the pipeline on the embedded default and print the metrics
+repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: the image default) and print the metrics
+ifdef EXAMPLE
+	$(BIN)/crosstune example examples/$(EXAMPLE).yaml
+else
 	$(BIN)/dvc repro
+endif
 	@echo "Test-split metrics (metrics/eval.json; all runs: dvc metrics show, dvc exp show):"
 	@$(BIN)/python -c 'import json; [print(f"  {k:40s} {v:.4f}" if isinstance(v, float) else f"  {k:40s} {v}") for k, v in json.load(open("metrics/eval.json")).items()]'
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from crosstune.batching import TextBatching
 from crosstune.config import load_section
 from crosstune.encoding import load_split
 from crosstune.freezing import apply_freeze
@@ -56,7 +57,8 @@ def main() -> None:
             apply_freeze(model, depth)
             started = time.perf_counter()
             train(model, encoded["train"], encoded["validation"], params, seed, "cpu")
-            predicted, _ = outputs_to_predictions(predict_outputs(model, encoded["test"], 64, params.max_length, "cpu"),
+            batching = TextBatching(64, params.max_length)
+            predicted, _ = outputs_to_predictions(predict_outputs(model, encoded["test"], batching, "cpu"),
                                                   "classification")
             f1 = classification_metrics(encoded["test"].labels.tolist(), predicted, labels)["f1_macro"]
             scores.append({"seed": seed, "test_f1_macro": round(f1, 4), "seconds": round(time.perf_counter() - started, 1)})

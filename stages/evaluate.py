@@ -1,8 +1,8 @@
-"""Stage 5, evaluate: test-split metrics, confusion matrix, predictions and baselines.
+"""Stage 5, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines.
 
 Reads params sections `base` (seed, device) and `evaluate`. By hand:
     python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \
-        --metrics metrics/eval.json --predictions metrics/predictions.csv
+        --metrics metrics/eval.json --predictions metrics/predictions.csv --examples metrics/misclassified.png
 """
 
 import argparse
@@ -18,10 +18,12 @@ def main(argv=None) -> None:
     parser.add_argument("--encoded", required=True, help="tokenized splits from the backbone stage")
     parser.add_argument("--prepared", required=True, help="prepared splits (texts for the baselines)")
     parser.add_argument("--metrics", required=True, help="flat JSON of test metrics")
-    parser.add_argument("--predictions", required=True, help="CSV of test texts, labels and predictions")
+    parser.add_argument("--predictions", required=True, help="CSV of test inputs, labels and predictions")
+    parser.add_argument("--examples", required=True, help="PNG of misclassified test examples")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    evaluate_stage(args.model, args.encoded, args.prepared, args.metrics, args.predictions, args.params)
+    evaluate_stage(args.model, args.encoded, args.prepared, args.metrics, args.predictions, args.examples,
+                   args.params)
 
 
 if __name__ == "__main__":

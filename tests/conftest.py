@@ -51,6 +51,7 @@ def write_table(path: Path, rows: list[tuple[str, str]], text_column: str = "rev
 
 
 TINY_PARAMS = {
+    "data": {"train": "data/raw/train.csv", "test": "data/raw/test.csv"},
     "base": {"seed": 7, "device": "cpu", "num_threads": 1},
     "prepare": {"text_column": "review", "label_column": "rating", "validation_fraction": 0.2},
     "backbone": {"name": "tiny-bert", "max_length": 32,
@@ -60,6 +61,7 @@ TINY_PARAMS = {
     "head": {"type": "linear", "pooling": "mean", "dropout": 0.1, "hidden_dim": 16},
     "finetune": {"optimizer": "adamw", "lr": 0.003, "epochs": 3, "batch_size": 8, "max_length": 32,
                  "class_weights": "balanced", "warmup_ratio": 0.1, "log_every": 2},
+    "augment": {"horizontal_flip": 0.0},
     "evaluate": {"batch_size": 16, "baselines": ["majority", "tfidf_logreg"]},
 }
 
@@ -105,3 +107,22 @@ def attached(tmp_path: Path, raw_data: dict[str, Path], params_file: Path) -> di
     attach_head_stage(str(paths["backbone"]), str(paths["prepared"]), str(paths["initial"]),
                       str(tmp_path / "metrics" / "freeze.json"), str(params_file))
     return paths
+
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
+
+
+def write_image_folder(root: Path, per_class: int, seed: int, side: int = 40) -> Path:
+    """An ImageFolder of noisy colour squares, one colour per class: learnable by a tiny CNN."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, colour in COLOURS.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            noise = rng.integers(-40, 40, size=(side, side, 3))
+            pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype("uint8")
+            Image.fromarray(pixels, mode="RGB").save(folder / f"{label}_{seed}_{index}.png")
+    return root

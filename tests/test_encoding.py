@@ -27,8 +27,8 @@ def test_training_batches_cover_every_row_once_and_are_seeded() -> None:
 def test_dynamic_padding_and_mask() -> None:
     split = split_of([3, 5, 4])
     (batch,) = list(iterate_batches(split, 3, 64))
-    assert batch.input_ids.shape == (3, 5)
-    assert batch.attention_mask.sum(dim=1).tolist() == [5, 4, 3]
+    assert batch.inputs["input_ids"].shape == (3, 5)
+    assert batch.inputs["attention_mask"].sum(dim=1).tolist() == [5, 4, 3]
     assert batch.labels.tolist() == batch.indices.tolist()
 
 
@@ -36,6 +36,6 @@ def test_truncation_keeps_the_separator() -> None:
     split = split_of([10, 4])
     (batch,) = list(iterate_batches(split, 2, 6))
     row = batch.indices.tolist().index(0)
-    assert batch.input_ids.shape[1] == 6
-    assert batch.input_ids[row].tolist() == [1, 2, 3, 4, 5, 2]
-    assert batch.attention_mask[row].tolist() == [1] * 6
+    assert batch.inputs["input_ids"].shape[1] == 6
+    assert batch.inputs["input_ids"][row].tolist() == [1, 2, 3, 4, 5, 2]
+    assert batch.inputs["attention_mask"][row].tolist() == [1] * 6

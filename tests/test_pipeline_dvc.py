@@ -18,9 +18,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, make_texts, write_params, write_table
+from conftest import REPO_ROOT, make_texts, write_image_folder, write_params, write_table
 
 pytestmark = pytest.mark.slow
+IMAGE_PARAMS = {
+    "data": {"train": "data/images/train", "test": "data/images/test"},
+    "prepare": {"validation_fraction": 0.25},
+    "backbone": {"name": "tiny-cnn", "weights": "none"},
+    "freeze": {"depth": 1},
+    "finetune": {"epochs": 2, "lr": 0.01, "class_weights": "none"},
+    "augment": {"crop_scale_min": 0.8},
+    "evaluate": {"baselines": ["majority", "pixels_logreg"]},
+}
 ALL_STAGES = {"prepare", "backbone", "attach_head", "finetune", "evaluate"}
 
 
@@ -36,15 +45,20 @@ def _environment() -> dict[str, str]:
 class Repo:
     """A throwaway copy of the pipeline with tiny data and the tiny random backbone."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, images: bool = False) -> None:
         self.root = root
         self.env = _environment()
         shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
         shutil.copytree(REPO_ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(REPO_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
-        write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
-        write_params(root / "params.yaml", {"finetune": {"epochs": 2}})
+        if images:
+            write_image_folder(root / "data" / "images" / "train", per_class=12, seed=1)
+            write_image_folder(root / "data" / "images" / "test", per_class=5, seed=2)
+            write_params(root / "params.yaml", IMAGE_PARAMS)
+        else:
+            write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
+            write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
+            write_params(root / "params.yaml", {"finetune": {"epochs": 2}})
         (root / ".gitignore").write_text("__pycache__/\n", encoding="utf-8")
         self.git("init", "-q")
         self.dvc("init", "-q")
@@ -192,3 +206,26 @@ def test_bad_param_fails_clearly_and_nothing_is_lost(repo: Repo) -> None:
     repo.dvc("checkout", "--force")
     assert "up to date" in repo.dvc("status")
     assert (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes() == model_before
+
+
+@pytest.fixture(scope="module")
+def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    return Repo(tmp_path_factory.mktemp("images"), images=True)
+
+
+def test_image_pipeline_and_augmentation_granularity(image_repo: Repo) -> None:
+    import pandas as pd
+
+    import crosstune
+
+    assert image_repo.repro() == ALL_STAGES
+    metrics = image_repo.metrics()
+    assert {"f1_macro", "baseline_pixels_logreg_f1_macro", "red_f1"} <= set(metrics)
+    assert (image_repo.root / "metrics" / "misclassified.png").stat().st_size > 1000
+    image_repo.commit("image run")
+    image_repo.set_param("augment", "horizontal_flip", 0.5)
+    assert image_repo.repro() == {"finetune", "evaluate"}
+    predictions = pd.read_csv(image_repo.root / "metrics" / "predictions.csv")
+    loaded = crosstune.load(str(image_repo.root / "models" / "finetuned"))
+    labels = [row["label"] for row in loaded.predict([image_repo.root / path for path in predictions["image"]])]
+    assert labels == predictions["predicted"].tolist()

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from crosstune.batching import TextBatching
 from crosstune.config import load_section
 from crosstune.encoding import load_split
 from crosstune.freezing import apply_freeze
@@ -50,7 +51,8 @@ def test_training_lowers_validation_loss(attached: dict[str, Path]) -> None:
     apply_freeze(model, 0)
     train_split, validation_split = _splits(attached)
     loss_fn = build_loss("cross_entropy", "classification", None)
-    before = validation_metrics(model, validation_split, loss_fn, "classification", ["a", "b", "c"], 16, 32, "cpu")
+    before = validation_metrics(model, validation_split, loss_fn, "classification", ["a", "b", "c"],
+                                TextBatching(8, 32), "cpu")
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     assert result.best_metrics["loss"] < before["loss"]
 
@@ -66,7 +68,8 @@ def _finetune_and_evaluate(paths: dict[str, Path], root: Path) -> dict:
     finetune_stage(str(paths["initial"]), str(paths["encoded"]), str(root / "finetuned"), str(root / "live"),
                    str(paths["params"]))
     return evaluate_stage(str(root / "finetuned"), str(paths["encoded"]), str(paths["prepared"]),
-                          str(root / "eval.json"), str(root / "predictions.csv"), str(paths["params"]))
+                          str(root / "eval.json"), str(root / "predictions.csv"), str(root / "misclassified.png"),
+                          str(paths["params"]))
 
 
 def test_finetune_and_evaluate_outputs_are_complete_and_deterministic(attached: dict[str, Path],

@@ -12,14 +12,17 @@ from crosstune.registry import Registry
 BaselineFactory = Callable[[int], Any]  # seed -> an unfitted scikit-learn estimator on raw texts
 BASELINES: Registry[BaselineFactory] = Registry("baseline")
 BASELINE_TASKS: dict[str, str] = {}
+BASELINE_MODALITIES: dict[str, tuple[str, ...]] = {}
+PIXELS_SIDE = 16  # pixel baselines see images downsampled to 16x16 grey
 
 
-def _register(name: str, task: str) -> Callable[[BaselineFactory], BaselineFactory]:
+def _register(name: str, task: str, modalities: tuple[str, ...] = ("text",)) -> Callable[[BaselineFactory], BaselineFactory]:
     BASELINE_TASKS[name] = task
+    BASELINE_MODALITIES[name] = modalities
     return BASELINES.register(name)
 
 
-@_register("majority", "classification")
+@_register("majority", "classification", ("text", "image"))
 def majority(seed: int) -> Any:
     """Always the most frequent training label."""
     from sklearn.dummy import DummyClassifier
@@ -40,7 +43,7 @@ def tfidf_logreg(seed: int) -> Any:
     )
 
 
-@_register("mean", "regression")
+@_register("mean", "regression", ("text", "image"))
 def mean(seed: int) -> Any:
     """Always the mean training target."""
     from sklearn.dummy import DummyRegressor
@@ -58,12 +61,34 @@ def tfidf_ridge(seed: int) -> Any:
     return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), Ridge(random_state=seed))
 
 
-def run_baseline(name: str, task: str, train_texts: Sequence[str], train_targets: Sequence[Any],
-                 test_texts: Sequence[str], seed: int) -> list[Any]:
-    """Fit baseline ``name`` on the training split and predict the test texts."""
-    if BASELINE_TASKS[name] != task:
-        suitable = sorted(key for key, kind in BASELINE_TASKS.items() if kind == task)
-        raise ValueError(f"params.yaml: evaluate.baselines: {name!r} does not suit a {task} task; use {suitable}.")
+@_register("pixels_logreg", "classification", ("image",))
+def pixels_logreg(seed: int) -> Any:
+    """Class-balanced logistic regression on standardised 16x16 grey pixels: what no transfer gives."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000,
+                                                              random_state=seed))
+
+
+def image_pixels(images: Any) -> Any:
+    """Shape: (N, C, H, W) uint8 tensor -> (N, 16*16) float array of grey pixels."""
+    from torchvision.transforms.v2 import functional as F
+
+    grey = images.float().mean(dim=1, keepdim=True)
+    return F.resize(grey, [PIXELS_SIDE, PIXELS_SIDE], antialias=True).flatten(1).numpy() / 255.0
+
+
+def run_baseline(name: str, task: str, train_texts: Sequence[Any], train_targets: Sequence[Any],
+                 test_texts: Sequence[Any], seed: int, modality: str = "text") -> list[Any]:
+    """Fit baseline ``name`` on the training inputs (texts, or pixel rows for images) and predict the test ones."""
+    if BASELINE_TASKS[name] != task or modality not in BASELINE_MODALITIES[name]:
+        suitable = sorted(key for key, kind in BASELINE_TASKS.items()
+                          if kind == task and modality in BASELINE_MODALITIES[key])
+        raise ValueError(f"params.yaml: evaluate.baselines: {name!r} does not suit a {task} task on {modality} "
+                         f"data; use {suitable}.")
     estimator = BASELINES.get(name)(seed)
-    estimator.fit(list(train_texts), list(train_targets))
-    return list(estimator.predict(list(test_texts)))
+    as_input = list if modality == "text" else (lambda rows: rows)
+    estimator.fit(as_input(train_texts), list(train_targets))
+    return list(estimator.predict(as_input(test_texts)))

@@ -55,6 +55,37 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported {args.model} with its model card to {path}; load it with crosstune.load({str(path)!r})")
 
 
+def preset_overrides(path: str) -> list[str]:
+    """``["-S", "section.key=value", ...]`` for every leaf of a params preset file (values as JSON,
+    which DVC's YAML parser reads back exactly)."""
+    import json
+
+    from crosstune.config import read_params_file
+
+    preset = read_params_file(path)
+    arguments: list[str] = []
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            arguments.extend(["-S", f"{prefix}={json.dumps(value)}"])
+
+    walk("", preset)
+    return arguments
+
+
+def _example(args: argparse.Namespace) -> None:
+    import subprocess
+
+    command = [sys.executable, "-m", "dvc", "exp", "run", *preset_overrides(args.preset), *args.dvc_args]
+    logger.info("running %s", " ".join(command[2:]))
+    completed = subprocess.run(command, check=False)
+    if completed.returncode:
+        raise CrosstuneError(f"`dvc exp run` with {args.preset} failed (exit {completed.returncode}); see its output above.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosstune", description="Cross-domain fine-tuning as a DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-summary", default="data/prepared/summary.json")
     export.add_argument("--repo", default=".", help="the git/DVC repository (default: current directory)")
     export.set_defaults(handler=_export)
+    example = commands.add_parser("example", help="run a params preset (e.g. examples/fashion.yaml) as a DVC experiment")
+    example.add_argument("preset", help="YAML file of params.yaml keys to override")
+    example.add_argument("dvc_args", nargs=argparse.REMAINDER, help="extra arguments for `dvc exp run`")
+    example.set_defaults(handler=_example)
     return parser
 
 

@@ -75,6 +75,8 @@ class PrepareParams:
     lowercase: bool = False  # most modern tokenizers handle case themselves
     deduplicate: bool = True  # identical texts leak between splits otherwise
     min_text_chars: int = 1  # texts shorter than this after normalising are an error
+    image_column: str = "image"  # for a table of image paths (a directory input is read as ImageFolder)
+    min_image_size: int = 8  # images with a side shorter than this many pixels are an error
 
     def __post_init__(self) -> None:
         _check_choice("prepare.task", self.task, ("classification", "regression"))
@@ -82,6 +84,7 @@ class PrepareParams:
         _check_range("prepare.test_fraction", self.test_fraction, 0.0, 0.5, False, False)
         _check_range("prepare.min_examples_per_class", self.min_examples_per_class, low=2)
         _check_range("prepare.min_text_chars", self.min_text_chars, low=1)
+        _check_range("prepare.min_image_size", self.min_image_size, low=1)
         if self.text_column == self.label_column:
             _fail("prepare.label_column", "must differ from prepare.text_column.")
 
@@ -109,13 +112,16 @@ class BackboneParams:
     """Which pretrained encoder to load and how to tokenize for it."""
 
     name: str = "minilm-l6"  # a registry name, a local Hugging Face directory, or a hub id
-    max_length: int = 256  # tokens kept per text when encoding; finetune may cut further
+    max_length: int = 256  # text: tokens kept per text when encoding; finetune may cut further
+    weights: str = "DEFAULT"  # images: DEFAULT, a torchvision weights name, none, or a .pth/.safetensors file
+    image_size: int = 0  # images: input side in pixels; 0 = what the weights were trained at
     tiny: TinyBertParams = field(default_factory=TinyBertParams)
 
     def __post_init__(self) -> None:
         if not self.name:
             _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
         _check_range("backbone.max_length", self.max_length, low=8)
+        _check_range("backbone.image_size", self.image_size, low=0)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class FreezeParams:
 
     depth: Union[int, str] = 0  # embeddings + the bottom N blocks; "all" = the whole backbone
     patterns: tuple[str, ...] = ()  # extra fnmatch patterns on parameter names to freeze
+    train_batchnorm: bool = False  # images: keep BatchNorm layers of frozen blocks trainable (and updating)
 
     def __post_init__(self) -> None:
         if isinstance(self.depth, str) and self.depth != "all":
@@ -192,6 +199,29 @@ class FinetuneParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """Training-time image augmentation (torchvision.transforms.v2), applied to the train split only."""
+
+    crop_scale_min: float = 1.0  # RandomResizedCrop area scale (min, 1); 1.0 = off
+    horizontal_flip: float = 0.0  # probability
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
+    randaugment_ops: int = 0  # RandAugment operations per image; 0 = off
+    randaugment_magnitude: int = 9
+
+    def __post_init__(self) -> None:
+        _check_range("augment.crop_scale_min", self.crop_scale_min, 0.0, 1.0, False, True)
+        _check_range("augment.horizontal_flip", self.horizontal_flip, 0.0, 1.0)
+        _check_range("augment.color_jitter", self.color_jitter, 0.0, 1.0)
+        _check_range("augment.randaugment_ops", self.randaugment_ops, low=0)
+        _check_range("augment.randaugment_magnitude", self.randaugment_magnitude, 0, 30)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.crop_scale_min < 1.0 or self.horizontal_flip > 0 or self.color_jitter > 0
+                or self.randaugment_ops > 0)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Test-split evaluation and the baselines reported beside the fine-tuned model."""
 
@@ -213,6 +243,7 @@ SECTIONS: dict[str, type] = {
     "freeze": FreezeParams,
     "head": HeadParams,
     "finetune": FinetuneParams,
+    "augment": AugmentParams,
     "evaluate": EvaluateParams,
 }
 

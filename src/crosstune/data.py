@@ -81,14 +81,26 @@ def _require_values(frame: pd.DataFrame, column: str, what: str, fix: str, path:
 
 
 def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
-    """Read one file and return a clean two-column frame (``text``, ``label``), or raise `DataError`."""
+    """Read one input and return a clean frame (``text`` or ``image``, and ``label``), or raise `DataError`.
+
+    A directory is an ImageFolder layout (one sub-folder per class); a table holds either a text column
+    (``prepare.text_column``) or a column of image paths (``prepare.image_column``, relative to the table).
+    """
     path = Path(path)
+    if path.is_dir():
+        from crosstune.images import list_image_folder
+
+        return _check_images(pd.DataFrame(list_image_folder(path, params.min_image_size), columns=["image", "label"]),
+                             path, params)
     frame = read_table(path).reset_index(drop=True)
+    if params.text_column not in frame.columns and params.image_column in frame.columns:
+        return _load_image_table(frame, path, params)
     missing = [column for column in (params.text_column, params.label_column) if column not in frame.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
-            f"Set prepare.text_column / prepare.label_column in params.yaml to the right names."
+            f"Set prepare.text_column (or prepare.image_column for image paths) / prepare.label_column in "
+            f"params.yaml to the right names."
         )
     texts = _require_values(frame, params.text_column, "text", "remove those rows or fill in their text", path)
     labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
@@ -113,14 +125,57 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
     return clean
 
 
+def _load_image_table(frame: pd.DataFrame, path: Path, params: PrepareParams) -> pd.DataFrame:
+    """A table of image paths (relative to the table's folder, or absolute) and labels."""
+    if params.label_column not in frame.columns:
+        raise DataError(f"{path}: missing column {params.label_column!r}; the file has {list(frame.columns)}. "
+                        f"Set prepare.label_column.")
+    paths = _require_values(frame, params.image_column, "image path", "remove those rows or fill in the path", path)
+    labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
+    resolved = [str(candidate if candidate.is_absolute() else path.parent / candidate)
+                for candidate in map(Path, paths.astype(str).str.strip())]
+    missing = [index for index, candidate in enumerate(resolved) if not Path(candidate).is_file()]
+    if missing:
+        raise DataError(f"{path}: image file(s) not found at row(s) {', '.join(str(i + 1) for i in missing[:5])} "
+                        f"(e.g. {resolved[missing[0]]}); paths are relative to the table's folder.")
+    clean = pd.DataFrame({"image": resolved, "label": labels.astype(str).str.strip()})
+    return _check_images(clean, path, params)
+
+
+def _check_images(frame: pd.DataFrame, source: Path, params: PrepareParams) -> pd.DataFrame:
+    """Decode every image once (corrupt or too small ones are errors) and keep paths relative to the
+    working directory, so the prepared tables stay valid in a teammate's clone."""
+    import os
+
+    from crosstune.images import check_image
+
+    for image_path in frame["image"]:
+        check_image(Path(image_path), params.min_image_size)
+    frame = frame.copy()
+    frame["image"] = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd()) else str(Path(p).resolve())
+                      for p in frame["image"]]
+    if params.task == "regression":
+        raise DataError(f"{source}: image inputs support prepare.task: classification only.")
+    return frame
+
+
+def _content_keys(frame: pd.DataFrame) -> pd.Series:
+    """What makes two examples the same: the text, or the image file's bytes."""
+    if "text" in frame:
+        return frame["text"]
+    import hashlib
+
+    return frame["image"].map(lambda image: hashlib.sha1(Path(image).read_bytes()).hexdigest())
+
+
 def deduplicate(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Drop repeated training texts and training texts that also appear in the test set (leakage)."""
-    before = len(train)
-    train = train.drop_duplicates(subset="text", keep="first")
-    repeated = before - len(train)
-    leaking = train["text"].isin(set(test["text"]))
-    train = train[~leaking]
-    return train.reset_index(drop=True), {"duplicates_dropped": repeated, "test_overlap_dropped": int(leaking.sum())}
+    """Drop repeated training examples and training examples that also appear in the test set (leakage)."""
+    keys = _content_keys(train)
+    repeated_mask = keys.duplicated(keep="first")
+    leaking = keys.isin(set(_content_keys(test))) & ~repeated_mask
+    train = train[~repeated_mask & ~leaking]
+    return train.reset_index(drop=True), {"duplicates_dropped": int(repeated_mask.sum()),
+                                          "test_overlap_dropped": int(leaking.sum())}
 
 
 def check_class_counts(train: pd.DataFrame, path: str | Path, minimum: int) -> None:
@@ -189,7 +244,11 @@ def prepare_target_data(
         check_test_labels(test, labels, test_path or train_path)
     train, validation = _split(train, params.validation_fraction, seed, stratify=classify)
     splits = {"train": train, "validation": validation, "test": test}
-    summary: dict[str, Any] = {"task": params.task, "num_labels": len(labels), **dedup_counts}
+    modality = "image" if "image" in train else "text"
+    if "image" in test and modality != "image" or "text" in test and modality != "text":
+        raise DataError(f"{test_path}: holds {'images' if 'image' in test else 'texts'} but {train_path} holds "
+                        f"{modality}s; give both in the same kind.")
+    summary: dict[str, Any] = {"task": params.task, "modality": modality, "num_labels": len(labels), **dedup_counts}
     for name, frame in splits.items():
         summary[f"{name}_size"] = len(frame)
         if classify:
@@ -208,7 +267,8 @@ def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParam
     with atomic_directory(out_dir) as staging:
         for name in SPLITS:
             write_csv(staging / f"{name}.csv", getattr(data, name))
-        write_json(staging / "labels.json", {"task": params.task, "labels": data.labels})
+        write_json(staging / "labels.json", {"task": params.task, "labels": data.labels,
+                                             "modality": data.summary["modality"]})
         write_json(staging / "summary.json", data.summary)
         write_json(staging / "params.json", to_dict(params))
 
@@ -220,7 +280,7 @@ def read_split(prepared_dir: str | Path, split: str) -> pd.DataFrame:
         raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare).")
     task, _ = read_label_info(prepared_dir)
     label_dtype = "float64" if task == "regression" else str
-    return pd.read_csv(path, dtype={"text": str, "label": label_dtype}, keep_default_na=False)
+    return pd.read_csv(path, dtype={"text": str, "image": str, "label": label_dtype}, keep_default_na=False)
 
 
 def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:
@@ -229,3 +289,10 @@ def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:
 
     info = read_json(Path(prepared_dir) / "labels.json")
     return info["task"], list(info["labels"])
+
+
+def read_modality(prepared_dir: str | Path) -> str:
+    """``text`` or ``image``: what the prepared data holds."""
+    from crosstune.io import read_json
+
+    return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")

@@ -40,15 +40,17 @@ class EncodedSplit:
 
 @dataclass
 class Batch:
-    """A padded batch and the positions of its rows in the split."""
+    """A model-ready batch: ``inputs`` are the model's keyword arguments (``input_ids`` and
+    ``attention_mask`` for text, ``pixel_values`` for images); ``indices`` are the rows' positions
+    in the split, so outputs can be put back in order."""
 
     indices: "torch.Tensor"
-    input_ids: "torch.Tensor"
-    attention_mask: "torch.Tensor"
+    inputs: dict[str, "torch.Tensor"]
     labels: "torch.Tensor"
 
     def to(self, device: str) -> "Batch":
-        return Batch(self.indices, self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+        return Batch(self.indices, {key: value.to(device) for key, value in self.inputs.items()},
+                     self.labels.to(device))
 
 
 def encode_texts(
@@ -98,7 +100,7 @@ def _collate(split: EncodedSplit, indices: "torch.Tensor", max_length: int) -> B
         last_tokens = split.input_ids[indices[cut], lengths[cut] - 1].long()
         input_ids[cut, width - 1] = last_tokens
     attention_mask = (torch.arange(width).unsqueeze(0) < lengths.clamp(max=width).unsqueeze(1)).long()
-    return Batch(indices, input_ids, attention_mask, split.labels[indices])
+    return Batch(indices, {"input_ids": input_ids, "attention_mask": attention_mask}, split.labels[indices])
 
 
 def num_batches(size: int, batch_size: int) -> int:

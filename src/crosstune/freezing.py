@@ -3,7 +3,7 @@
 ``freeze.depth`` N freezes the embeddings and the bottom N transformer blocks (``all``: the whole
 backbone); ``freeze.patterns`` freezes further parameters by name (fnmatch). The head always trains.
 Fully frozen modules are put in eval mode while training (:func:`set_train_mode`): a frozen block is a
-fixed feature extractor, so its dropout (and any normalisation statistics) must not change it.
+fixed feature extractor, so its dropout and its BatchNorm running statistics must not change it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Sequence, Union
 
 from torch import nn
 
-from crosstune.backbones import embedding_module, transformer_blocks
 from crosstune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -37,19 +36,22 @@ class FreezeReport:
         return asdict(self)
 
 
-def apply_freeze(model: nn.Module, depth: Union[int, str], patterns: Sequence[str] = ()) -> FreezeReport:
+def apply_freeze(model: nn.Module, depth: Union[int, str], patterns: Sequence[str] = (),
+                 train_batchnorm: bool = False) -> FreezeReport:
     """Set ``requires_grad`` on ``model`` (a :class:`~crosstune.modeling.TransferModel`) by policy.
+
+    ``train_batchnorm`` keeps the BatchNorm layers of frozen blocks trainable (their statistics then
+    update too); by default they are frozen with their block and stay in eval mode.
 
     Raises:
         ConfigError: depth larger than the number of blocks, or a pattern that matches nothing.
     """
-    backbone = model.backbone
-    blocks = transformer_blocks(backbone)
+    blocks = model.block_modules()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     if depth == "all":
         frozen_blocks = len(blocks)
-        frozen_modules: list[nn.Module] = [backbone]
+        frozen_modules: list[nn.Module] = [model.backbone]
     else:
         if depth > len(blocks):
             raise ConfigError(
@@ -57,7 +59,7 @@ def apply_freeze(model: nn.Module, depth: Union[int, str], patterns: Sequence[st
                 f"use 0..{len(blocks)} or 'all'."
             )
         frozen_blocks = int(depth)
-        frozen_modules = ([embedding_module(backbone)] if depth > 0 else []) + list(blocks[:depth])
+        frozen_modules = (model.stem_modules() if depth > 0 else []) + [m for block in blocks[:depth] for m in block]
     for module in frozen_modules:
         for parameter in module.parameters():
             parameter.requires_grad_(False)
@@ -71,6 +73,11 @@ def apply_freeze(model: nn.Module, depth: Union[int, str], patterns: Sequence[st
             )
         for name in matches:
             named[name].requires_grad_(False)
+    if train_batchnorm:
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for parameter in module.parameters():
+                    parameter.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     report = FreezeReport(depth, len(blocks), frozen_blocks, trainable, total - trainable, total,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from crosstune.encoding import EncodedSplit, iterate_batches
+from crosstune.batching import Batching, Split
 
 
 @torch.inference_mode()
-def predict_outputs(model: torch.nn.Module, split: EncodedSplit, batch_size: int, max_length: int,
-                    device: str) -> torch.Tensor:
+def predict_outputs(model: torch.nn.Module, split: Split, batching: Batching, device: str,
+                    batch_size: int | None = None) -> torch.Tensor:
     """Raw model outputs (logits, or regression values) for every row of ``split``.
 
     Shape:
@@ -18,9 +18,9 @@ def predict_outputs(model: torch.nn.Module, split: EncodedSplit, batch_size: int
     was_training = model.training
     model.eval()
     outputs: torch.Tensor | None = None
-    for batch in iterate_batches(split, batch_size, max_length):
+    for batch in batching.evaluate(split, batch_size):
         batch = batch.to(device)
-        result = model(batch.input_ids, batch.attention_mask).float().cpu()
+        result = model(**batch.inputs).float().cpu()
         if outputs is None:
             outputs = torch.empty((len(split), result.shape[-1]), dtype=torch.float32)
         outputs[batch.indices] = result

@@ -15,81 +15,136 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosstune.backbones import drop_unused_pooler
+from crosstune.backbones import drop_unused_pooler, embedding_module, transformer_blocks
 from crosstune.heads import POOLINGS, build_head
 from crosstune.io import read_json, write_json
+from crosstune.vision import VisionBackbone, rebuild_vision_backbone, vision_config
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPE = "crosstune-text"
+MODEL_TYPES = {"text": "crosstune-text", "image": "crosstune-image"}
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
 class TransferModel(nn.Module):
-    """Backbone -> pooling -> head.
+    """Backbone -> pooled features -> head; subclasses say how a modality's backbone gives features.
 
     Args:
-        backbone: a Hugging Face encoder returning ``last_hidden_state``.
+        backbone: the pretrained feature extractor.
         head: maps pooled features to ``num_outputs`` (classes, or 1 for regression).
         spec: the JSON-able description saved in ``config.json`` (task, labels, head, pooling, freeze).
-
-    Shape:
-        input_ids (B, T), attention_mask (B, T) -> (B, num_outputs)
     """
+
+    modality = ""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.spec = dict(spec)
+
+    def features(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(*args, **inputs))
+
+    def stem_modules(self) -> list[nn.Module]:
+        """What sits below the first block (embeddings, stem conv): frozen with any depth > 0."""
+        raise NotImplementedError
+
+    def block_modules(self) -> list[list[nn.Module]]:
+        """The backbone's blocks, input side first: the units ``freeze.depth`` counts."""
+        raise NotImplementedError
+
+
+class TextTransferModel(TransferModel):
+    """A Hugging Face encoder, pooled over tokens.
+
+    Shape:
+        input_ids (B, T), attention_mask (B, T) -> (B, num_outputs)
+    """
+
+    modality = "text"
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
+        super().__init__(backbone, head, spec)
         self.pool = POOLINGS.get(spec["pooling"])
 
     @property
     def feature_dim(self) -> int:
-        """Width of the pooled features the head receives."""
         return int(self.backbone.config.hidden_size)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features. Shape: (B, T), (B, T) -> (B, feature_dim)."""
+        """Pooled token states. Shape: (B, T), (B, T) -> (B, feature_dim)."""
         hidden_states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.pool(hidden_states, attention_mask)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask))
+    def stem_modules(self) -> list[nn.Module]:
+        return [embedding_module(self.backbone)]
+
+    def block_modules(self) -> list[list[nn.Module]]:
+        return [[block] for block in transformer_blocks(self.backbone)]
+
+
+class ImageTransferModel(TransferModel):
+    """A CNN with global average pooling.
+
+    Shape:
+        pixel_values (B, 3, S, S) -> (B, num_outputs)
+    """
+
+    modality = "image"
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.backbone.feature_dim)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(pixel_values)
+
+    def stem_modules(self) -> list[nn.Module]:
+        return self.backbone.stem
+
+    def block_modules(self) -> list[list[nn.Module]]:
+        return self.backbone.blocks
 
 
 def build_transfer_model(
     backbone: nn.Module, *, task: str, labels: list[str], head_type: str, pooling: str,
     dropout: float, hidden_dim: int, seed: int,
 ) -> TransferModel:
-    """Put a freshly initialised head (seeded) on ``backbone``."""
-    backbone = drop_unused_pooler(backbone)
+    """Put a freshly initialised head (seeded) on ``backbone`` (a Hugging Face encoder or a VisionBackbone)."""
+    image = isinstance(backbone, VisionBackbone)
+    if not image:
+        backbone = drop_unused_pooler(backbone)
+    feature_dim = backbone.feature_dim if image else int(backbone.config.hidden_size)
     num_outputs = len(labels) if task == "classification" else 1
     torch.manual_seed(seed)
-    head = build_head(head_type, int(backbone.config.hidden_size), num_outputs, dropout, hidden_dim)
+    head = build_head(head_type, feature_dim, num_outputs, dropout, hidden_dim)
     spec = {
-        "task": task, "labels": list(labels), "pooling": pooling,
+        "task": task, "labels": list(labels), "pooling": "global_average" if image else pooling,
         "head": {"type": head_type, "dropout": dropout, "hidden_dim": hidden_dim, "num_outputs": num_outputs},
     }
-    return TransferModel(backbone, head, spec)
+    return (ImageTransferModel if image else TextTransferModel)(backbone, head, spec)
 
 
 def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: Any = None,
                         extra: dict[str, Any] | None = None) -> None:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer) into ``directory``."""
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer for text) into ``directory``."""
     from safetensors.torch import save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_type": MODEL_TYPE,
-        **model.spec,
+    if model.modality == "image":
+        backbone_entry = {"backbone": vision_config(model.backbone.name, "none", model.backbone)}
+    else:
         # _name_or_path is where the backbone was loaded from on this machine: not part of the model.
-        "backbone_config": {key: value for key, value in model.backbone.config.to_dict().items()
-                            if key != "_name_or_path"},
-        **(extra or {}),
-    }
+        backbone_entry = {"backbone_config": {key: value for key, value in model.backbone.config.to_dict().items()
+                                              if key != "_name_or_path"}}
+    config = {"model_type": MODEL_TYPES[model.modality], "modality": model.modality, **model.spec,
+              **backbone_entry, **(extra or {})}
     write_json(directory / CONFIG_NAME, config)
     save_model(model, str(directory / WEIGHTS_NAME))
     if tokenizer is not None:
@@ -107,20 +162,23 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
 
     directory = Path(directory)
     config = read_json(directory / CONFIG_NAME)
-    if config.get("model_type") != MODEL_TYPE:
+    if config.get("model_type") not in MODEL_TYPES.values():
         raise ValueError(
-            f"{directory / CONFIG_NAME}: model_type is {config.get('model_type')!r}, not {MODEL_TYPE!r}; "
-            f"this is not a crosstune model directory (run the attach-head or finetune stage to make one)."
+            f"{directory / CONFIG_NAME}: model_type is {config.get('model_type')!r}, not one of "
+            f"{sorted(MODEL_TYPES.values())}; this is not a crosstune model directory (run the attach-head or "
+            f"finetune stage to make one)."
         )
-    backbone = AutoModel.from_config(_backbone_config(config))
+    if config["model_type"] == MODEL_TYPES["image"]:
+        backbone: nn.Module = rebuild_vision_backbone(config["backbone"])
+    else:
+        backbone = AutoModel.from_config(_backbone_config(config))
     head_spec = config["head"]
     model = build_transfer_model(
         backbone, task=config["task"], labels=config["labels"], head_type=head_spec["type"],
-        pooling=config["pooling"], dropout=head_spec["dropout"], hidden_dim=head_spec["hidden_dim"], seed=0,
+        pooling=config["pooling"] if config["model_type"] == MODEL_TYPES["text"] else "mean",
+        dropout=head_spec["dropout"], hidden_dim=head_spec["hidden_dim"], seed=0,
     )
-    model.spec = {key: config[key] for key in ("task", "labels", "pooling", "head") if key in config}
-    if "freeze" in config:
-        model.spec["freeze"] = config["freeze"]
+    model.spec = {key: config[key] for key in ("task", "labels", "pooling", "head", "freeze") if key in config}
     load_model(model, str(directory / WEIGHTS_NAME), strict=True)
     model.eval()
     return model, config

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.errors import ConfigError
 from crosstune.io import atomic_directory, read_json, write_csv, write_json
 
 logger = logging.getLogger(__name__)
@@ -30,45 +34,108 @@ def prepare_stage(train_path: str, test_path: str | None, out_dir: str,
 
 def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_path: str,
                    params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
-    """select-and-load-backbone: load the encoder, save it, and tokenize every split with it."""
-    import torch
-
-    from crosstune.backbones import describe_backbone, load_backbone, save_backbone
-    from crosstune.data import SPLITS, read_label_info, read_split
-    from crosstune.encoding import encode_texts, save_split
+    """select-and-load-backbone: load the backbone, save it, and encode every split for it once."""
+    from crosstune.data import SPLITS, read_label_info, read_modality, read_split
+    from crosstune.vision import VISION_BACKBONES
 
     base, params = load_section("base", params_path), load_section("backbone", params_path)
     task, labels = read_label_info(prepared_dir)
+    modality = read_modality(prepared_dir)
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
-    logger.info("backbone: %s, max_length=%d", params.name, params.max_length)
-    loaded = load_backbone(params, splits["train"]["text"].tolist(), base.seed)
-    summary = describe_backbone(loaded, params.name)
+    backbone_modality = "image" if params.name in VISION_BACKBONES else "text"
+    if backbone_modality != modality:
+        from crosstune.backbones import BACKBONES
+
+        choices = VISION_BACKBONES.names() if modality == "image" else BACKBONES.names() + ["<local dir>", "<hub id>"]
+        raise ConfigError(f"params.yaml: backbone.name: {params.name!r} is a {backbone_modality} backbone but the "
+                          f"prepared data holds {modality}s; use one of {choices}.")
+    logger.info("backbone: %s (%s), %d/%d/%d examples", params.name, modality,
+                *(len(splits[name]) for name in SPLITS))
     index = {label: position for position, label in enumerate(labels)}
-    with atomic_directory(model_dir) as staging:
-        save_backbone(loaded, staging)
-    with atomic_directory(encoded_dir) as staging:
-        for name, frame in splits.items():
-            if task == "classification":
-                targets = torch.tensor([index[label] for label in frame["label"]], dtype=torch.int64)
-            else:
-                targets = torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
-            encoded = encode_texts(loaded.tokenizer, frame["text"].tolist(), targets, params.max_length)
-            save_split(encoded, staging / f"{name}.safetensors")
-            lengths = encoded.lengths.float()
-            summary[f"{name}_mean_tokens"] = round(float(lengths.mean()), 2)
-            summary[f"{name}_truncated"] = int((encoded.lengths >= params.max_length).sum())
-        write_json(staging / "meta.json", {"backbone": params.name, "max_length": params.max_length,
-                                           "pad_token_id": loaded.tokenizer.pad_token_id})
+
+    def targets(frame: Any) -> "torch.Tensor":
+        import torch
+
+        if task == "classification":
+            return torch.tensor([index[label] for label in frame["label"]], dtype=torch.int64)
+        return torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
+
+    if modality == "image":
+        summary = _image_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
+    else:
+        summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
     write_json(summary_path, summary)
     logger.info("backbone summary: %s", summary)
     return summary
 
 
+def _text_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
+                   encoded_dir: str) -> dict[str, Any]:
+    from crosstune.backbones import describe_backbone, load_backbone, save_backbone
+    from crosstune.encoding import encode_texts, save_split
+
+    loaded = load_backbone(params, splits["train"]["text"].tolist(), seed)
+    summary = describe_backbone(loaded, params.name)
+    with atomic_directory(model_dir) as staging:
+        save_backbone(loaded, staging)
+    with atomic_directory(encoded_dir) as staging:
+        for name, frame in splits.items():
+            encoded = encode_texts(loaded.tokenizer, frame["text"].tolist(), targets(frame), params.max_length)
+            save_split(encoded, staging / f"{name}.safetensors")
+            summary[f"{name}_mean_tokens"] = round(float(encoded.lengths.float().mean()), 2)
+            summary[f"{name}_truncated"] = int((encoded.lengths >= params.max_length).sum())
+        write_json(staging / "meta.json", {"modality": "text", "backbone": params.name,
+                                           "max_length": params.max_length,
+                                           "pad_token_id": loaded.tokenizer.pad_token_id})
+    return summary
+
+
+def _image_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
+                    encoded_dir: str) -> dict[str, Any]:
+    from safetensors.torch import save_model
+
+    from crosstune.images import ImageSplit, decode_images, save_image_split
+    from crosstune.vision import build_vision_backbone, vision_config
+
+    backbone = build_vision_backbone(params.name, params.weights, seed, params.image_size)
+    config = vision_config(params.name, params.weights, backbone)
+    size = backbone.preprocessing.image_size
+    summary: dict[str, Any] = {
+        "name": params.name, "source": f"weights {params.weights}", "architecture": type(backbone.body).__name__,
+        "num_parameters": sum(parameter.numel() for parameter in backbone.parameters()),
+        "num_blocks": len(backbone.blocks), "hidden_size": backbone.feature_dim, "image_size": size,
+    }
+    with atomic_directory(model_dir) as staging:
+        write_json(staging / "config.json", config)
+        save_model(backbone, str(staging / "model.safetensors"))
+    with atomic_directory(encoded_dir) as staging:
+        for name, frame in splits.items():
+            images = decode_images(frame["image"].tolist(), size)
+            save_image_split(ImageSplit(images, targets(frame)), staging / f"{name}.safetensors")
+            summary[f"{name}_stored_shape"] = "x".join(map(str, images.shape[1:]))
+        write_json(staging / "meta.json", {"modality": "image", "backbone": params.name, "image_size": size})
+    return summary
+
+
+def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
+    """The backbone stage's directory: a Hugging Face encoder + tokenizer, or a vision backbone."""
+    config = read_json(directory / "config.json")
+    if config.get("modality") == "image":
+        from safetensors.torch import load_model
+
+        from crosstune.vision import rebuild_vision_backbone
+
+        backbone = rebuild_vision_backbone(config)
+        load_model(backbone, str(directory / "model.safetensors"), strict=True)
+        return backbone, None
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+
+
 def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, report_path: str,
                       params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     """freeze-and-attach-head: put a new head on the backbone and freeze by policy."""
-    from transformers import AutoModel, AutoTokenizer
-
     from crosstune.data import read_label_info
     from crosstune.freezing import apply_freeze
     from crosstune.modeling import build_transfer_model, save_transfer_model
@@ -76,11 +143,10 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     base = load_section("base", params_path)
     freeze, head = load_section("freeze", params_path), load_section("head", params_path)
     task, labels = read_label_info(prepared_dir)
-    backbone = AutoModel.from_pretrained(backbone_dir)
-    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    backbone, tokenizer = _load_saved_backbone(Path(backbone_dir))
     model = build_transfer_model(backbone, task=task, labels=labels, head_type=head.type, pooling=head.pooling,
                                  dropout=head.dropout, hidden_dim=head.hidden_dim, seed=base.seed)
-    report = apply_freeze(model, freeze.depth, freeze.patterns)
+    report = apply_freeze(model, freeze.depth, freeze.patterns, freeze.train_batchnorm)
     model.spec["freeze"] = to_dict(freeze)
     with atomic_directory(model_dir) as staging:
         save_transfer_model(model, staging, tokenizer)
@@ -93,24 +159,28 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     """fine-tune: train the attached model and save the best epoch's weights."""
     from dvclive import Live
 
-    from crosstune.encoding import load_split
+    from crosstune.batching import batching_for, load_any_split
     from crosstune.freezing import apply_freeze
     from crosstune.modeling import load_tokenizer, load_transfer_model, save_transfer_model
     from crosstune.runtime import setup
     from crosstune.training import train
 
     base, params = load_section("base", params_path), load_section("finetune", params_path)
+    augment = load_section("augment", params_path)
     device = setup(base)
     model, config = load_transfer_model(initial_dir)
     freeze = config.get("freeze", {"depth": 0, "patterns": []})
-    report = apply_freeze(model, freeze["depth"], freeze["patterns"])
-    train_split = load_split(Path(encoded_dir) / "train.safetensors")
-    validation_split = load_split(Path(encoded_dir) / "validation.safetensors")
+    report = apply_freeze(model, freeze["depth"], freeze["patterns"], freeze.get("train_batchnorm", False))
+    train_split = load_any_split(Path(encoded_dir) / "train.safetensors")
+    validation_split = load_any_split(Path(encoded_dir) / "validation.safetensors")
+    if augment.enabled and model.modality != "image":
+        logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
+    batching = batching_for(config, params.batch_size, params.max_length, augment)
     logger.info("finetune: %d train / %d validation examples, %d trainable of %d parameters, device %s, params %s",
                 len(train_split), len(validation_split), report.trainable_parameters, report.total_parameters,
                 device, to_dict(params))
     with Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        result = train(model, train_split, validation_split, params, base.seed, device, live)
+        result = train(model, train_split, validation_split, params, base.seed, device, live, batching)
         # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
         # differ in `dvc metrics diff` and in dvc.lock's hashes.
         live.summary.update({
@@ -121,9 +191,11 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     model.to("cpu")
     resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": freeze, "head": config["head"],
                 "pooling": config["pooling"]}
+    if model.modality == "image":
+        resolved["augment"] = to_dict(augment)
+    tokenizer = load_tokenizer(initial_dir) if model.modality == "text" else None
     with atomic_directory(model_dir) as staging:
-        save_transfer_model(model, staging, load_tokenizer(initial_dir),
-                            extra={"max_length": params.max_length, "freeze": freeze})
+        save_transfer_model(model, staging, tokenizer, extra={"max_length": params.max_length, "freeze": freeze})
         write_json(staging / "params.json", resolved)
         write_json(staging / "train_history.json", result.history)
 
@@ -131,13 +203,14 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
 
 
 def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_path: str,
-                   predictions_path: str, params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
-    """evaluate: test-split metrics, per-class report, predictions and baselines."""
+                   predictions_path: str, examples_path: str,
+                   params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+    """evaluate: test-split metrics, per-class report, predictions, misclassified examples and baselines."""
     import pandas as pd
 
-    from crosstune.baselines import run_baseline
+    from crosstune.batching import batching_for, load_any_split
     from crosstune.data import read_split
-    from crosstune.encoding import load_split
+    from crosstune.figures import misclassified_figure
     from crosstune.inference import outputs_to_predictions, predict_outputs
     from crosstune.metrics import classification_metrics, regression_metrics
     from crosstune.modeling import load_transfer_model
@@ -147,49 +220,72 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     model.to(device)
-    task, labels = config["task"], config["labels"]
-    test_split = load_split(Path(encoded_dir) / "test.safetensors")
-    outputs = predict_outputs(model, test_split, params.batch_size, int(config.get("max_length", 512)), device)
+    task, labels, modality = config["task"], config["labels"], model.modality
+    test_split = load_any_split(Path(encoded_dir) / "test.safetensors")
+    batching = batching_for(config, params.batch_size, int(config.get("max_length", 512)))
+    outputs = predict_outputs(model, test_split, batching, device)
     predicted, confidence = outputs_to_predictions(outputs, task)
     targets = test_split.labels.tolist()
     test_frame = read_split(prepared_dir, "test")
     train_frame = read_split(prepared_dir, "train")
+    table = pd.DataFrame({modality: test_frame[modality], "label": test_frame["label"]})
     if task == "classification":
         metrics: dict[str, Any] = classification_metrics(targets, predicted, labels, per_class=True)
         headline = "f1_macro"
-        names = [labels[i] for i in predicted]
-        table = pd.DataFrame({"text": test_frame["text"], "label": test_frame["label"], "predicted": names,
-                              "confidence": confidence})
+        table["predicted"] = [labels[i] for i in predicted]
+        table["confidence"] = confidence
+        misclassified_figure(examples_path, table["label"].tolist(), table["predicted"].tolist(),
+                             images=test_split.images if modality == "image" else None,
+                             texts=table[modality].tolist() if modality == "text" else None)
     else:
         metrics = regression_metrics(targets, predicted)
         headline = "r2"
-        table = pd.DataFrame({"text": test_frame["text"], "label": test_frame["label"], "predicted": predicted})
+        table["predicted"] = predicted
+        misclassified_figure(examples_path, [], [], texts=[])
     metrics["test_size"] = len(targets)
-    best_baseline: tuple[str, float] | None = None
-    for name in params.baselines:
-        baseline_predictions = run_baseline(name, task, train_frame["text"], train_frame["label"],
-                                            test_frame["text"], base.seed)
-        if task == "classification":
-            index = {label: position for position, label in enumerate(labels)}
-            scores = classification_metrics(targets, [index[label] for label in baseline_predictions], labels)
-        else:
-            scores = regression_metrics(targets, baseline_predictions)
-        for key in ("accuracy", "f1_macro", "f1_weighted", "mse", "mae", "r2"):
-            if key in scores:
-                metrics[f"baseline_{name}_{key}"] = scores[key]
-        if best_baseline is None or scores[headline] > best_baseline[1]:
-            best_baseline = (name, scores[headline])
-    if best_baseline is not None:
-        gain = metrics[headline] - best_baseline[1]
-        metrics[f"gain_over_best_baseline_{headline}"] = gain
-        metrics["beats_all_baselines"] = bool(gain > 0)
-        if gain <= 0:
-            logger.warning("the fine-tuned model's test %s %.4f does not beat baseline %r (%.4f): transfer did not "
-                           "pay off here; try another freeze.depth, finetune.lr or backbone.",
-                           headline, metrics[headline], best_baseline[0], best_baseline[1])
+    if modality == "image":
+        from crosstune.baselines import image_pixels
+
+        train_inputs = image_pixels(load_any_split(Path(encoded_dir) / "train.safetensors").images)
+        test_inputs = image_pixels(test_split.images)
+    else:
+        train_inputs, test_inputs = train_frame["text"], test_frame["text"]
+    metrics.update(_baseline_metrics(params.baselines, task, modality, labels, targets, train_inputs,
+                                     train_frame["label"], test_inputs, base.seed, headline, metrics[headline]))
     write_json(metrics_path, metrics)
     write_csv(predictions_path, table)
     logger.info("test %s", {key: round(value, 4) for key, value in metrics.items()
                             if isinstance(value, float) and not key.startswith(tuple(labels))})
     return metrics
 
+
+def _baseline_metrics(names: Any, task: str, modality: str, labels: list[str], targets: list[Any],
+                      train_inputs: Any, train_targets: Any, test_inputs: Any, seed: int, headline: str,
+                      model_score: float) -> dict[str, Any]:
+    """Each baseline's scores, and the fine-tuned model's gain over the best of them."""
+    from crosstune.baselines import run_baseline
+    from crosstune.metrics import classification_metrics, regression_metrics
+
+    metrics: dict[str, Any] = {}
+    best: tuple[str, float] | None = None
+    for name in names:
+        predictions = run_baseline(name, task, train_inputs, train_targets, test_inputs, seed, modality)
+        if task == "classification":
+            index = {label: position for position, label in enumerate(labels)}
+            scores = classification_metrics(targets, [index[label] for label in predictions], labels)
+        else:
+            scores = regression_metrics(targets, predictions)
+        for key in ("accuracy", "f1_macro", "f1_weighted", "mse", "mae", "r2"):
+            if key in scores:
+                metrics[f"baseline_{name}_{key}"] = scores[key]
+        if best is None or scores[headline] > best[1]:
+            best = (name, scores[headline])
+    if best is not None:
+        gain = model_score - best[1]
+        metrics[f"gain_over_best_baseline_{headline}"] = gain
+        metrics["beats_all_baselines"] = bool(gain > 0)
+        if gain <= 0:
+            logger.warning("the fine-tuned model's test %s %.4f does not beat baseline %r (%.4f): transfer did not "
+                           "pay off here; try another freeze.depth, finetune.lr or backbone.",
+                           headline, model_score, best[0], best[1])
+    return metrics

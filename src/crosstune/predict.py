@@ -1,4 +1,4 @@
-"""Use a fine-tuned model directory on new texts: ``crosstune.load(DIR).predict(texts)``."""
+"""Use a fine-tuned model directory on new inputs: ``crosstune.load(DIR).predict(texts_or_image_paths)``."""
 
 from __future__ import annotations
 
@@ -31,31 +31,47 @@ class Predictor:
                 f"(made by `dvc repro`)."
             )
         model, config = load_transfer_model(directory)
-        return cls(model.to(device), load_tokenizer(directory), config, device)
+        tokenizer = load_tokenizer(directory) if config.get("modality", "text") == "text" else None
+        return cls(model.to(device), tokenizer, config, device)
 
     @property
     def labels(self) -> list[str]:
         return list(self.config["labels"])
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        """Label each text: ``{"label", "score"}`` (classification) or ``{"value"}`` (regression)."""
+    @property
+    def modality(self) -> str:
+        return str(self.config.get("modality", "text"))
+
+    def predict(self, inputs: Sequence[Any], batch_size: int = 64) -> list[dict[str, Any]]:
+        """Label each input (texts, or image paths for an image model): ``{"label", "score"}``
+        (classification) or ``{"value"}`` (regression)."""
         import torch
 
-        from crosstune.data import normalise_text
-        from crosstune.encoding import encode_texts
+        from crosstune.batching import batching_for
         from crosstune.inference import outputs_to_predictions, predict_outputs
 
         max_length = int(self.config.get("max_length", 512))
-        clean = [normalise_text(str(text)) for text in texts]
-        split = encode_texts(self.tokenizer, clean, torch.zeros(len(clean)), max_length)
-        outputs = predict_outputs(self.model, split, batch_size, max_length, self.device)
+        if self.modality == "image":
+            from crosstune.images import ImageSplit, decode_images
+
+            size = int(self.config["backbone"]["preprocessing"]["image_size"])
+            split: Any = ImageSplit(decode_images([str(path) for path in inputs], size), torch.zeros(len(inputs)))
+        else:
+            from crosstune.data import normalise_text
+            from crosstune.encoding import encode_texts
+
+            clean = [normalise_text(str(text)) for text in inputs]
+            split = encode_texts(self.tokenizer, clean, torch.zeros(len(clean)), max_length)
+        batching = batching_for(self.config, batch_size, max_length)
+        outputs = predict_outputs(self.model, split, batching, self.device)
         predicted, confidence = outputs_to_predictions(outputs, self.config["task"])
         if self.config["task"] == "classification":
             return [{"label": self.labels[index], "score": score} for index, score in zip(predicted, confidence)]
         return [{"value": value} for value in predicted]
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str = "text") -> int:
-        """Label every row of a CSV/TSV/Parquet file; writes its columns plus the predictions as CSV."""
+        """Label every row of a CSV/TSV/Parquet file (``text_column`` holds texts, or image paths relative
+        to the file for an image model); writes its columns plus the predictions as CSV."""
         import pandas as pd
 
         from crosstune.data import read_table
@@ -70,7 +86,11 @@ class Predictor:
         if empty.any():
             rows = [int(i) + 1 for i in empty[empty].index[:5]]
             raise DataError(f"{input_path}: empty text at row(s) {rows}; fill or remove them.")
-        results = pd.DataFrame(self.predict(frame[text_column].astype(str).tolist()))
+        values = frame[text_column].astype(str).tolist()
+        if self.modality == "image":
+            values = [str(Path(value) if Path(value).is_absolute() else Path(input_path).parent / value)
+                      for value in values]
+        results = pd.DataFrame(self.predict(values))
         prefixed = results.rename(columns={column: f"predicted_{column}" for column in results.columns})
         write_csv(output_path, pd.concat([frame.reset_index(drop=True), prefixed], axis=1))
         return len(frame)

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from crosstune.config import FinetuneParams
-from crosstune.encoding import EncodedSplit, iterate_batches, num_batches
+from crosstune.batching import Batching, Split, TextBatching
+from crosstune.encoding import num_batches
 from crosstune.freezing import set_train_mode
 from crosstune.inference import outputs_to_predictions, predict_outputs
 from crosstune.losses import build_loss, class_weight_tensor
@@ -40,10 +41,10 @@ class TrainResult:
     samples_per_second: float = 0.0
 
 
-def validation_metrics(model: TransferModel, split: EncodedSplit, loss_fn: torch.nn.Module, task: str,
-                       labels: list[str], batch_size: int, max_length: int, device: str) -> dict[str, float]:
+def validation_metrics(model: TransferModel, split: Split, loss_fn: torch.nn.Module, task: str,
+                       labels: list[str], batching: Batching, device: str) -> dict[str, float]:
     """Loss and task metrics of ``model`` on ``split``."""
-    outputs = predict_outputs(model, split, batch_size, max_length, device)
+    outputs = predict_outputs(model, split, batching, device, batching.batch_size * 2)
     targets = split.labels
     loss = float(loss_fn(outputs.to(device), targets.to(device)).item())
     predictions, _ = outputs_to_predictions(outputs, task)
@@ -58,14 +59,17 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def train(model: TransferModel, train_split: EncodedSplit, validation_split: EncodedSplit,
-          params: FinetuneParams, seed: int, device: str, live: Any | None = None) -> TrainResult:
+def train(model: TransferModel, train_split: Split, validation_split: Split,
+          params: FinetuneParams, seed: int, device: str, live: Any | None = None,
+          batching: Batching | None = None) -> TrainResult:
     """Fine-tune ``model`` in place and leave it holding the best epoch's weights.
 
     Args:
         model: a model whose freeze policy is already applied.
         live: a ``dvclive.Live`` to log to, or None.
+        batching: how splits become batches; default: text batches from ``params``.
     """
+    batching = batching or TextBatching(params.batch_size, params.max_length)
     task, labels = model.spec["task"], model.spec["labels"]
     check_select_metric(params.select_metric, task)
     weights = class_weight_tensor(params.class_weights, train_split.labels, len(labels)) if task == "classification" else None
@@ -85,9 +89,9 @@ def train(model: TransferModel, train_split: EncodedSplit, validation_split: Enc
     for epoch in range(1, params.epochs + 1):
         set_train_mode(model)
         running, counted = 0.0, 0
-        for batch in iterate_batches(train_split, params.batch_size, params.max_length, generator):
+        for batch in batching.train(train_split, generator):
             batch = batch.to(device)
-            loss = loss_fn(model(batch.input_ids, batch.attention_mask), batch.labels)
+            loss = loss_fn(model(**batch.inputs), batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -102,8 +106,7 @@ def train(model: TransferModel, train_split: EncodedSplit, validation_split: Enc
                     live.log_metric("train/loss", running / counted)
                     live.log_metric("train/lr", scheduler.get_last_lr()[0])
                 running, counted = 0.0, 0
-        metrics = validation_metrics(model, validation_split, loss_fn, task, labels, params.batch_size * 2,
-                                     params.max_length, device)
+        metrics = validation_metrics(model, validation_split, loss_fn, task, labels, batching, device)
         metrics["epoch"] = epoch
         result.history.append(metrics)
         value = metrics[params.select_metric]

