@@ -34,7 +34,7 @@ def misclassified_figure(path: str | Path, true_labels: Sequence[str], predicted
             axis.imshow(picture.numpy(), cmap="gray" if image.shape[0] == 1 else None)
             axis.set_title(f"{true_labels[index]} → {predicted[index]}", fontsize=8)
     else:
-        figure, axis = plt.subplots(figsize=(10, 0.55 * max(len(shown), 1) + 0.8))
+        figure, axis = plt.subplots(figsize=(10, 0.2 * max(len(shown), 1) + 0.9))
         axis.axis("off")
         lines = [f"[{true_labels[i]} → {predicted[i]}] " + textwrap.shorten(str(texts[i]), 110) for i in shown]
         axis.text(0, 1, "\n".join(lines) or "no misclassified examples", va="top", family="monospace", fontsize=8)
