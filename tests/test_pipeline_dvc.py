@@ -151,6 +151,7 @@ def test_report_compares_revisions_and_renders_offline(repo: Repo, tmp_path: Pat
     page = (repo.root / "report.html").read_text(encoding="utf-8")
     assert "compared with HEAD~1" in page and "finetune.lr" in page and "metrics/eval.json:f1_macro" in page
     assert not re.search(r"<script[^>]+src=", page), "the report must not load scripts from anywhere"
+    assert '<img src="data:image/png;base64,' in page and 'src="static/' not in page
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (.ci/run installs Debian's chromium); browser check skipped")

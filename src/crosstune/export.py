@@ -69,6 +69,8 @@ def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str
                data: dict[str, Any], revision: str, locked_hash: str, weights_sha256: str) -> str:
     """The Markdown model card."""
     task, labels = config["task"], config["labels"]
+    example = '["shoe.png"]  # image paths' if config.get("modality") == "image" else '["a new text"]'
+
     headline = {key: value for key, value in metrics.items()
                 if key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mse", "mae", "r2")}
     baselines = {key: value for key, value in metrics.items() if key.startswith(("baseline_", "gain_"))}
@@ -88,7 +90,7 @@ Labels (output index order): {', '.join(f'`{label}`' for label in labels) or 'a 
 ```python
 import crosstune
 predictor = crosstune.load("path/to/this/directory")
-predictor.predict(["a new text"])  # [{{"label": ..., "score": ...}}]
+predictor.predict({example})  # [{{"label": ..., "score": ...}}]
 ```
 or `crosstune predict --model path/to/this/directory --input new.csv --text-column text --output labelled.csv`.
 

@@ -134,6 +134,23 @@ def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, 
                       _table("Params", ordered_params, compare, metrics=False)])
 
 
+def inline_images(page: str, directory: Path) -> str:
+    """Replace ``<img src="static/...">`` (image plots DVC copies beside its page) with data URIs, so the
+    report stays one self-contained file."""
+    import base64
+    import mimetypes
+    import re
+
+    def embed(match: re.Match[str]) -> str:
+        source = directory / match.group(1)
+        if not source.is_file():
+            return match.group(0)
+        kind = mimetypes.guess_type(source.name)[0] or "image/png"
+        return f'<img src="data:{kind};base64,{base64.b64encode(source.read_bytes()).decode("ascii")}"'
+
+    return re.sub(r'<img src="(?!data:)([^"]+)"', embed, page)
+
+
 def build_report(output: str | Path, compare: str | None = None, repo: str | Path = ".") -> Path:
     """Write the report page to ``output`` and return its path."""
     repo = Path(repo).resolve()
@@ -143,7 +160,7 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     with tempfile.TemporaryDirectory() as workdir:
         plot_args = ["plots", "diff", compare] if compare else ["plots", "show"]
         _dvc(*plot_args, "--html-template", str(TEMPLATE), "-o", workdir, cwd=repo)
-        page = (Path(workdir) / "index.html").read_text(encoding="utf-8")
+        page = inline_images((Path(workdir) / "index.html").read_text(encoding="utf-8"), Path(workdir))
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=False).stdout.strip() or "an uncommitted repository"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
