@@ -103,7 +103,8 @@ def attached(tmp_path: Path, raw_data: dict[str, Path], params_file: Path) -> di
     }
     prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(paths["prepared"]), str(params_file))
     backbone_stage(str(paths["prepared"]), str(paths["backbone"]), str(paths["encoded"]),
-                   str(tmp_path / "metrics" / "backbone.json"), str(params_file))
+                   str(tmp_path / "metrics" / "backbone.json"), str(tmp_path / "metrics" / "selection.json"),
+                   str(tmp_path / "metrics" / "selection.csv"), str(params_file))
     attach_head_stage(str(paths["backbone"]), str(paths["prepared"]), str(paths["initial"]),
                       str(tmp_path / "metrics" / "freeze.json"), str(params_file))
     return paths

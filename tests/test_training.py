@@ -128,7 +128,8 @@ def test_regression_task_end_to_end(tmp_path: Path) -> None:
     })
     prepare_stage(str(train_path), None, str(tmp_path / "prepared"), str(params))
     backbone_stage(str(tmp_path / "prepared"), str(tmp_path / "backbone"), str(tmp_path / "encoded"),
-                   str(tmp_path / "backbone.json"), str(params))
+                   str(tmp_path / "backbone.json"), str(tmp_path / "selection.json"), str(tmp_path / "selection.csv"),
+                   str(params))
     attach_head_stage(str(tmp_path / "backbone"), str(tmp_path / "prepared"), str(tmp_path / "initial"),
                       str(tmp_path / "freeze.json"), str(params))
     paths = {"initial": tmp_path / "initial", "encoded": tmp_path / "encoded", "prepared": tmp_path / "prepared",

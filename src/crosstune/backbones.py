@@ -180,9 +180,36 @@ def _load_from_hub(hub_id: str) -> LoadedBackbone:
         ) from error
 
 
+def split_candidate(spec: str) -> tuple[str, int | None]:
+    """``"minilm-l6@2"`` -> ``("minilm-l6", 2)``: a backbone cut to its first K blocks; plain names -> None."""
+    name, separator, blocks = spec.rpartition("@")
+    if separator and blocks.isdigit() and name:
+        return name, int(blocks)
+    return spec, None
+
+
+def truncate_blocks(model: "PreTrainedModel", keep: int, spec: str) -> None:
+    """Keep only the first ``keep`` transformer blocks (and say so in the config, so it saves and
+    reloads as the smaller model)."""
+    blocks = transformer_blocks(model)
+    if not 1 <= keep <= len(blocks):
+        raise ConfigError(f"params.yaml: backbone: {spec!r} asks for {keep} blocks but the backbone has "
+                          f"{len(blocks)}; use 1..{len(blocks)}.")
+    del blocks[keep:]
+    model.config.num_hidden_layers = keep
+
+
 def load_backbone(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
-    """Resolve ``backbone.name`` (registry name, local directory or hub id) and load it."""
-    name = params.name
+    """Resolve ``backbone.name`` (registry name, local directory or hub id, optionally ``@K`` for its
+    first K blocks) and load it."""
+    name, keep = split_candidate(params.name)
+    if keep is not None:
+        import dataclasses
+
+        loaded = load_backbone(dataclasses.replace(params, name=name), train_texts, seed)
+        truncate_blocks(loaded.model, keep, params.name)
+        loaded.source += f", first {keep} blocks"
+        return loaded
     if name in BACKBONES:
         loaded = BACKBONES.get(name)(params, train_texts, seed)
     elif Path(name).is_dir():

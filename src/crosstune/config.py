@@ -116,10 +116,21 @@ class BackboneParams:
     weights: str = "DEFAULT"  # images: DEFAULT, a torchvision weights name, none, or a .pth/.safetensors file
     image_size: int = 0  # images: input side in pixels; 0 = what the weights were trained at
     tiny: TinyBertParams = field(default_factory=TinyBertParams)
+    select: str = "name"  # name: use backbone.name; score: the best of backbone.candidates by backbone.score
+    candidates: tuple[str, ...] = ()  # names, directories or hub ids; "NAME@K" = the first K blocks of NAME
+    score: str = "logme"  # transferability score reported (and, with select: score, used to pick)
+    selection_samples: int = 500  # training examples (seeded sample) features are scored on
 
     def __post_init__(self) -> None:
+        from crosstune.selection import SCORES
+
         if not self.name:
             _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
+        _check_choice("backbone.select", self.select, ("name", "score"))
+        _check_registered("backbone.score", self.score, SCORES)
+        _check_range("backbone.selection_samples", self.selection_samples, low=10)
+        if self.select == "score" and not self.candidates:
+            _fail("backbone.candidates", "is empty but backbone.select is 'score'; list the backbones to rank.")
         _check_range("backbone.max_length", self.max_length, low=8)
         _check_range("backbone.image_size", self.image_size, low=0)
 

@@ -33,24 +33,23 @@ def prepare_stage(train_path: str, test_path: str | None, out_dir: str,
 
 
 def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_path: str,
+                   selection_path: str, selection_table: str,
                    params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
-    """select-and-load-backbone: load the backbone, save it, and encode every split for it once."""
+    """select-and-load-backbone: pick the backbone (by name, or the best candidate by a transferability
+    score), report its score, save it, and encode every split for it once."""
+    import dataclasses
+
     from crosstune.data import SPLITS, read_label_info, read_modality, read_split
-    from crosstune.vision import VISION_BACKBONES
 
     base, params = load_section("base", params_path), load_section("backbone", params_path)
     task, labels = read_label_info(prepared_dir)
     modality = read_modality(prepared_dir)
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
-    backbone_modality = "image" if params.name in VISION_BACKBONES else "text"
-    if backbone_modality != modality:
-        from crosstune.backbones import BACKBONES
-
-        choices = VISION_BACKBONES.names() if modality == "image" else BACKBONES.names() + ["<local dir>", "<hub id>"]
-        raise ConfigError(f"params.yaml: backbone.name: {params.name!r} is a {backbone_modality} backbone but the "
-                          f"prepared data holds {modality}s; use one of {choices}.")
-    logger.info("backbone: %s (%s), %d/%d/%d examples", params.name, modality,
-                *(len(splits[name]) for name in SPLITS))
+    candidates = list(params.candidates) if params.select == "score" else [params.name]
+    for candidate in candidates:
+        _check_backbone_modality(candidate, modality)
+    logger.info("backbone: %s (%s), %d/%d/%d examples", candidates if params.select == "score" else params.name,
+                modality, *(len(splits[name]) for name in SPLITS))
     index = {label: position for position, label in enumerate(labels)}
 
     def targets(frame: Any) -> "torch.Tensor":
@@ -60,13 +59,63 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
             return torch.tensor([index[label] for label in frame["label"]], dtype=torch.int64)
         return torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
 
+    selection = _select(params, candidates, modality, splits["train"], task, base.seed)
+    chosen = selection.best if params.select == "score" else params.name
+    params = dataclasses.replace(params, name=chosen)
     if modality == "image":
         summary = _image_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
     else:
         summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
+    summary[f"{selection.score_name}"] = selection.scores[chosen]
     write_json(summary_path, summary)
+    _write_selection(selection, chosen, params.select, selection_path, selection_table)
     logger.info("backbone summary: %s", summary)
     return summary
+
+
+def _check_backbone_modality(candidate: str, modality: str) -> None:
+    from crosstune.backbones import BACKBONES, split_candidate
+    from crosstune.vision import VISION_BACKBONES
+
+    backbone_modality = "image" if split_candidate(candidate)[0] in VISION_BACKBONES else "text"
+    if backbone_modality != modality:
+        choices = VISION_BACKBONES.names() if modality == "image" else BACKBONES.names() + ["<local dir>", "<hub id>"]
+        raise ConfigError(f"params.yaml: backbone: {candidate!r} is a {backbone_modality} backbone but the "
+                          f"prepared data holds {modality}s; use one of {choices}.")
+
+
+def _select(params: Any, candidates: list[str], modality: str, train: Any, task: str, seed: int) -> Any:
+    """Transferability of each candidate on a seeded sample of the training split."""
+    import numpy as np
+
+    from crosstune.selecting import sample_indices, score_candidates
+
+    if task != "classification" and params.score != "logme":
+        raise ConfigError(f"params.yaml: backbone.score: {params.score!r} needs class labels; with a regression "
+                          f"task use backbone.score: logme.")
+    rows = sample_indices(len(train), params.selection_samples, seed)
+    labels = np.asarray(train["label"].iloc[rows])
+    if modality == "image":
+        from crosstune.images import decode_images
+
+        sample: Any = decode_images(train["image"].iloc[rows].tolist(), 256)  # each candidate resizes further
+    else:
+        sample = train["text"].iloc[rows].tolist()
+    train_texts = train["text"].tolist() if modality == "text" else []
+    return score_candidates(params, candidates, modality, sample, labels, train_texts, seed,
+                            regression=task == "regression")
+
+
+def _write_selection(selection: Any, chosen: str, method: str, json_path: str, table_path: str) -> None:
+    import pandas as pd
+
+    # Scores only: the seconds each took are logged, not written, so identical runs give identical files.
+    flat: dict[str, Any] = {"select": method, "score": selection.score_name, "selected": chosen}
+    for candidate, value in selection.scores.items():
+        flat[f"{candidate}_{selection.score_name}"] = value
+    write_json(json_path, flat)
+    write_csv(table_path, pd.DataFrame({"candidate": list(selection.scores), "score": list(selection.scores.values()),
+                                        "score_name": selection.score_name}))
 
 
 def _text_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,

@@ -1,0 +1,153 @@
+"""select-and-load-backbone by numbers: score every candidate's frozen features on a sample of the
+target training split with a transferability score (:mod:`crosstune.selection`) and pick the best.
+
+Features are extracted in batches under ``torch.inference_mode`` and cached on disk by content
+(candidate, weights, input size, the exact sample), so adding one candidate scores only that one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from crosstune.config import BackboneParams
+from crosstune.errors import ConfigError
+from crosstune.selection import SCORES
+
+logger = logging.getLogger(__name__)
+DEFAULT_CACHE = Path(".cache") / "crosstune" / "features"
+BATCH_SIZE = 32
+
+
+@dataclass
+class SelectionResult:
+    """Scores per candidate (higher is better), the seconds each took, and the winner."""
+
+    score_name: str
+    scores: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> str:
+        return max(self.scores, key=self.scores.__getitem__)
+
+
+def sample_indices(size: int, cap: int, seed: int) -> np.ndarray:
+    """A seeded sample of at most ``cap`` row positions, in ascending order."""
+    if size <= cap:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).choice(size, size=cap, replace=False))
+
+
+def _text_features_by_depth(base: str, depths: Sequence[int | None], params: BackboneParams,
+                            texts: Sequence[str], train_texts: Sequence[str], seed: int) -> list[np.ndarray]:
+    """Mean-pooled features of ``base`` cut after each of ``depths`` blocks (None: all of them), from ONE
+    forward pass with every block's output: ``NAME@K`` candidates of one backbone cost no extra pass.
+    Block K's output is exactly what the model truncated to K blocks returns."""
+    import torch
+
+    from crosstune.backbones import load_backbone, transformer_blocks
+    from crosstune.heads import mean_pooling
+
+    loaded = load_backbone(replace(params, name=base), train_texts, seed)
+    total = len(transformer_blocks(loaded.model))
+    for depth in depths:
+        if depth is not None and not 1 <= depth <= total:
+            raise ConfigError(f"params.yaml: backbone.candidates: {base}@{depth} asks for {depth} blocks but "
+                              f"{base} has {total}; use 1..{total}.")
+    loaded.model.eval()
+    columns: list[list[torch.Tensor]] = [[] for _ in depths]
+    with torch.inference_mode():
+        for start in range(0, len(texts), BATCH_SIZE):
+            encoded = loaded.tokenizer(list(texts[start : start + BATCH_SIZE]), truncation=True,
+                                       max_length=params.max_length, padding=True, return_tensors="pt")
+            hidden_states = loaded.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                                         output_hidden_states=True).hidden_states
+            for column, depth in zip(columns, depths):
+                column.append(mean_pooling(hidden_states[total if depth is None else depth],
+                                           encoded["attention_mask"]).float())
+    return [torch.cat(column).numpy() for column in columns]
+
+
+def _image_features(spec: str, params: BackboneParams, images: Any, seed: int) -> np.ndarray:
+    import torch
+
+    from crosstune.images import ImageBatcher
+    from crosstune.vision import build_vision_backbone
+
+    backbone = build_vision_backbone(spec, params.weights, seed, params.image_size)
+    backbone.eval()
+    batcher = ImageBatcher(backbone.preprocessing)
+    with torch.inference_mode():
+        rows = [backbone.forward_features(batcher(images[start : start + BATCH_SIZE]))
+                for start in range(0, len(images), BATCH_SIZE)]
+    return torch.cat(rows).float().numpy()
+
+
+def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_digest: str, seed: int) -> str:
+    """Everything the features depend on (the training texts too: tiny-bert learns its vocabulary there)."""
+    identity = {"candidate": spec, "weights": params.weights, "image_size": params.image_size,
+                "max_length": params.max_length, "tiny": str(params.tiny), "sample": sample_digest,
+                "train": train_digest, "seed": seed}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def score_candidates(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
+                     labels: np.ndarray, train_texts: Sequence[str], seed: int,
+                     cache_dir: Path = DEFAULT_CACHE, regression: bool = False) -> SelectionResult:
+    """Score each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor) against
+    ``labels`` with ``params.score`` (LogME in its regression form for numeric labels)."""
+    from crosstune.selection import logme
+
+    score = (lambda features, targets: logme(features, targets, regression=True)) if regression \
+        else SCORES.get(params.score)
+    raw = json.dumps(list(sample)) if modality == "text" else sample.numpy().tobytes()
+    digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
+    train_digest = hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
+    result = SelectionResult(params.score)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {spec: cache_dir / f"{_cache_key(spec, params, digest, train_digest, seed)}.npy" for spec in candidates}
+    extraction = _extract_missing(params, [spec for spec in candidates if not paths[spec].is_file()], paths,
+                                  modality, sample, train_texts, seed)
+    for spec in candidates:
+        started = time.perf_counter()
+        features = np.load(paths[spec], allow_pickle=False)
+        result.scores[spec] = float(score(features, labels))
+        result.seconds[spec] = round(extraction.get(spec, 0.0) + time.perf_counter() - started, 3)
+        logger.info("candidate %s: %s = %.4f (%d x %d features%s, %.1f s)", spec, params.score, result.scores[spec],
+                    *features.shape, "" if spec in extraction else " from cache", result.seconds[spec])
+    return result
+
+
+def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict[str, Path], modality: str,
+                     sample: Any, train_texts: Sequence[str], seed: int) -> dict[str, float]:
+    """Extract and cache the features not cached yet; returns each candidate's share of the seconds."""
+    from collections import defaultdict
+
+    from crosstune.backbones import split_candidate
+
+    groups: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
+    for spec in missing:
+        base, depth = split_candidate(spec) if modality == "text" else (spec, None)
+        groups[base].append((spec, depth))
+    seconds: dict[str, float] = {}
+    for base, members in groups.items():
+        started = time.perf_counter()
+        if modality == "text":
+            features = _text_features_by_depth(base, [depth for _, depth in members], params, sample, train_texts, seed)
+        else:
+            features = [_image_features(base, params, sample, seed)]
+        for (spec, _), values in zip(members, features):
+            temporary = paths[spec].with_suffix(".tmp.npy")
+            np.save(temporary, values, allow_pickle=False)
+            temporary.replace(paths[spec])
+        for spec, _ in members:
+            seconds[spec] = (time.perf_counter() - started) / len(members)
+    return seconds

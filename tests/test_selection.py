@@ -1,0 +1,122 @@
+"""Transferability scores and domain-gap measures on synthetic features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crosstune.selection import (
+    SCORES, _evidence_from_spectrum, linear_mmd, log_evidence, logme, proxy_a_distance,
+)
+
+
+def separable(n: int = 120, d: int = 16, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = rng.normal(0, 3, size=(classes, d))
+    return centres[labels] + rng.normal(0, 1, size=(n, d)), labels
+
+
+@pytest.mark.parametrize("name", SCORES.names())
+def test_every_score_ranks_separable_above_shuffled(name: str) -> None:
+    features, labels = separable()
+    shuffled = np.random.default_rng(1).permutation(labels)
+    score = SCORES.get(name)
+    assert np.isfinite(score(features, labels))
+    assert score(features, labels) > score(features, shuffled)
+
+
+@pytest.mark.parametrize(("n", "d"), [(50, 8), (20, 64)])
+def test_logme_evidence_matches_closed_form(n: int, d: int) -> None:
+    rng = np.random.default_rng(n + d)
+    features, target = rng.normal(size=(n, d)), rng.normal(size=n)
+    left, singular, _ = np.linalg.svd(features, full_matrices=False)
+    for alpha, beta in [(1.0, 1.0), (0.3, 5.0), (12.0, 0.1)]:
+        fast = _evidence_from_spectrum(singular ** 2, left.T @ target, float(target @ target), n, d, alpha, beta)[0]
+        assert fast == pytest.approx(log_evidence(features, target, alpha, beta), rel=1e-9, abs=1e-9)
+
+
+def test_logme_is_invariant_to_label_permutation() -> None:
+    features, labels = separable()
+    renamed = np.array(["c", "a", "b"])[labels]
+    assert logme(features, renamed) == pytest.approx(logme(features, labels), rel=1e-12)
+
+
+def test_logme_handles_more_features_than_samples() -> None:
+    features, labels = separable(n=30, d=200)
+    shuffled = np.random.default_rng(2).permutation(labels)
+    assert np.isfinite(logme(features, labels))
+    assert logme(features, labels) > logme(features, shuffled)
+
+
+def test_logme_regression_prefers_an_explained_target() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(100, 5))
+    explained = features @ rng.normal(size=5) + 0.1 * rng.normal(size=100)
+    assert logme(features, explained, regression=True) > logme(features, rng.normal(size=100), regression=True)
+
+
+def test_domain_gap_measures() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(200, 8))
+    same = rng.normal(size=(200, 8))
+    shifted = rng.normal(size=(200, 8)) + 3.0
+    assert linear_mmd(source, source) == 0.0
+    assert linear_mmd(source, shifted) > linear_mmd(source, source + 0.5) > 0
+    assert proxy_a_distance(source, same) < 0.5
+    assert proxy_a_distance(source, shifted) > 1.8
+
+
+def test_backbone_stage_picks_the_best_candidate_and_caches_features(
+        tmp_path, raw_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from crosstune.pipeline import backbone_stage, prepare_stage
+
+    from conftest import write_params
+
+    monkeypatch.chdir(tmp_path)  # the feature cache lives under ./.cache
+    params = write_params(tmp_path / "params.yaml", {"backbone": {
+        "select": "score", "candidates": ["tiny-bert@1", "tiny-bert"], "score": "linear_probe"}})
+    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), "prepared", str(params))
+
+    def run() -> dict:
+        backbone_stage("prepared", "backbone", "encoded", "backbone.json", "selection.json", "selection.csv",
+                       str(params))
+        return json.loads((tmp_path / "selection.json").read_text())
+
+    selection = run()
+    scores = {name: selection[f"{name}_linear_probe"] for name in ("tiny-bert@1", "tiny-bert")}
+    assert selection["selected"] == max(scores, key=scores.get)
+    saved = json.loads((tmp_path / "backbone" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == (1 if selection["selected"] == "tiny-bert@1" else 2)
+    cached = sorted((tmp_path / ".cache" / "crosstune" / "features").iterdir())
+    assert len(cached) == 2
+    write_params(tmp_path / "params.yaml", {"backbone": {
+        "select": "score", "candidates": ["tiny-bert@1", "tiny-bert", "tiny-bert@2"], "score": "linear_probe"}})
+    run()
+    assert len(sorted((tmp_path / ".cache" / "crosstune" / "features").iterdir())) == 3  # only the new one
+    assert json.loads((tmp_path / "selection.json").read_text())["tiny-bert_linear_probe"] == scores["tiny-bert"]
+
+
+def test_truncated_candidates_share_one_pass_and_equal_truncated_models(tmp_path) -> None:
+    import torch
+
+    from crosstune.backbones import load_backbone
+    from crosstune.config import BackboneParams, TinyBertParams
+    from crosstune.heads import mean_pooling
+    from crosstune.selecting import _text_features_by_depth
+
+    from conftest import make_texts
+
+    texts = [text for text, _ in make_texts(6, seed=0)]
+    params = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
+    by_depth = _text_features_by_depth("tiny-bert", [1, None], params, texts[:5], texts, seed=0)
+    truncated = load_backbone(BackboneParams(name="tiny-bert@1", max_length=32, tiny=params.tiny), texts, 0)
+    truncated.model.eval()
+    encoded = truncated.tokenizer(texts[:5], truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = truncated.model(**encoded).last_hidden_state
+    expected = mean_pooling(hidden, encoded["attention_mask"]).numpy()
+    np.testing.assert_allclose(by_depth[0], expected, rtol=1e-5, atol=1e-6)
+    assert by_depth[1].shape == expected.shape and not np.allclose(by_depth[1], expected)
