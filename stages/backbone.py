@@ -4,7 +4,7 @@ load it and encode the splits for it.
 Reads params sections `base` (seed) and `backbone`. By hand:
     python stages/backbone.py --prepared data/prepared --model models/backbone \
         --encoded data/encoded --summary metrics/backbone.json \
-        --selection metrics/selection.json --selection-table metrics/selection.csv
+        --selection metrics/selection.json --selection-table metrics/selection.csv --source data/source
 """
 
 import argparse
@@ -22,10 +22,11 @@ def main(argv=None) -> None:
     parser.add_argument("--summary", required=True, help="JSON summary of the backbone")
     parser.add_argument("--selection", required=True, help="JSON of each candidate's transferability score")
     parser.add_argument("--selection-table", required=True, help="CSV of the same, for the bar plot")
+    parser.add_argument("--source", help="folder with an optional source-domain sample (domain-gap report)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     backbone_stage(args.prepared, args.model, args.encoded, args.summary, args.selection, args.selection_table,
-                   args.params)
+                   args.params, args.source)
 
 
 if __name__ == "__main__":

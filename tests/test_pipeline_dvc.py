@@ -60,6 +60,8 @@ class Repo:
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
             write_params(root / "params.yaml", {"finetune": {"epochs": 2}})
         (root / ".gitignore").write_text("__pycache__/\n", encoding="utf-8")
+        (root / "data" / "source").mkdir(parents=True, exist_ok=True)
+        (root / "data" / "source" / "README.md").write_text("optional source sample\n", encoding="utf-8")
         self.git("init", "-q")
         self.dvc("init", "-q")
         self.dvc("config", "core.analytics", "false")

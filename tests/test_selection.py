@@ -120,3 +120,33 @@ def test_truncated_candidates_share_one_pass_and_equal_truncated_models(tmp_path
     expected = mean_pooling(hidden, encoded["attention_mask"]).numpy()
     np.testing.assert_allclose(by_depth[0], expected, rtol=1e-5, atol=1e-6)
     assert by_depth[1].shape == expected.shape and not np.allclose(by_depth[1], expected)
+
+
+def test_domain_gap_reported_per_candidate_when_a_source_sample_is_given(tmp_path, raw_data,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import pandas as pd
+
+    from crosstune.pipeline import backbone_stage, prepare_stage
+
+    from conftest import write_params
+
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "params.yaml", {"backbone": {
+        "select": "score", "candidates": ["tiny-bert@1", "tiny-bert"], "score": "logme"}})
+    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), "prepared", str(params))
+    source = tmp_path / "source"
+    source.mkdir()
+    pd.DataFrame({"text": [f"completely different words {i} about gardening tools" for i in range(40)]}).to_csv(
+        source / "source.csv", index=False)
+    backbone_stage("prepared", "backbone", "encoded", "backbone.json", "selection.json", "selection.csv",
+                   str(params), str(source))
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    for candidate in ("tiny-bert@1", "tiny-bert"):
+        assert selection[f"{candidate}_proxy_a_distance"] > 1.0  # the two domains are easy to tell apart
+        assert selection[f"{candidate}_linear_mmd"] > 0.0
+    (source / "source.csv").unlink()
+    backbone_stage("prepared", "backbone", "encoded", "backbone.json", "selection.json", "selection.csv",
+                   str(params), str(source))
+    assert not any(key.endswith("_linear_mmd") for key in json.loads((tmp_path / "selection.json").read_text()))

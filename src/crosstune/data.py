@@ -296,3 +296,25 @@ def read_modality(prepared_dir: str | Path) -> str:
     from crosstune.io import read_json
 
     return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")
+
+
+def read_source_sample(directory: str | Path, modality: str) -> list[str] | None:
+    """The optional source-domain sample in ``directory`` (default ``data/source/``) for the domain-gap
+    report: texts from the ``text`` column of ``source.csv``/``.tsv``/``.parquet``, or the paths of the
+    images under ``images/``. Labels are not needed. None when there is none."""
+    from crosstune.images import IMAGE_SUFFIXES
+
+    directory = Path(directory)
+    if modality == "image":
+        images = sorted(str(path) for path in (directory / "images").rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        return images or None
+    for name in ("source.csv", "source.tsv", "source.parquet"):
+        path = directory / name
+        if path.is_file():
+            frame = read_table(path)
+            if "text" not in frame.columns:
+                raise DataError(f"{path}: no 'text' column (columns: {list(frame.columns)}); name the source "
+                                f"texts' column 'text'.")
+            texts = _require_values(frame, "text", "text", "remove those rows or fill in their text", path)
+            return [normalise_text(text) for text in texts.astype(str)]
+    return None

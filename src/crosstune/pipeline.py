@@ -33,10 +33,11 @@ def prepare_stage(train_path: str, test_path: str | None, out_dir: str,
 
 
 def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_path: str,
-                   selection_path: str, selection_table: str,
-                   params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+                   selection_path: str, selection_table: str, params_path: str = DEFAULT_PARAMS_PATH,
+                   source_dir: str | None = None) -> dict[str, Any]:
     """select-and-load-backbone: pick the backbone (by name, or the best candidate by a transferability
-    score), report its score, save it, and encode every split for it once."""
+    score), report its score (and each candidate's domain gap when ``source_dir`` holds a source sample),
+    save it, and encode every split for it once."""
     import dataclasses
 
     from crosstune.data import SPLITS, read_label_info, read_modality, read_split
@@ -59,7 +60,7 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
             return torch.tensor([index[label] for label in frame["label"]], dtype=torch.int64)
         return torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
 
-    selection = _select(params, candidates, modality, splits["train"], task, base.seed)
+    selection, gaps = _select(params, candidates, modality, splits["train"], task, base.seed, source_dir)
     chosen = selection.best if params.select == "score" else params.name
     params = dataclasses.replace(params, name=chosen)
     if modality == "image":
@@ -68,7 +69,7 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
         summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
     summary[f"{selection.score_name}"] = selection.scores[chosen]
     write_json(summary_path, summary)
-    _write_selection(selection, chosen, params.select, selection_path, selection_table)
+    _write_selection(selection, gaps, chosen, params.select, selection_path, selection_table)
     logger.info("backbone summary: %s", summary)
     return summary
 
@@ -84,35 +85,47 @@ def _check_backbone_modality(candidate: str, modality: str) -> None:
                           f"prepared data holds {modality}s; use one of {choices}.")
 
 
-def _select(params: Any, candidates: list[str], modality: str, train: Any, task: str, seed: int) -> Any:
-    """Transferability of each candidate on a seeded sample of the training split."""
+def _select(params: Any, candidates: list[str], modality: str, train: Any, task: str, seed: int,
+            source_dir: str | None) -> tuple[Any, dict[str, dict[str, float]]]:
+    """Transferability of each candidate on a seeded sample of the training split, and its domain gap
+    to the source sample when there is one."""
     import numpy as np
 
-    from crosstune.selecting import sample_indices, score_candidates
+    from crosstune.data import read_source_sample
+    from crosstune.selecting import domain_gaps, sample_indices, score_candidates
 
     if task != "classification" and params.score != "logme":
         raise ConfigError(f"params.yaml: backbone.score: {params.score!r} needs class labels; with a regression "
                           f"task use backbone.score: logme.")
     rows = sample_indices(len(train), params.selection_samples, seed)
     labels = np.asarray(train["label"].iloc[rows])
+    source = read_source_sample(source_dir, modality) if source_dir else None
+    if source is not None:
+        source = [source[i] for i in sample_indices(len(source), params.selection_samples, seed)]
     if modality == "image":
         from crosstune.images import decode_images
 
         sample: Any = decode_images(train["image"].iloc[rows].tolist(), 256)  # each candidate resizes further
+        source = decode_images(source, 256) if source is not None else None
     else:
         sample = train["text"].iloc[rows].tolist()
     train_texts = train["text"].tolist() if modality == "text" else []
-    return score_candidates(params, candidates, modality, sample, labels, train_texts, seed,
-                            regression=task == "regression")
+    selection = score_candidates(params, candidates, modality, sample, labels, train_texts, seed,
+                                 regression=task == "regression")
+    gaps = domain_gaps(params, candidates, modality, sample, source, train_texts, seed) if source is not None else {}
+    return selection, gaps
 
 
-def _write_selection(selection: Any, chosen: str, method: str, json_path: str, table_path: str) -> None:
+def _write_selection(selection: Any, gaps: dict[str, dict[str, float]], chosen: str, method: str, json_path: str,
+                     table_path: str) -> None:
     import pandas as pd
 
     # Scores only: the seconds each took are logged, not written, so identical runs give identical files.
     flat: dict[str, Any] = {"select": method, "score": selection.score_name, "selected": chosen}
     for candidate, value in selection.scores.items():
         flat[f"{candidate}_{selection.score_name}"] = value
+        for measure, gap in gaps.get(candidate, {}).items():
+            flat[f"{candidate}_{measure}"] = gap
     write_json(json_path, flat)
     write_csv(table_path, pd.DataFrame({"candidate": list(selection.scores), "score": list(selection.scores.values()),
                                         "score_name": selection.score_name}))

@@ -99,6 +99,21 @@ def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_dige
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def candidate_features(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
+                       train_texts: Sequence[str], seed: int,
+                       cache_dir: Path = DEFAULT_CACHE) -> tuple[dict[str, Path], dict[str, float]]:
+    """Each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor), extracted where
+    not cached yet. Returns the cache file of each and the seconds spent extracting (uncached ones)."""
+    raw = json.dumps(list(sample)) if modality == "text" else sample.numpy().tobytes()
+    digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
+    train_digest = hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {spec: cache_dir / f"{_cache_key(spec, params, digest, train_digest, seed)}.npy" for spec in candidates}
+    extraction = _extract_missing(params, [spec for spec in candidates if not paths[spec].is_file()], paths,
+                                  modality, sample, train_texts, seed)
+    return paths, extraction
+
+
 def score_candidates(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
                      labels: np.ndarray, train_texts: Sequence[str], seed: int,
                      cache_dir: Path = DEFAULT_CACHE, regression: bool = False) -> SelectionResult:
@@ -108,14 +123,8 @@ def score_candidates(params: BackboneParams, candidates: Sequence[str], modality
 
     score = (lambda features, targets: logme(features, targets, regression=True)) if regression \
         else SCORES.get(params.score)
-    raw = json.dumps(list(sample)) if modality == "text" else sample.numpy().tobytes()
-    digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
-    train_digest = hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
     result = SelectionResult(params.score)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    paths = {spec: cache_dir / f"{_cache_key(spec, params, digest, train_digest, seed)}.npy" for spec in candidates}
-    extraction = _extract_missing(params, [spec for spec in candidates if not paths[spec].is_file()], paths,
-                                  modality, sample, train_texts, seed)
+    paths, extraction = candidate_features(params, candidates, modality, sample, train_texts, seed, cache_dir)
     for spec in candidates:
         started = time.perf_counter()
         features = np.load(paths[spec], allow_pickle=False)
@@ -124,6 +133,23 @@ def score_candidates(params: BackboneParams, candidates: Sequence[str], modality
         logger.info("candidate %s: %s = %.4f (%d x %d features%s, %.1f s)", spec, params.score, result.scores[spec],
                     *features.shape, "" if spec in extraction else " from cache", result.seconds[spec])
     return result
+
+
+def domain_gaps(params: BackboneParams, candidates: Sequence[str], modality: str, target_sample: Any,
+                source_sample: Any, train_texts: Sequence[str], seed: int,
+                cache_dir: Path = DEFAULT_CACHE) -> dict[str, dict[str, float]]:
+    """Proxy A-distance and linear MMD between each candidate's source and target features."""
+    from crosstune.selection import linear_mmd, proxy_a_distance
+
+    target_paths, _ = candidate_features(params, candidates, modality, target_sample, train_texts, seed, cache_dir)
+    source_paths, _ = candidate_features(params, candidates, modality, source_sample, train_texts, seed, cache_dir)
+    gaps = {}
+    for spec in candidates:
+        target = np.load(target_paths[spec], allow_pickle=False)
+        source = np.load(source_paths[spec], allow_pickle=False)
+        gaps[spec] = {"proxy_a_distance": proxy_a_distance(source, target, seed), "linear_mmd": linear_mmd(source, target)}
+        logger.info("candidate %s: domain gap %s", spec, gaps[spec])
+    return gaps
 
 
 def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict[str, Path], modality: str,
