@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 from crosstune.report import summary_html, tables_html
-from crosstune.report_template import LIBRARIES, TEMPLATE
+from crosstune.report_template import LIBRARIES, build_template
 
 
 def test_template_inlines_pinned_libraries_and_loads_nothing() -> None:
-    page = TEMPLATE.read_text(encoding="utf-8")
+    page = build_template()
     for package, version, _ in LIBRARIES:
         assert f"<!-- {package}@{version} from the npm registry, sha256 " in page
     assert "{plot_divs}" in page and "{scripts}" not in page

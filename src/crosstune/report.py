@@ -19,7 +19,7 @@ from typing import Any
 
 from crosstune.errors import CrosstuneError
 from crosstune.io import atomic_path
-from crosstune.report_template import TEMPLATE
+from crosstune.report_template import build_template
 
 logger = logging.getLogger(__name__)
 SUMMARY_MARKER = "<!--crosstune:summary-->"
@@ -155,12 +155,16 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     """Write the report page to ``output`` and return its path."""
     repo = Path(repo).resolve()
     output = Path(output)
-    if not TEMPLATE.is_file():
-        raise ReportError(f"{TEMPLATE} is missing; rebuild it with `python -m crosstune.report_template`.")
+    try:
+        template_text = build_template()
+    except FileNotFoundError as error:
+        raise ReportError(str(error)) from error
     with tempfile.TemporaryDirectory() as workdir:
+        template = Path(workdir) / "template.html"
+        template.write_text(template_text, encoding="utf-8")
         plot_args = ["plots", "diff", compare] if compare else ["plots", "show"]
-        _dvc(*plot_args, "--html-template", str(TEMPLATE), "-o", workdir, cwd=repo)
-        page = inline_images((Path(workdir) / "index.html").read_text(encoding="utf-8"), Path(workdir))
+        _dvc(*plot_args, "--html-template", str(template), "-o", str(Path(workdir) / "out"), cwd=repo)
+        page = inline_images((Path(workdir) / "out" / "index.html").read_text(encoding="utf-8"), Path(workdir) / "out")
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=False).stdout.strip() or "an uncommitted repository"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
