@@ -1,4 +1,4 @@
-"""Stage 5, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines.
+"""Stage 6, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines.
 
 Reads params sections `base` (seed, device) and `evaluate`. By hand:
     python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \

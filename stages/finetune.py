@@ -1,15 +1,18 @@
-"""Stage 4, finetune: train the attached model; keep the best epoch by the validation metric.
+"""Stage 5, finetune: train the attached model; keep the best epoch by the validation metric.
 
-Reads params sections `base` (seed, device) and `finetune`. By hand:
-    python stages/finetune.py --initial models/initial --encoded data/encoded \
-        --model models/finetuned --live metrics/finetune
+Reads params sections `base` (seed, device), `finetune` and `augment`. Checkpoints every epoch to
+--checkpoints (a DVC persist output), so `dvc repro` after a crash resumes from the last complete epoch.
+With finetune.num_processes > 1 it starts itself again under torchrun (DDP). By hand:
+    python stages/finetune.py --initial models/initial --encoded data/encoded \\
+        --model models/finetuned --live metrics/finetune --features data/features \\
+        --checkpoints checkpoints/finetune
+Several GPUs, directly: torchrun --nproc_per_node 4 stages/finetune.py <the same arguments>
 """
 
 import argparse
 import sys
 
 from crosstune.cli import run_main
-from crosstune.pipeline import finetune_stage
 
 
 def main(argv=None) -> None:
@@ -18,9 +21,23 @@ def main(argv=None) -> None:
     parser.add_argument("--encoded", required=True, help="tokenized splits from the backbone stage")
     parser.add_argument("--model", required=True, help="directory for the fine-tuned model")
     parser.add_argument("--live", required=True, help="dvclive directory for step metrics and plots")
+    parser.add_argument("--features", default=None, help="frozen-prefix cache from the cache stage (optional)")
+    parser.add_argument("--checkpoints", default=None, help="directory for resumable per-epoch checkpoints")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    finetune_stage(args.initial, args.encoded, args.model, args.live, args.params)
+
+    from crosstune.config import load_section
+    from crosstune.distributed import in_distributed_launch, relaunch
+
+    processes = load_section("finetune", args.params).num_processes
+    if processes > 1 and not in_distributed_launch():
+        status = relaunch(__file__, sys.argv[1:] if argv is None else list(argv), processes)
+        if status:
+            raise SystemExit(status)
+        return
+    from crosstune.pipeline import finetune_stage
+
+    finetune_stage(args.initial, args.encoded, args.model, args.live, args.params, args.features, args.checkpoints)
 
 
 if __name__ == "__main__":

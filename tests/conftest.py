@@ -60,8 +60,9 @@ TINY_PARAMS = {
     "freeze": {"depth": 0, "patterns": []},
     "head": {"type": "linear", "pooling": "mean", "dropout": 0.1, "hidden_dim": 16},
     "finetune": {"optimizer": "adamw", "lr": 0.003, "epochs": 3, "batch_size": 8, "max_length": 32,
-                 "class_weights": "balanced", "warmup_ratio": 0.1, "log_every": 2},
+                 "class_weights": "balanced", "warmup_ratio": 0.1, "log_every": 2, "unfreeze": "none"},
     "augment": {"horizontal_flip": 0.0},
+    "cache": {"enabled": True, "dtype": "float32", "batch_size": 16},
     "evaluate": {"batch_size": 16, "baselines": ["majority", "tfidf_logreg"]},
 }
 

@@ -30,7 +30,7 @@ def test_unknown_key_names_key_and_valid_keys() -> None:
     ("section", "values", "message"),
     [
         ("finetune", {"optimizer": "adamx"}, r"finetune\.optimizer.*'adamx'.*\['adam', 'adamw', 'rmsprop', 'sgd'\]"),
-        ("finetune", {"scheduler": "step"}, r"finetune\.scheduler.*\['constant', 'cosine', 'linear'\]"),
+        ("finetune", {"scheduler": "step"}, r"finetune\.scheduler.*\['constant', 'cosine', 'linear', 'slanted_triangular'\]"),
         ("finetune", {"lr": -1.0}, r"finetune\.lr"),
         ("finetune", {"epochs": 2.5}, r"finetune\.epochs.*whole number"),
         ("finetune", {"class_weights": "auto"}, r"finetune\.class_weights"),

@@ -1,8 +1,9 @@
-"""End to end: real `dvc repro` of the five stages in a temporary git repo, with the tiny backbone.
+"""End to end: real `dvc repro` of the stages in a temporary git repo, with the tiny backbone.
 
 Checks the granularity users rely on: a no-op second run, a learning-rate change rerunning only
-finetune and evaluate, a freeze-depth change rerunning from attach-head, `dvc params/metrics diff`
-after a commit, `dvc exp run -S`, and identical metrics when the same params run twice.
+finetune and evaluate, a freeze-depth change rerunning from attach-head and rebuilding the
+frozen-prefix cache, `dvc params/metrics diff` after a commit, `dvc exp run -S` (on the cache), and
+identical metrics when the same params run twice.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ IMAGE_PARAMS = {
     "augment": {"crop_scale_min": 0.8},
     "evaluate": {"baselines": ["majority", "pixels_logreg"]},
 }
-ALL_STAGES = {"prepare", "backbone", "attach_head", "finetune", "evaluate"}
+ALL_STAGES = {"prepare", "backbone", "attach_head", "cache", "finetune", "evaluate"}
 
 
 def _environment() -> dict[str, str]:
@@ -59,7 +60,7 @@ class Repo:
             write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
             write_params(root / "params.yaml", {"finetune": {"epochs": 2}})
-        (root / ".gitignore").write_text("__pycache__/\n", encoding="utf-8")
+        (root / ".gitignore").write_text("__pycache__/\n/checkpoints/\n", encoding="utf-8")
         (root / "data" / "source").mkdir(parents=True, exist_ok=True)
         (root / "data" / "source" / "README.md").write_text("optional source sample\n", encoding="utf-8")
         self.git("init", "-q")
@@ -140,11 +141,15 @@ def test_learning_rate_reruns_only_finetune_and_evaluate(repo: Repo) -> None:
     assert "metrics/eval.json" in metrics_diff and "f1_macro" in metrics_diff, metrics_diff
 
 
-def test_freeze_depth_reruns_from_attach_head(repo: Repo) -> None:
+def test_freeze_depth_reruns_from_attach_head_and_rebuilds_the_cache(repo: Repo) -> None:
+    assert json.loads((repo.root / "data" / "features" / "meta.json").read_text())["cached"] is False
     repo.set_param("freeze", "depth", 1)
-    assert repo.repro() == {"attach_head", "finetune", "evaluate"}
+    assert repo.repro() == {"attach_head", "cache", "finetune", "evaluate"}
     freeze = json.loads((repo.root / "metrics" / "freeze.json").read_text())
     assert freeze["frozen_blocks"] == 1 and freeze["frozen_parameters"] > 0
+    meta = json.loads((repo.root / "data" / "features" / "meta.json").read_text())
+    assert meta["cached"] is True and meta["level"] == 1
+    assert (repo.root / "data" / "features" / "train.safetensors").is_file()
     repo.commit("freeze one block")
 
 
@@ -211,6 +216,23 @@ def test_bad_param_fails_clearly_and_nothing_is_lost(repo: Repo) -> None:
     assert (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes() == model_before
 
 
+def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:
+    """kill -9 in the middle of epoch 2, `dvc repro` again: it continues from epoch 1 and ends where an
+    uninterrupted run (forced afterwards, from scratch) ends."""
+    repo.set_param("finetune", "epochs", 3)
+    env = {**repo.env, "CROSSTUNE_FAULT_KILL_AT_STEP": "13"}  # 9 optimizer steps an epoch
+    killed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.root, env=env,
+                            capture_output=True, text=True, check=False)
+    assert killed.returncode != 0
+    state = json.loads((repo.root / "checkpoints" / "finetune" / "state.json").read_text())
+    assert state["epoch"] == 1
+    output = repo.dvc("repro")
+    assert "resuming from checkpoints/finetune after epoch 1" in output
+    resumed = repo.metrics()
+    assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "evaluate"}
+    assert repo.metrics() == resumed
+
+
 @pytest.fixture(scope="module")
 def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return Repo(tmp_path_factory.mktemp("images"), images=True)
@@ -227,7 +249,9 @@ def test_image_pipeline_and_augmentation_granularity(image_repo: Repo) -> None:
     assert (image_repo.root / "metrics" / "misclassified.png").stat().st_size > 1000
     image_repo.commit("image run")
     image_repo.set_param("augment", "horizontal_flip", 0.5)
-    assert image_repo.repro() == {"finetune", "evaluate"}
+    # the cache stage re-decides (augmentation makes caching invalid) without loading a model
+    assert image_repo.repro() == {"cache", "finetune", "evaluate"}
+    assert "augment" in json.loads((image_repo.root / "data" / "features" / "meta.json").read_text())["reason"]
     predictions = pd.read_csv(image_repo.root / "metrics" / "predictions.csv")
     loaded = crosstune.load(str(image_repo.root / "models" / "finetuned"))
     labels = [row["label"] for row in loaded.predict([image_repo.root / path for path in predictions["image"]])]

@@ -142,8 +142,17 @@ class FreezeParams:
     depth: Union[int, str] = 0  # embeddings + the bottom N blocks; "all" = the whole backbone
     patterns: tuple[str, ...] = ()  # extra fnmatch patterns on parameter names to freeze
     train_batchnorm: bool = False  # images: keep BatchNorm layers of frozen blocks trainable (and updating)
+    lora_r: int = 0  # text: > 0 freezes the whole backbone and trains rank-r LoRA adapters (peft) + the head
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("query", "value")  # module names that get adapters
 
     def __post_init__(self) -> None:
+        _check_range("freeze.lora_r", self.lora_r, low=0)
+        _check_range("freeze.lora_alpha", self.lora_alpha, low=0.0, low_inclusive=False)
+        _check_range("freeze.lora_dropout", self.lora_dropout, 0.0, 1.0, True, False)
+        if self.lora_r and not self.lora_targets:
+            _fail("freeze.lora_targets", "give at least one module name (e.g. [query, value]) for the adapters.")
         if isinstance(self.depth, str) and self.depth != "all":
             _fail("freeze.depth", f"{self.depth!r} is neither a whole number >= 0 nor 'all'.")
         if isinstance(self.depth, int) and self.depth < 0:
@@ -185,6 +194,24 @@ class FinetuneParams:
     class_weights: Union[str, tuple[float, ...]] = "none"  # none | balanced | one weight per label
     select_metric: str = "f1_macro"  # validation metric that picks the best epoch
     log_every: int = 5  # optimizer steps between logged training losses
+    # transfer-aware rates and schedules
+    head_lr: float = 0.0  # learning rate of the new head; 0 = finetune.lr
+    layer_decay: float = 1.0  # discriminative rates: block k below the top trains at lr * layer_decay**k
+    stlr_ratio: float = 32.0  # slanted_triangular only: how much smaller the lowest rate is than lr
+    unfreeze: str = "none"  # none | gradual (ULMFiT: head first, then one more block from the top)
+    unfreeze_every: int = 0  # gradual: optimizer steps between unfreezing; 0 = once per epoch
+    # regularisers towards the pretrained model, added to the task loss with these weights
+    l2sp: float = 0.0  # L2-SP: alpha * ||w - w_pretrained||^2 over the backbone (its weight decay then off)
+    bss: float = 0.0  # batch spectral shrinkage: eta * sum of the bss_k smallest squared singular values
+    bss_k: int = 1
+    label_smoothing: float = 0.0
+    # hygiene
+    early_stopping_patience: int = 0  # stop after this many epochs without a better select_metric; 0 = off
+    max_grad_norm: float = 0.0  # clip the gradient norm; 0 = off
+    grad_accumulation: int = 1  # batches per optimizer step
+    mixed_precision: str = "auto"  # auto (bf16/fp16 autocast on GPU, off on CPU) | off | bf16 | fp16
+    num_processes: int = 1  # > 1: data-parallel processes (torchrun; gloo on CPU, nccl on GPUs)
+    checkpoint_every: int = 1  # epochs between resumable checkpoints (checkpoints/finetune)
 
     def __post_init__(self) -> None:
         from crosstune.losses import LOSSES
@@ -203,6 +230,24 @@ class FinetuneParams:
         _check_range("finetune.max_length", self.max_length, low=8)
         _check_range("finetune.warmup_ratio", self.warmup_ratio, 0.0, 1.0, True, False)
         _check_range("finetune.log_every", self.log_every, low=1)
+        _check_range("finetune.head_lr", self.head_lr, low=0.0)
+        _check_range("finetune.layer_decay", self.layer_decay, 0.0, 1.0, False, True)
+        _check_range("finetune.stlr_ratio", self.stlr_ratio, low=1.0)
+        _check_choice("finetune.unfreeze", self.unfreeze, ("none", "gradual"))
+        _check_range("finetune.unfreeze_every", self.unfreeze_every, low=0)
+        _check_range("finetune.l2sp", self.l2sp, low=0.0)
+        _check_range("finetune.bss", self.bss, low=0.0)
+        _check_range("finetune.bss_k", self.bss_k, low=1)
+        _check_range("finetune.label_smoothing", self.label_smoothing, 0.0, 1.0, True, False)
+        _check_range("finetune.early_stopping_patience", self.early_stopping_patience, low=0)
+        _check_range("finetune.max_grad_norm", self.max_grad_norm, low=0.0)
+        _check_range("finetune.grad_accumulation", self.grad_accumulation, low=1)
+        _check_choice("finetune.mixed_precision", self.mixed_precision, ("auto", "off", "bf16", "fp16"))
+        _check_range("finetune.num_processes", self.num_processes, low=1)
+        _check_range("finetune.checkpoint_every", self.checkpoint_every, low=1)
+        if self.num_processes > 1 and self.unfreeze != "none":
+            _fail("finetune.num_processes", "data-parallel training needs a fixed set of trainable parameters; "
+                                            "use finetune.unfreeze: none with num_processes > 1.")
         if isinstance(self.class_weights, str):
             _check_choice("finetune.class_weights", self.class_weights, ("none", "balanced"))
         elif any(weight <= 0 for weight in self.class_weights):
@@ -233,6 +278,19 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class CacheParams:
+    """The frozen-prefix cache: run the frozen embeddings/stem and bottom blocks once per split."""
+
+    enabled: bool = True  # used whenever it is valid (no augmentation or unfreezing on the frozen path)
+    dtype: str = "float32"  # float32 (exact) | float16 | bfloat16 (half the disk; results within rounding)
+    batch_size: int = 64  # examples per forward pass while building the cache
+
+    def __post_init__(self) -> None:
+        _check_choice("cache.dtype", self.dtype, ("float32", "float16", "bfloat16"))
+        _check_range("cache.batch_size", self.batch_size, low=1)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Test-split evaluation and the baselines reported beside the fine-tuned model."""
 
@@ -255,6 +313,7 @@ SECTIONS: dict[str, type] = {
     "head": HeadParams,
     "finetune": FinetuneParams,
     "augment": AugmentParams,
+    "cache": CacheParams,
     "evaluate": EvaluateParams,
 }
 

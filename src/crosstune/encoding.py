@@ -108,29 +108,37 @@ def num_batches(size: int, batch_size: int) -> int:
     return math.ceil(size / batch_size)
 
 
-def iterate_batches(
-    split: EncodedSplit, batch_size: int, max_length: int, generator: "torch.Generator | None" = None
-) -> Iterator[Batch]:
-    """Yield length-bucketed batches.
+def batch_indices(lengths: "torch.Tensor", batch_size: int,
+                  generator: "torch.Generator | None" = None) -> Iterator["torch.Tensor"]:
+    """Row indices of each batch, in the order they are served.
 
     With a ``generator`` (training): shuffle, cut into buckets of ``BUCKET_BATCHES`` batches, sort each
     bucket by length, then shuffle the batch order, all from the seeded generator. Without one
     (evaluation): sorted by length; callers put predictions back in place through ``Batch.indices``.
+    The cached path (:mod:`crosstune.caching`) serves the same batches from the same lengths.
     """
     import torch
 
-    size = len(split)
+    size = int(lengths.shape[0])
     if generator is None:
-        order = torch.argsort(split.lengths, descending=True, stable=True)
+        order = torch.argsort(lengths, descending=True, stable=True)
         for start in range(0, size, batch_size):
-            yield _collate(split, order[start : start + batch_size], max_length)
+            yield order[start : start + batch_size]
         return
     order = torch.randperm(size, generator=generator)
     batches = []
     bucket = batch_size * BUCKET_BATCHES
     for start in range(0, size, bucket):
         chunk = order[start : start + bucket]
-        chunk = chunk[torch.argsort(split.lengths[chunk], descending=True, stable=True)]
+        chunk = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
         batches.extend(chunk[offset : offset + batch_size] for offset in range(0, len(chunk), batch_size))
     for position in torch.randperm(len(batches), generator=generator).tolist():
-        yield _collate(split, batches[position], max_length)
+        yield batches[position]
+
+
+def iterate_batches(
+    split: EncodedSplit, batch_size: int, max_length: int, generator: "torch.Generator | None" = None
+) -> Iterator[Batch]:
+    """Yield length-bucketed, dynamically padded batches (order: :func:`batch_indices`)."""
+    for indices in batch_indices(split.lengths, batch_size, generator):
+        yield _collate(split, indices, max_length)

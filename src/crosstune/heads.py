@@ -1,25 +1,28 @@
 """Task heads and pooling: how backbone token states become one prediction per text.
 
-A head is its own ``nn.Module`` so it can be swapped, saved and tested apart from the backbone.
+A head is its own ``nn.Module`` (:mod:`crosstune.head_modules`) so it can be swapped, saved and tested
+apart from the backbone. The registries import no torch, so validating ``params.yaml`` stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from crosstune.registry import Registry
 
-Pooling = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Pooling = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+HeadFactory = Callable[..., "nn.Module"]
 
 POOLINGS: Registry[Pooling] = Registry("pooling")
-HEADS: Registry[type[nn.Module]] = Registry("head")
+HEADS: Registry[HeadFactory] = Registry("head")
 
 
 @POOLINGS.register("cls")
-def cls_pooling(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def cls_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
     """The first token's state, as BERT's classification recipe uses.
 
     Shape:
@@ -29,7 +32,7 @@ def cls_pooling(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> to
 
 
 @POOLINGS.register("mean")
-def mean_pooling(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def mean_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
     """Average of the non-padding token states, the pooling sentence-transformers train with.
 
     Shape:
@@ -40,44 +43,21 @@ def mean_pooling(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> t
 
 
 @HEADS.register("linear")
-class LinearHead(nn.Module):
-    """Dropout then one linear layer: the standard fine-tuning head.
+def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0) -> "nn.Module":
+    """Dropout then one linear layer: the standard fine-tuning head."""
+    from crosstune.head_modules import LinearHead
 
-    Shape:
-        features (B, feature_dim) -> (B, num_outputs)
-    """
-
-    def __init__(self, feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(feature_dim, num_outputs)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(features))
+    return LinearHead(feature_dim, num_outputs, dropout, hidden_dim)
 
 
 @HEADS.register("mlp")
-class MLPHead(nn.Module):
-    """Two layers with a GELU between: more capacity when the backbone stays frozen.
+def mlp_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 256) -> "nn.Module":
+    """Two layers with a GELU between: more capacity when the backbone stays frozen."""
+    from crosstune.head_modules import MLPHead
 
-    Shape:
-        features (B, feature_dim) -> (B, num_outputs)
-    """
-
-    def __init__(self, feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 256) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(feature_dim, hidden_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, num_outputs),
-        )
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+    return MLPHead(feature_dim, num_outputs, dropout, hidden_dim)
 
 
-def build_head(name: str, feature_dim: int, num_outputs: int, dropout: float, hidden_dim: int) -> nn.Module:
+def build_head(name: str, feature_dim: int, num_outputs: int, dropout: float, hidden_dim: int) -> "nn.Module":
     """Instantiate the registered head ``name``."""
     return HEADS.get(name)(feature_dim, num_outputs, dropout=dropout, hidden_dim=hidden_dim)

@@ -132,11 +132,15 @@ class ImageBatcher:
 def iterate_image_batches(split: ImageSplit, batch_size: int, batcher: ImageBatcher,
                           generator: torch.Generator | None = None) -> Iterator[Batch]:
     """Shuffled (seeded) batches when a ``generator`` is given, else in order."""
-    size = len(split)
+    for indices in image_batch_indices(len(split), batch_size, generator):
+        yield Batch(indices, {"pixel_values": batcher(split.images[indices])}, split.labels[indices])
+
+
+def image_batch_indices(size: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Row indices of each batch: a seeded permutation for training, in order for evaluation."""
     order = torch.randperm(size, generator=generator) if generator is not None else torch.arange(size)
     for start in range(0, size, batch_size):
-        indices = order[start : start + batch_size]
-        yield Batch(indices, {"pixel_values": batcher(split.images[indices])}, split.labels[indices])
+        yield order[start : start + batch_size]
 
 
 def save_image_split(split: ImageSplit, path: str | Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from crosstune.batching import Batching, Split
+from crosstune.freezing import set_train_mode
 
 
 @torch.inference_mode()
@@ -24,7 +25,8 @@ def predict_outputs(model: torch.nn.Module, split: Split, batching: Batching, de
         if outputs is None:
             outputs = torch.empty((len(split), result.shape[-1]), dtype=torch.float32)
         outputs[batch.indices] = result
-    model.train(was_training)
+    if was_training:
+        set_train_mode(model)  # frozen modules stay in eval mode
     if outputs is None:
         raise ValueError("cannot predict on an empty split")
     return outputs

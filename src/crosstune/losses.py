@@ -9,20 +9,22 @@ from crosstune.registry import Registry
 if TYPE_CHECKING:
     import torch
 
-LossFactory = Callable[["torch.Tensor | None"], "torch.nn.Module"]
+LossFactory = Callable[["torch.Tensor | None", float], "torch.nn.Module"]
 LOSSES: Registry[LossFactory] = Registry("loss")
 LOSS_TASKS = {"cross_entropy": "classification", "mse": "regression"}
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(class_weights: "torch.Tensor | None") -> "torch.nn.Module":
+def cross_entropy(class_weights: "torch.Tensor | None", label_smoothing: float = 0.0) -> "torch.nn.Module":
+    """Cross-entropy; ``label_smoothing`` spreads that much target mass evenly over all classes
+    (Szegedy et al. 2016), which keeps a small target set from driving logits to extremes."""
     import torch
 
-    return torch.nn.CrossEntropyLoss(weight=class_weights)
+    return torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
 
 
 @LOSSES.register("mse")
-def mse(class_weights: "torch.Tensor | None") -> "torch.nn.Module":
+def mse(class_weights: "torch.Tensor | None", label_smoothing: float = 0.0) -> "torch.nn.Module":
     import torch
 
     class SquaredError(torch.nn.Module):
@@ -58,9 +60,12 @@ def class_weight_tensor(
     return torch.tensor(list(setting), dtype=torch.float32)
 
 
-def build_loss(name: str, task: str, class_weights: "torch.Tensor | None") -> "torch.nn.Module":
+def build_loss(name: str, task: str, class_weights: "torch.Tensor | None",
+               label_smoothing: float = 0.0) -> "torch.nn.Module":
     """The loss ``name``, checked against the task it suits."""
     if LOSS_TASKS[name] != task:
         suitable = sorted(loss for loss, loss_task in LOSS_TASKS.items() if loss_task == task)
         raise ValueError(f"params.yaml: finetune.loss: {name!r} does not suit a {task} task; use one of {suitable}.")
-    return LOSSES.get(name)(class_weights)
+    if label_smoothing and task != "classification":
+        raise ValueError("params.yaml: finetune.label_smoothing applies to classification; set it to 0.")
+    return LOSSES.get(name)(class_weights, label_smoothing)

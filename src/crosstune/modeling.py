@@ -8,14 +8,16 @@ the tensors come from safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Union
 
 import torch
 from torch import nn
 
-from crosstune.backbones import drop_unused_pooler, embedding_module, transformer_blocks
+from crosstune.backbones import (BLOCK_PATHS, EMBEDDING_PATHS, drop_unused_pooler, embedding_module,
+                                 transformer_blocks)
 from crosstune.heads import POOLINGS, build_head
 from crosstune.io import read_json, write_json
 from crosstune.vision import VisionBackbone, rebuild_vision_backbone, vision_config
@@ -23,6 +25,7 @@ from crosstune.vision import VisionBackbone, rebuild_vision_backbone, vision_con
 logger = logging.getLogger(__name__)
 
 MODEL_TYPES = {"text": "crosstune-text", "image": "crosstune-image"}
+PrefixLevel = Union[int, str]  # N = stem + bottom N blocks; "all" = pooled features of the whole backbone
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -54,6 +57,18 @@ class TransferModel(nn.Module):
         """What sits below the first block (embeddings, stem conv): frozen with any depth > 0."""
         raise NotImplementedError
 
+    def prefix_outputs(self, level: PrefixLevel, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen prefix's outputs for a batch: what the cache stores (see :mod:`crosstune.caching`)."""
+        raise NotImplementedError
+
+    def features_from_prefix(self, level: PrefixLevel, **cached: torch.Tensor) -> torch.Tensor:
+        """Pooled features from :meth:`prefix_outputs`: the rest of ``features`` on the raw inputs."""
+        raise NotImplementedError
+
+    def forward_from_prefix(self, level: PrefixLevel, **cached: torch.Tensor) -> torch.Tensor:
+        """The rest of the forward pass, from :meth:`prefix_outputs`; equals ``forward`` on the raw inputs."""
+        return self.head(self.features_from_prefix(level, **cached))
+
     def block_modules(self) -> list[list[nn.Module]]:
         """The backbone's blocks, input side first: the units ``freeze.depth`` counts."""
         raise NotImplementedError
@@ -84,6 +99,24 @@ class TextTransferModel(TransferModel):
     def stem_modules(self) -> list[nn.Module]:
         return [embedding_module(self.backbone)]
 
+    def prefix_outputs(self, level: PrefixLevel, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape: -> features (B, H) for "all"; else hidden_states (B, T, H) after block ``level``."""
+        if level == "all":
+            return {"features": self.features(input_ids, attention_mask)}
+        with _blocks_only(self.backbone, 0, int(level)):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return {"hidden_states": hidden}
+
+    def features_from_prefix(self, level: PrefixLevel, features: torch.Tensor | None = None,
+                             hidden_states: torch.Tensor | None = None,
+                             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if level == "all":
+            return features
+        with _blocks_only(self.backbone, int(level), None), _embeddings_bypassed(self.backbone):
+            hidden = self.backbone(inputs_embeds=hidden_states, attention_mask=attention_mask).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
     def block_modules(self) -> list[list[nn.Module]]:
         return [[block] for block in transformer_blocks(self.backbone)]
 
@@ -107,8 +140,84 @@ class ImageTransferModel(TransferModel):
     def stem_modules(self) -> list[nn.Module]:
         return self.backbone.stem
 
+    def prefix_outputs(self, level: PrefixLevel, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape: -> features (B, C) for "all"; else feature_maps (B, C, H, W) after block ``level``."""
+        if level == "all":
+            return {"features": self.features(pixel_values)}
+        return {"feature_maps": self.backbone.forward_stages(pixel_values, 0, int(level) + 1)}
+
+    def features_from_prefix(self, level: PrefixLevel, features: torch.Tensor | None = None,
+                             feature_maps: torch.Tensor | None = None) -> torch.Tensor:
+        if level == "all":
+            return features
+        return self.backbone.pool(self.backbone.forward_stages(feature_maps, int(level) + 1,
+                                                               len(self.backbone.blocks) + 1))
+
     def block_modules(self) -> list[list[nn.Module]]:
         return self.backbone.blocks
+
+
+class ModelForward(nn.Module):
+    """What training calls: the model from raw inputs (``level`` None) or from the cached frozen prefix's
+    outputs (``level`` N or "all"); returns logits, or (pooled features, logits) with ``return_features``
+    (regularisers and domain adaptation work on the features). Holds the model as its only submodule,
+    so modes, parameters and a DDP wrapper around it are the model's."""
+
+    def __init__(self, model: TransferModel, level: PrefixLevel | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.level = level
+
+    def forward(self, return_features: bool = False, **inputs: torch.Tensor) -> Any:
+        if self.level is None:
+            features = self.model.features(**inputs)
+        else:
+            features = self.model.features_from_prefix(self.level, **inputs)
+        outputs = self.model.head(features)
+        return (features, outputs) if return_features else outputs
+
+
+class _Passthrough(nn.Module):
+    """Stands in for a text encoder's embeddings: the cached hidden states come in as ``inputs_embeds``."""
+
+    def forward(self, *args: Any, inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        return inputs_embeds
+
+
+def _parent_and_name(model: nn.Module, paths: tuple[str, ...], wanted: nn.Module) -> tuple[nn.Module, str]:
+    for path in paths:
+        parent_path, _, name = path.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+        except AttributeError:
+            continue
+        if getattr(parent, name, None) is wanted:
+            return parent, name
+    raise ValueError(f"cannot locate {type(wanted).__name__} inside {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def _blocks_only(backbone: nn.Module, start: int, stop: int | None) -> Iterator[None]:
+    """Temporarily give ``backbone`` only blocks ``start:stop``: the encoder loop then runs just those,
+    with the model's own attention-mask handling."""
+    blocks = transformer_blocks(backbone)
+    parent, name = _parent_and_name(backbone, BLOCK_PATHS, blocks)
+    setattr(parent, name, nn.ModuleList(list(blocks)[start:stop]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, blocks)
+
+
+@contextlib.contextmanager
+def _embeddings_bypassed(backbone: nn.Module) -> Iterator[None]:
+    embeddings = embedding_module(backbone)
+    parent, name = _parent_and_name(backbone, EMBEDDING_PATHS, embeddings)
+    setattr(parent, name, _Passthrough())
+    try:
+        yield
+    finally:
+        setattr(parent, name, embeddings)
 
 
 def build_transfer_model(

@@ -1,5 +1,8 @@
-"""Optimizers and learning-rate schedules by name (torch and transformers do the maths).
+"""Optimizers, parameter groups and learning-rate schedules by name (torch and transformers do the maths).
 
+Parameter groups carry the transfer-aware rates: the head at ``finetune.head_lr``, and with
+``finetune.layer_decay`` < 1 each block below the top at a geometrically smaller rate (discriminative
+fine-tuning, Howard and Ruder 2018; layer-wise decay, Clark et al. 2020), embeddings/stem smallest.
 Factories import torch lazily so that validating ``params.yaml`` stays cheap.
 """
 
@@ -15,7 +18,8 @@ if TYPE_CHECKING:
     from crosstune.config import FinetuneParams
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]], "FinetuneParams"], "torch.optim.Optimizer"]
-SchedulerFactory = Callable[["torch.optim.Optimizer", int, int], "torch.optim.lr_scheduler.LRScheduler"]
+SchedulerFactory = Callable[["torch.optim.Optimizer", int, int, "FinetuneParams"],
+                            "torch.optim.lr_scheduler.LRScheduler"]
 
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 SCHEDULERS: Registry[SchedulerFactory] = Registry("scheduler")
@@ -41,7 +45,9 @@ def adam(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torch.o
 def adamw(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torch.optim.Optimizer":
     import torch
 
-    return torch.optim.AdamW(groups, lr=params.lr)
+    groups = list(groups)
+    on_gpu = all(parameter.is_cuda for group in groups for parameter in group["params"])
+    return torch.optim.AdamW(groups, lr=params.lr, fused=on_gpu or None)  # fused: one kernel per step on GPUs
 
 
 @OPTIMIZERS.register("rmsprop")
@@ -52,43 +58,95 @@ def rmsprop(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torc
 
 
 @SCHEDULERS.register("constant")
-def constant(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int) -> Any:
+def constant(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int, params: Any = None) -> Any:
     from transformers import get_constant_schedule_with_warmup
 
     return get_constant_schedule_with_warmup(optimizer, warmup_steps)
 
 
 @SCHEDULERS.register("linear")
-def linear(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int) -> Any:
+def linear(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int, params: Any = None) -> Any:
     from transformers import get_linear_schedule_with_warmup
 
     return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
 @SCHEDULERS.register("cosine")
-def cosine(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int) -> Any:
+def cosine(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int, params: Any = None) -> Any:
     from transformers import get_cosine_schedule_with_warmup
 
     return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
-def parameter_groups(model: "torch.nn.Module", weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: biases and norm weights get no weight decay
-    (decaying them towards zero only hurts), everything else gets ``weight_decay``."""
-    decay, no_decay = [], []
+@SCHEDULERS.register("slanted_triangular")
+def slanted_triangular(optimizer: "torch.optim.Optimizer", warmup_steps: int, total_steps: int,
+                       params: Any = None) -> Any:
+    """ULMFiT's slanted triangular rates (Howard and Ruder 2018, eq. 3): a short linear rise over the
+    first ``warmup_ratio`` of the steps, then a long linear decay, from and to ``lr / stlr_ratio``."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    ratio = float(params.stlr_ratio) if params is not None else 32.0
+    return LambdaLR(optimizer, lambda step: stlr_factor(step, warmup_steps, total_steps, ratio))
+
+
+def stlr_factor(step: int, cut: int, total: int, ratio: float) -> float:
+    """The multiplier of the peak rate at ``step``: (1 + p (ratio - 1)) / ratio."""
+    if cut > 0 and step < cut:
+        progress = step / cut
+    else:
+        progress = max(0.0, 1.0 - (step - cut) / max(total - cut, 1))
+    return (1.0 + progress * (ratio - 1.0)) / ratio
+
+
+def layer_of(model: "torch.nn.Module") -> tuple[dict[int, int], int]:
+    """Map each parameter (by id) to its depth: 0 = embeddings/stem, 1..L = blocks, L + 1 = head.
+
+    Backbone parameters outside the stem and blocks (a final norm) count as the top block.
+    """
+    blocks = model.block_modules()
+    top = len(blocks) + 1
+    depth: dict[int, int] = {id(p): top for p in model.head.parameters()}
+    for module in model.stem_modules():
+        depth.update({id(p): 0 for p in module.parameters()})
+    for index, block in enumerate(blocks, start=1):
+        for module in block:
+            depth.update({id(p): index for p in module.parameters()})
+    for parameter in model.backbone.parameters():
+        depth.setdefault(id(parameter), len(blocks))
+    return depth, top
+
+
+def parameter_groups(model: "torch.nn.Module", params: "FinetuneParams", trainable: Any = None) -> list[dict[str, Any]]:
+    """Groups of trainable parameters, each with its own rate and weight decay.
+
+    Biases and norm weights get no weight decay (decaying them towards zero only hurts); with L2-SP on,
+    backbone weights get none either (L2-SP pulls them towards their pretrained values instead).
+    ``trainable``: the parameters to include (default: those with ``requires_grad``), so gradual
+    unfreezing can put parameters that are still frozen into the optimizer from the start.
+    """
+    head_lr = params.head_lr or params.lr
+    has_layers = hasattr(model, "block_modules") and hasattr(model, "head")
+    depth, top = layer_of(model) if has_layers else ({}, 0)
+    head_ids = {id(p) for p in model.head.parameters()} if has_layers else set()
+    wanted = trainable if trainable is not None else {id(p) for p in model.parameters() if p.requires_grad}
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
+        if id(parameter) not in wanted:
             continue
-        (no_decay if name.endswith(NO_DECAY_SUFFIXES) else decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        layer = depth.get(id(parameter), top)
+        in_head = id(parameter) in head_ids
+        no_decay = name.endswith(NO_DECAY_SUFFIXES) or (params.l2sp > 0 and not in_head)
+        lr = head_lr if in_head else params.lr * params.layer_decay ** max(top - 1 - layer, 0)
+        group = groups.setdefault((layer, no_decay), {"params": [], "lr": lr, "initial_lr": lr,
+                                                      "weight_decay": 0.0 if no_decay else params.weight_decay,
+                                                      "layer": layer})
+        group["params"].append(parameter)
+    return [groups[key] for key in sorted(groups)]
 
 
-def build_optimizer(model: "torch.nn.Module", params: "FinetuneParams") -> "torch.optim.Optimizer":
+def build_optimizer(model: "torch.nn.Module", params: "FinetuneParams", trainable: Any = None) -> "torch.optim.Optimizer":
     """The optimizer named by ``finetune.optimizer`` over the model's trainable parameters."""
-    groups = [group for group in parameter_groups(model, params.weight_decay) if group["params"]]
+    groups = parameter_groups(model, params, trainable)
     if not groups:
         raise ValueError("no trainable parameters: freeze.depth/patterns froze the head too; loosen them.")
     return OPTIMIZERS.get(params.optimizer)(groups, params)
@@ -97,4 +155,4 @@ def build_optimizer(model: "torch.nn.Module", params: "FinetuneParams") -> "torc
 def build_scheduler(optimizer: "torch.optim.Optimizer", params: "FinetuneParams", total_steps: int) -> Any:
     """The schedule named by ``finetune.scheduler``, warming up over ``warmup_ratio`` of the steps."""
     warmup_steps = int(round(params.warmup_ratio * total_steps))
-    return SCHEDULERS.get(params.scheduler)(optimizer, warmup_steps, total_steps)
+    return SCHEDULERS.get(params.scheduler)(optimizer, warmup_steps, total_steps, params)

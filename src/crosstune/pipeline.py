@@ -208,21 +208,112 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     backbone, tokenizer = _load_saved_backbone(Path(backbone_dir))
     model = build_transfer_model(backbone, task=task, labels=labels, head_type=head.type, pooling=head.pooling,
                                  dropout=head.dropout, hidden_dim=head.hidden_dim, seed=base.seed)
-    report = apply_freeze(model, freeze.depth, freeze.patterns, freeze.train_batchnorm)
+    report = apply_freeze(model, freeze.depth, freeze.patterns, freeze.train_batchnorm).as_dict()
     model.spec["freeze"] = to_dict(freeze)
     with atomic_directory(model_dir) as staging:
         save_transfer_model(model, staging, tokenizer)
-    write_json(report_path, report.as_dict())
-    return report.as_dict()
+    if freeze.lora_r:
+        # Adapters are added (seeded) at training time and merged before saving; count them here.
+        from crosstune.lora import apply_lora
+
+        adapters = apply_lora(model, freeze.lora_r, freeze.lora_alpha, freeze.lora_dropout, freeze.lora_targets,
+                              base.seed)
+        head_parameters = sum(p.numel() for p in model.head.parameters())
+        report.update({"lora_r": freeze.lora_r, "lora_parameters": adapters,
+                       "trainable_parameters": adapters + head_parameters,
+                       "trainable_fraction": round((adapters + head_parameters) / report["total_parameters"], 6)})
+    write_json(report_path, report)
+    return report
+
+
+def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
+                params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+    """cache-frozen-prefix: run the frozen bottom of the model once over the train and validation splits.
+
+    Writes ``out_dir/meta.json`` always (``cached: false`` and the reason when caching does not apply,
+    decided without loading torch) and ``{split}.safetensors`` when it does.
+    """
+    from crosstune.caching import CACHED_SPLITS, META_NAME, plan_cache
+
+    base, cache = load_section("base", params_path), load_section("cache", params_path)
+    finetune, augment = load_section("finetune", params_path), load_section("augment", params_path)
+    config = read_json(Path(initial_dir) / "config.json")
+    plan = plan_cache(config, cache, augment, finetune)
+    meta: dict[str, Any] = {"cached": plan.cached, "freeze": config.get("freeze", {})}
+    if not plan.cached:
+        meta["reason"] = plan.reason
+        logger.info("cache: not used (%s); finetune runs the whole model on every batch", plan.reason)
+        with atomic_directory(out_dir) as staging:
+            write_json(staging / META_NAME, meta)
+        return meta
+
+    import time
+
+    from crosstune.batching import batching_for, load_any_split
+    from crosstune.caching import build_cached_split, save_cached_split, verify_prefix_split
+    from crosstune.modeling import load_transfer_model
+    from crosstune.runtime import setup
+
+    device = setup(base)
+    model, config = load_transfer_model(initial_dir)
+    model.to(device)
+    batching = batching_for(config, cache.batch_size, finetune.max_length)
+    meta.update({"level": plan.level, "dtype": cache.dtype, "max_length": finetune.max_length})
+    started = time.perf_counter()
+    with atomic_directory(out_dir) as staging:
+        for name in CACHED_SPLITS:
+            split = load_any_split(Path(encoded_dir) / f"{name}.safetensors")
+            if name == CACHED_SPLITS[0]:
+                verify_prefix_split(model, plan.level, split, batching, device)
+            cached = build_cached_split(model, plan.level, split, batching, cache.batch_size, cache.dtype, device)
+            save_cached_split(cached, staging / f"{name}.safetensors")
+            meta[f"{name}_bytes"] = sum(value.numel() * value.element_size() for value in cached.tensors.values())
+        write_json(staging / META_NAME, meta)
+    logger.info("cache: frozen prefix (level %s, %s) of %s computed in %.1f s", plan.level, cache.dtype,
+                list(CACHED_SPLITS), time.perf_counter() - started)
+    return meta
+
+
+def _cached_inputs(features_dir: str | None, config: dict[str, Any], params_path: str) -> Any:
+    """The cached train/validation splits when ``features_dir`` holds a cache valid for these params, else None."""
+    if features_dir is None:
+        return None
+    from crosstune.caching import CACHED_SPLITS, META_NAME, load_cached_split, plan_cache
+
+    meta_path = Path(features_dir) / META_NAME
+    if not meta_path.is_file():
+        raise ConfigError(f"{meta_path}: not found; run the cache stage first (dvc repro cache).")
+    meta = read_json(meta_path)
+    if not meta.get("cached"):
+        logger.info("finetune: no frozen-prefix cache (%s)", meta.get("reason", "not built"))
+        return None
+    plan = plan_cache(config, load_section("cache", params_path), load_section("augment", params_path),
+                      load_section("finetune", params_path))
+    finetune = load_section("finetune", params_path)
+    if plan.level != meta.get("level") or meta.get("freeze") != config.get("freeze") \
+            or meta.get("max_length") != finetune.max_length:
+        logger.warning("finetune: the cache in %s was built for other params (%s); running the whole model "
+                       "instead. `dvc repro` rebuilds it.", features_dir, plan.reason or f"level {meta.get('level')}")
+        return None
+    splits = [load_cached_split(Path(features_dir) / f"{name}.safetensors") for name in CACHED_SPLITS]
+    logger.info("finetune: training on the cached frozen prefix (level %s)", plan.level)
+    return plan.level, splits
 
 
 def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir: str,
-                   params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
-    """fine-tune: train the attached model and save the best epoch's weights."""
-    from dvclive import Live
+                   params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None,
+                   checkpoint_dir: str | None = None) -> dict[str, Any]:
+    """fine-tune: train the attached model and save the best epoch's weights.
 
+    With ``checkpoint_dir`` the run saves its state after every epoch and resumes an interrupted run
+    with the same params and inputs; under torchrun (``finetune.num_processes`` > 1) every process
+    trains and rank 0 writes.
+    """
     from crosstune.batching import batching_for, load_any_split
+    from crosstune.checkpointing import Checkpointer, fingerprint
+    from crosstune.distributed import init_distributed, shutdown
     from crosstune.freezing import apply_freeze
+    from crosstune.lora import apply_lora, freeze_settings, merge_lora
     from crosstune.modeling import load_tokenizer, load_transfer_model, save_transfer_model
     from crosstune.runtime import setup
     from crosstune.training import train
@@ -230,26 +321,63 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     base, params = load_section("base", params_path), load_section("finetune", params_path)
     augment = load_section("augment", params_path)
     device = setup(base)
+    distributed = init_distributed(device)
+    if distributed is not None:
+        device = distributed.device
+    is_main = distributed is None or distributed.is_main
     model, config = load_transfer_model(initial_dir)
     freeze = config.get("freeze", {"depth": 0, "patterns": []})
     report = apply_freeze(model, freeze["depth"], freeze["patterns"], freeze.get("train_batchnorm", False))
+    lora = freeze_settings(freeze)
+    if lora is not None:
+        apply_lora(model, lora["r"], lora["alpha"], lora["dropout"], lora["targets"], base.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train_split = load_any_split(Path(encoded_dir) / "train.safetensors")
     validation_split = load_any_split(Path(encoded_dir) / "validation.safetensors")
     if augment.enabled and model.modality != "image":
         logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
     batching = batching_for(config, params.batch_size, params.max_length, augment)
-    logger.info("finetune: %d train / %d validation examples, %d trainable of %d parameters, device %s, params %s",
-                len(train_split), len(validation_split), report.trainable_parameters, report.total_parameters,
-                device, to_dict(params))
-    with Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        result = train(model, train_split, validation_split, params, base.seed, device, live, batching)
-        # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
-        # differ in `dvc metrics diff` and in dvc.lock's hashes.
-        live.summary.update({
-            "best_epoch": result.best_epoch,
-            "best_validation": {key: value for key, value in result.best_metrics.items() if key != "epoch"},
-            "trainable_parameters": report.trainable_parameters,
-        })
+    level = None
+    cached = _cached_inputs(features_dir, config, params_path)
+    if cached is not None:
+        from crosstune.caching import CachedBatching
+
+        level, (train_split, validation_split) = cached
+        batching = CachedBatching(params.batch_size, model.modality)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        inputs = [Path(initial_dir) / "model.safetensors", Path(initial_dir) / "config.json",
+                  Path(encoded_dir) / "train.safetensors", Path(encoded_dir) / "validation.safetensors"]
+        if features_dir is not None and Path(features_dir).is_dir():
+            inputs.append(Path(features_dir))
+        settings = {"base": to_dict(base), "finetune": to_dict(params), "augment": to_dict(augment),
+                    "cached_level": level, "world_size": distributed.world_size if distributed else 1}
+        checkpoint = Checkpointer(checkpoint_dir, fingerprint(settings, inputs))
+    if is_main:
+        logger.info("finetune: %d train / %d validation examples, %d trainable of %d parameters, device %s, "
+                    "params %s", len(train_split), len(validation_split), trainable, report.total_parameters,
+                    device, to_dict(params))
+    live = _open_live(live_dir) if is_main else None
+    try:
+        result = train(model, train_split, validation_split, params, base.seed, device, live, batching, level,
+                       checkpoint, distributed)
+        if live is not None:
+            # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
+            # differ in `dvc metrics diff` and in dvc.lock's hashes.
+            live.summary.update({
+                "best_epoch": result.best_epoch,
+                "best_validation": {key: value for key, value in result.best_metrics.items() if key != "epoch"},
+                "trainable_parameters": trainable,
+                "epochs_run": len(result.history),
+            })
+    finally:
+        if live is not None:
+            live.end()
+        shutdown()
+    if not is_main:
+        return {}
+    if lora is not None:
+        merge_lora(model)  # the saved model is the plain architecture with the adapters folded in
     model.to("cpu")
     resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": freeze, "head": config["head"],
                 "pooling": config["pooling"]}
@@ -262,6 +390,12 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         write_json(staging / "train_history.json", result.history)
 
     return {"best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def _open_live(live_dir: str) -> Any:
+    from dvclive import Live
+
+    return Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_path: str,

