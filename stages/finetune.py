@@ -27,9 +27,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from crosstune.config import load_section
-    from crosstune.distributed import in_distributed_launch, relaunch
+    from crosstune.distributed import in_distributed_launch, relaunch, resolve_num_processes
 
-    processes = load_section("finetune", args.params).num_processes
+    processes = resolve_num_processes(load_section("finetune", args.params).num_processes)
     if processes > 1 and not in_distributed_launch():
         status = relaunch(__file__, sys.argv[1:] if argv is None else list(argv), processes)
         if status:

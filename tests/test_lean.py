@@ -45,3 +45,14 @@ def test_stage_scripts_answer_help_without_torch() -> None:
         code = (f"import sys, runpy\nsys.argv = [{str(script)!r}, '--help']\n"
                 f"try:\n    runpy.run_path({str(script)!r}, run_name='__main__')\nexcept SystemExit:\n    pass")
         assert _imported_after(code, REPO_ROOT) == [], script.name
+
+
+def test_text_prepare_stage_imports_no_torch(tmp_path: Path) -> None:
+    from conftest import make_texts, write_table
+
+    write_params(tmp_path / "params.yaml")
+    write_table(tmp_path / "train.csv", make_texts(10, seed=1))
+    write_table(tmp_path / "test.csv", make_texts(4, seed=2))
+    code = ("from crosstune.pipeline import prepare_stage\n"
+            "prepare_stage('train.csv', 'test.csv', 'prepared', 'params.yaml')")
+    assert "torch" not in _imported_after(code, tmp_path)

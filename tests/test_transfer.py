@@ -270,3 +270,10 @@ def test_finetune_params_reject_bad_values() -> None:
         FinetuneParams(layer_decay=0.0)
     with pytest.raises(ConfigError, match="num_processes"):
         FinetuneParams(num_processes=2, unfreeze="gradual")
+
+
+def test_zero_processes_means_one_per_gpu() -> None:
+    from crosstune.distributed import resolve_num_processes
+
+    assert resolve_num_processes(3) == 3
+    assert resolve_num_processes(0) == max(torch.cuda.device_count(), 1)

@@ -83,6 +83,7 @@ def run(datasets: list[str], seeds: list[int], strategies: list[str], out: Path)
         for strategy in strategies:
             if dataset == "image" and strategy == "lora":
                 results.setdefault(dataset, {})[strategy] = {"skipped": "LoRA adapters are for transformer backbones"}
+                out.write_text(json.dumps(results, indent=1) + "\n")
                 continue
             overrides = merge(STRATEGIES[strategy], IMAGE_OVERRIDES.get(strategy, {})) if dataset == "image" \
                 else STRATEGIES[strategy]

@@ -210,7 +210,7 @@ class FinetuneParams:
     max_grad_norm: float = 0.0  # clip the gradient norm; 0 = off
     grad_accumulation: int = 1  # batches per optimizer step
     mixed_precision: str = "auto"  # auto (bf16/fp16 autocast on GPU, off on CPU) | off | bf16 | fp16
-    num_processes: int = 1  # > 1: data-parallel processes (torchrun; gloo on CPU, nccl on GPUs)
+    num_processes: int = 1  # > 1: data-parallel processes (torchrun; gloo on CPU, nccl on GPUs); 0 = one per GPU
     checkpoint_every: int = 1  # epochs between resumable checkpoints (checkpoints/finetune)
 
     def __post_init__(self) -> None:
@@ -243,9 +243,9 @@ class FinetuneParams:
         _check_range("finetune.max_grad_norm", self.max_grad_norm, low=0.0)
         _check_range("finetune.grad_accumulation", self.grad_accumulation, low=1)
         _check_choice("finetune.mixed_precision", self.mixed_precision, ("auto", "off", "bf16", "fp16"))
-        _check_range("finetune.num_processes", self.num_processes, low=1)
+        _check_range("finetune.num_processes", self.num_processes, low=0)
         _check_range("finetune.checkpoint_every", self.checkpoint_every, low=1)
-        if self.num_processes > 1 and self.unfreeze != "none":
+        if self.num_processes != 1 and self.unfreeze != "none":
             _fail("finetune.num_processes", "data-parallel training needs a fixed set of trainable parameters; "
                                             "use finetune.unfreeze: none with num_processes > 1.")
         if isinstance(self.class_weights, str):

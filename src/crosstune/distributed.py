@@ -1,6 +1,6 @@
 """Data-parallel fine-tuning on an existing engine: torchrun starts the processes, DDP syncs gradients.
 
-``finetune.num_processes: N`` (> 1) makes the finetune stage start itself again under
+``finetune.num_processes: N`` (> 1; 0 = one per visible GPU) makes the finetune stage start itself again under
 ``python -m torch.distributed.run --standalone --nproc_per_node N`` (gloo on CPU, nccl on GPUs, one GPU
 per process). Every process runs the same training code on the same seeded batch order and takes
 rows ``rank::N`` of each batch, so the global batch, the number of steps and the schedule stay those
@@ -26,6 +26,15 @@ logger = logging.getLogger(__name__)
 
 def in_distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_num_processes(setting: int) -> int:
+    """``finetune.num_processes``: 0 means one process per visible GPU (one process without a GPU)."""
+    if setting != 0:
+        return setting
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
 
 
 def relaunch(script: str, argv: Sequence[str], num_processes: int) -> int:
