@@ -94,11 +94,17 @@ def _image_features(spec: str, params: BackboneParams, images: Any, seed: int) -
     return torch.cat(rows).float().numpy()
 
 
+# Features cached by an older version of this extraction code must not be reused: they can differ in
+# the last bits (batching changes summation order), and a fresh clone would then not reproduce them.
+_CODE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_digest: str, seed: int) -> str:
-    """Everything the features depend on (the training texts too: tiny-bert learns its vocabulary there)."""
+    """Everything the features depend on (the training texts too: tiny-bert learns its vocabulary there),
+    and the extraction code itself."""
     identity = {"candidate": spec, "weights": params.weights, "image_size": params.image_size,
                 "max_length": params.max_length, "tiny": str(params.tiny), "sample": sample_digest,
-                "train": train_digest, "seed": seed}
+                "train": train_digest, "seed": seed, "code": _CODE_DIGEST}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
