@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from workdir import REPO, prepare_workdir  # bench/workdir.py, beside this script (puts src/ on the path)
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0,
                     "RTX 4090": 165.0}
@@ -67,7 +65,6 @@ def main() -> None:
     from crosstune.freezing import apply_freeze
     from crosstune.logging_setup import configure_logging
     from crosstune.modeling import load_transfer_model
-    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
     from crosstune.runtime import setup
     from crosstune.training import train
 
@@ -84,13 +81,7 @@ def main() -> None:
     if args.smoke:
         params["backbone"].update({"name": "tiny-bert", "max_length": 64})
         params["finetune"]["max_length"] = 64
-    path = work / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    prepare_stage(params["data"]["train"], params["data"]["test"], str(work / "prepared"), str(path))
-    backbone_stage(str(work / "prepared"), str(work / "backbone"), str(work / "encoded"), str(work / "b.json"),
-                   str(work / "s.json"), str(work / "s.csv"), str(path))
-    attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(work / "initial"), str(work / "f.json"),
-                      str(path))
+    path = prepare_workdir(work, params)
     device = setup(load_section("base", path))
     finetune = load_section("finetune", path)
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

@@ -112,3 +112,16 @@ def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_pat
         accuracies.append(float((predicted == test.labels).float().mean()))
     assert accuracies[1] > 0.6  # well above the 1/3 of guessing
     assert abs(accuracies[0] - accuracies[1]) <= 0.1
+
+
+def test_a_replacement_killed_between_its_renames_is_undone(tmp_path: Path) -> None:
+    from crosstune.io import restore_interrupted_directory
+
+    target = tmp_path / "finetune"
+    retired = tmp_path / ".finetune.old"  # where atomic_directory parks the previous directory
+    retired.mkdir()
+    (retired / "state.json").write_text("{}")
+    restore_interrupted_directory(target)
+    assert (target / "state.json").is_file() and not retired.exists()
+    restore_interrupted_directory(target)  # nothing to undo: a no-op
+    assert (target / "state.json").is_file()

@@ -24,7 +24,7 @@ from crosstune.optimization import OPTIMIZERS, SCHEDULERS
 from crosstune.pipeline import evaluate_stage, finetune_stage
 from crosstune.training import train, validation_metrics
 
-from conftest import REPO_ROOT, write_params, write_table
+from conftest import write_params, write_table
 
 
 def _splits(paths: dict[str, Path]):

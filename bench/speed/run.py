@@ -30,20 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def prepare_workdir(workdir: Path, params_path: Path) -> None:
-    """prepare + backbone + attach-head through the library, once, shared by every run."""
-    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
-
-    prepare_stage(str(REPO / "data/raw/train.csv"), str(REPO / "data/raw/test.csv"), str(workdir / "prepared"),
-                  str(params_path))
-    backbone_stage(str(workdir / "prepared"), str(workdir / "backbone"), str(workdir / "encoded"),
-                   str(workdir / "backbone.json"), str(workdir / "selection.json"), str(workdir / "selection.csv"),
-                   str(params_path))
-    attach_head_stage(str(workdir / "backbone"), str(workdir / "prepared"), str(workdir / "initial"),
-                      str(workdir / "freeze.json"), str(params_path))
+from workdir import prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 
 def _depth(text: str) -> int | str:
@@ -69,8 +58,6 @@ def _test_metrics(logits, labels, names) -> dict[str, float]:
 
 
 def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
-    import torch
-
     from crosstune.batching import TextBatching, load_any_split
     from crosstune.caching import CachedBatching, build_cached_split, plan_cache
     from crosstune.config import load_section
@@ -248,10 +235,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="crosstune-speed-"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["finetune"]["epochs"] = args.epochs
-    params_path = workdir / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params))
+    params["data"] = {"train": str(REPO / "data/raw/train.csv"), "test": str(REPO / "data/raw/test.csv")}
     print(f"preparing {workdir} ...", flush=True)
-    prepare_workdir(workdir, params_path)
+    params_path = prepare_workdir(workdir, params)
     summary, raw = [], {}
     for position, depth in enumerate(args.depths.split(",")):
         tools = args.tools.split(",")

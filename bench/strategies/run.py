@@ -24,7 +24,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from workdir import prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 # Same budget for all: the dataset's epochs and batch size. Rates are each method's usual ones.
 STRATEGIES: dict[str, dict[str, dict]] = {
@@ -68,18 +70,14 @@ def dataset_params(name: str) -> dict:
 
 def run(datasets: list[str], seeds: list[int], strategies: list[str], out: Path) -> None:
     from crosstune.logging_setup import configure_logging
-    from crosstune.pipeline import (attach_head_stage, backbone_stage, cache_stage, evaluate_stage, finetune_stage,
-                                    prepare_stage)
+    from crosstune.pipeline import attach_head_stage, cache_stage, evaluate_stage, finetune_stage
 
     configure_logging("WARNING")
     results = json.loads(out.read_text()) if out.exists() else {}
     for dataset in datasets:
         work = Path(tempfile.mkdtemp(prefix=f"strategies-{dataset}-"))
         params = dataset_params(dataset)
-        (work / "params.yaml").write_text(yaml.safe_dump(params))
-        prepare_stage(params["data"]["train"], params["data"]["test"], str(work / "prepared"), str(work / "params.yaml"))
-        backbone_stage(str(work / "prepared"), str(work / "backbone"), str(work / "encoded"), str(work / "b.json"),
-                       str(work / "s.json"), str(work / "s.csv"), str(work / "params.yaml"))
+        prepare_workdir(work, params, attach=False)
         for strategy in strategies:
             if dataset == "image" and strategy == "lora":
                 results.setdefault(dataset, {})[strategy] = {"skipped": "LoRA adapters are for transformer backbones"}

@@ -9,10 +9,11 @@ Offline, a hub id fails at once with an error that says how to make the model lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from crosstune.config import BackboneParams
 from crosstune.errors import BackboneUnavailableError, ConfigError
@@ -50,27 +51,50 @@ def _attribute(root: object, dotted: str) -> object | None:
     return root
 
 
-def transformer_blocks(model: "nn.Module") -> "nn.ModuleList":
-    """The backbone's repeated blocks, bottom first: the unit that ``freeze.depth`` counts."""
+def block_path(model: "nn.Module") -> str:
+    """Where the backbone's repeated blocks live (one of ``BLOCK_PATHS``)."""
     from torch import nn
 
     for path in BLOCK_PATHS:
         blocks = _attribute(model, path)
         if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-            return blocks
+            return path
     raise ValueError(
         f"cannot find the transformer blocks of {type(model).__name__} (looked for {list(BLOCK_PATHS)}); "
         f"freeze by freeze.patterns instead, or add its block path to crosstune.backbones.BLOCK_PATHS."
     )
 
 
+def transformer_blocks(model: "nn.Module") -> "nn.ModuleList":
+    """The backbone's repeated blocks, bottom first: the unit that ``freeze.depth`` counts."""
+    return _attribute(model, block_path(model))
+
+
+def embedding_path(model: "nn.Module") -> str | None:
+    """Where the input embeddings live (one of ``EMBEDDING_PATHS``), or None if elsewhere."""
+    return next((path for path in EMBEDDING_PATHS if _attribute(model, path) is not None), None)
+
+
 def embedding_module(model: "nn.Module") -> "nn.Module":
     """The input embeddings (token, position, type): frozen together with the bottom blocks."""
-    for path in EMBEDDING_PATHS:
-        module = _attribute(model, path)
-        if module is not None:
-            return module
-    return model.get_input_embeddings()
+    path = embedding_path(model)
+    return _attribute(model, path) if path is not None else model.get_input_embeddings()
+
+
+@contextlib.contextmanager
+def swapped_module(model: "nn.Module", path: str | None, replacement: "nn.Module") -> Iterator[None]:
+    """Put ``replacement`` at the dotted ``path`` of ``model`` for the duration of the block."""
+    if path is None:
+        raise ValueError(f"cannot locate that part of {type(model).__name__} to run it in pieces; "
+                         f"set cache.enabled: false in params.yaml.")
+    parent_path, _, name = path.rpartition(".")
+    parent = _attribute(model, parent_path) if parent_path else model
+    original = getattr(parent, name)
+    setattr(parent, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(parent, name, original)
 
 
 def drop_unused_pooler(model: "PreTrainedModel") -> "PreTrainedModel":

@@ -12,7 +12,7 @@ within floating-point noise.
 
 The cache is invalid, and the stage says so in ``meta.json`` and falls back, when anything on the
 frozen path is random or changes during training: image augmentation, trainable BatchNorm in frozen
-blocks, gradual unfreezing, LoRA adapters, or domain adaptation (source batches are not cached).
+blocks, gradual unfreezing or LoRA adapters.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from crosstune.errors import DataError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from crosstune.batching import Batching, Split
     from crosstune.config import AugmentParams, CacheParams, FinetuneParams
@@ -66,12 +65,10 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
         reasons.append("augment.* transforms training images before the frozen blocks see them")
     if image and freeze.get("train_batchnorm", False) and depth != 0:
         reasons.append("freeze.train_batchnorm lets BatchNorm statistics of the frozen blocks change")
-    if getattr(finetune, "unfreeze", "none") != "none":
+    if finetune.unfreeze != "none":
         reasons.append(f"finetune.unfreeze: {finetune.unfreeze} trains frozen blocks later on")
     if freeze.get("lora_r", 0):
         reasons.append("freeze.lora_r > 0 puts trainable adapters inside every block")
-    if getattr(finetune, "adaptation", "none") != "none":
-        reasons.append(f"finetune.adaptation: {finetune.adaptation} also feeds source-domain batches")
     if reasons:
         return CachePlan(None, "; ".join(reasons))
     num_blocks = _num_blocks(model_config)
@@ -146,12 +143,10 @@ def collate_cached(split: CachedSplit, indices: "torch.Tensor") -> "Batch":
         return Batch(indices, {"feature_maps": split.tensors["feature_maps"][indices].float()}, labels)
     states, offsets = split.tensors["states"], split.tensors["offsets"]
     starts, stops = offsets[indices], offsets[indices + 1]
+    rows = [states[start:stop] for start, stop in zip(starts.tolist(), stops.tolist())]
+    hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float()  # zeros where padded
     kept = stops - starts
-    width = int(kept.max())
-    hidden = torch.zeros((len(indices), width, states.shape[1]), dtype=torch.float32)
-    for row, (start, stop) in enumerate(zip(starts.tolist(), stops.tolist())):
-        hidden[row, : stop - start] = states[start:stop]
-    attention_mask = (torch.arange(width).unsqueeze(0) < kept.unsqueeze(1)).long()
+    attention_mask = (torch.arange(hidden.shape[1]).unsqueeze(0) < kept.unsqueeze(1)).long()
     return Batch(indices, {"hidden_states": hidden, "attention_mask": attention_mask}, labels)
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import torch
 
-from crosstune.io import atomic_directory, read_json, write_json
+from crosstune.io import atomic_directory, read_json, restore_interrupted_directory, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,8 @@ class Checkpointer:
 
     def resumable(self) -> TrainState | None:
         """The saved state when it belongs to this run; else None (and a stale state is removed)."""
+        restore_interrupted_directory(self.directory)
         state_path = self.directory / STATE_NAME
-        retired = self.directory.with_name(f".{self.directory.name}.old")
-        if not state_path.is_file() and (retired / STATE_NAME).is_file():
-            # killed between the two renames of atomic_directory: the previous checkpoint is intact
-            shutil.rmtree(self.directory, ignore_errors=True)
-            retired.rename(self.directory)
         if not state_path.is_file():
             return None
         saved = read_json(state_path)

@@ -43,7 +43,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         for path in temporary.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         if target.exists():
-            retired = target.with_name(f".{target.name}.old")
+            retired = _retired(target)
             shutil.rmtree(retired, ignore_errors=True)
             os.replace(target, retired)
             os.replace(temporary, target)
@@ -52,6 +52,18 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
             os.replace(temporary, target)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _retired(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def restore_interrupted_directory(target: str | Path) -> None:
+    """Undo a replacement by :func:`atomic_directory` that was killed between its two renames: the
+    previous ``target`` is then intact under its retired name and goes back in place."""
+    target = Path(target)
+    if not target.exists() and _retired(target).is_dir():
+        os.replace(_retired(target), target)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -8,16 +8,15 @@ the tensors come from safetensors.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-from crosstune.backbones import (BLOCK_PATHS, EMBEDDING_PATHS, drop_unused_pooler, embedding_module,
-                                 transformer_blocks)
+from crosstune.backbones import (block_path, drop_unused_pooler, embedding_module, embedding_path,
+                                 swapped_module, transformer_blocks)
 from crosstune.heads import POOLINGS, build_head
 from crosstune.io import read_json, write_json
 from crosstune.vision import VisionBackbone, rebuild_vision_backbone, vision_config
@@ -73,6 +72,24 @@ class TransferModel(nn.Module):
         """The backbone's blocks, input side first: the units ``freeze.depth`` counts."""
         raise NotImplementedError
 
+    def parameter_layers(self) -> tuple[dict[int, int], int]:
+        """Each parameter's layer (by ``id``): 0 = embeddings/stem, 1..L = blocks, L + 1 = head; and L + 1.
+
+        Backbone parameters outside the stem and blocks (a final norm) count as the top block. What
+        layer-wise rates and gradual unfreezing are counted in.
+        """
+        blocks = self.block_modules()
+        top = len(blocks) + 1
+        layers: dict[int, int] = {id(p): top for p in self.head.parameters()}
+        for module in self.stem_modules():
+            layers.update({id(p): 0 for p in module.parameters()})
+        for index, block in enumerate(blocks, start=1):
+            for module in block:
+                layers.update({id(p): index for p in module.parameters()})
+        for parameter in self.backbone.parameters():
+            layers.setdefault(id(parameter), len(blocks))
+        return layers, top
+
 
 class TextTransferModel(TransferModel):
     """A Hugging Face encoder, pooled over tokens.
@@ -104,7 +121,7 @@ class TextTransferModel(TransferModel):
         """Shape: -> features (B, H) for "all"; else hidden_states (B, T, H) after block ``level``."""
         if level == "all":
             return {"features": self.features(input_ids, attention_mask)}
-        with _blocks_only(self.backbone, 0, int(level)):
+        with self._blocks_only(0, int(level)):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return {"hidden_states": hidden}
 
@@ -113,12 +130,19 @@ class TextTransferModel(TransferModel):
                              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if level == "all":
             return features
-        with _blocks_only(self.backbone, int(level), None), _embeddings_bypassed(self.backbone):
+        with self._blocks_only(int(level), None), \
+                swapped_module(self.backbone, embedding_path(self.backbone), _Passthrough()):
             hidden = self.backbone(inputs_embeds=hidden_states, attention_mask=attention_mask).last_hidden_state
         return self.pool(hidden, attention_mask)
 
     def block_modules(self) -> list[list[nn.Module]]:
         return [[block] for block in transformer_blocks(self.backbone)]
+
+    def _blocks_only(self, start: int, stop: int | None) -> Any:
+        """Temporarily give the encoder only blocks ``start:stop``: its loop then runs just those, with
+        the model's own attention-mask handling."""
+        blocks = transformer_blocks(self.backbone)
+        return swapped_module(self.backbone, block_path(self.backbone), nn.ModuleList(list(blocks)[start:stop]))
 
 
 class ImageTransferModel(TransferModel):
@@ -182,42 +206,6 @@ class _Passthrough(nn.Module):
 
     def forward(self, *args: Any, inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         return inputs_embeds
-
-
-def _parent_and_name(model: nn.Module, paths: tuple[str, ...], wanted: nn.Module) -> tuple[nn.Module, str]:
-    for path in paths:
-        parent_path, _, name = path.rpartition(".")
-        try:
-            parent = model.get_submodule(parent_path) if parent_path else model
-        except AttributeError:
-            continue
-        if getattr(parent, name, None) is wanted:
-            return parent, name
-    raise ValueError(f"cannot locate {type(wanted).__name__} inside {type(model).__name__}")
-
-
-@contextlib.contextmanager
-def _blocks_only(backbone: nn.Module, start: int, stop: int | None) -> Iterator[None]:
-    """Temporarily give ``backbone`` only blocks ``start:stop``: the encoder loop then runs just those,
-    with the model's own attention-mask handling."""
-    blocks = transformer_blocks(backbone)
-    parent, name = _parent_and_name(backbone, BLOCK_PATHS, blocks)
-    setattr(parent, name, nn.ModuleList(list(blocks)[start:stop]))
-    try:
-        yield
-    finally:
-        setattr(parent, name, blocks)
-
-
-@contextlib.contextmanager
-def _embeddings_bypassed(backbone: nn.Module) -> Iterator[None]:
-    embeddings = embedding_module(backbone)
-    parent, name = _parent_and_name(backbone, EMBEDDING_PATHS, embeddings)
-    setattr(parent, name, _Passthrough())
-    try:
-        yield
-    finally:
-        setattr(parent, name, embeddings)
 
 
 def build_transfer_model(

@@ -98,24 +98,6 @@ def stlr_factor(step: int, cut: int, total: int, ratio: float) -> float:
     return (1.0 + progress * (ratio - 1.0)) / ratio
 
 
-def layer_of(model: "torch.nn.Module") -> tuple[dict[int, int], int]:
-    """Map each parameter (by id) to its depth: 0 = embeddings/stem, 1..L = blocks, L + 1 = head.
-
-    Backbone parameters outside the stem and blocks (a final norm) count as the top block.
-    """
-    blocks = model.block_modules()
-    top = len(blocks) + 1
-    depth: dict[int, int] = {id(p): top for p in model.head.parameters()}
-    for module in model.stem_modules():
-        depth.update({id(p): 0 for p in module.parameters()})
-    for index, block in enumerate(blocks, start=1):
-        for module in block:
-            depth.update({id(p): index for p in module.parameters()})
-    for parameter in model.backbone.parameters():
-        depth.setdefault(id(parameter), len(blocks))
-    return depth, top
-
-
 def parameter_groups(model: "torch.nn.Module", params: "FinetuneParams", trainable: Any = None) -> list[dict[str, Any]]:
     """Groups of trainable parameters, each with its own rate and weight decay.
 
@@ -125,8 +107,8 @@ def parameter_groups(model: "torch.nn.Module", params: "FinetuneParams", trainab
     unfreezing can put parameters that are still frozen into the optimizer from the start.
     """
     head_lr = params.head_lr or params.lr
-    has_layers = hasattr(model, "block_modules") and hasattr(model, "head")
-    depth, top = layer_of(model) if has_layers else ({}, 0)
+    has_layers = hasattr(model, "parameter_layers")
+    depth, top = model.parameter_layers() if has_layers else ({}, 0)
     head_ids = {id(p) for p in model.head.parameters()} if has_layers else set()
     wanted = trainable if trainable is not None else {id(p) for p in model.parameters() if p.requires_grad}
     groups: dict[tuple[int, bool], dict[str, Any]] = {}

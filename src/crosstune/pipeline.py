@@ -274,8 +274,9 @@ def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
     return meta
 
 
-def _cached_inputs(features_dir: str | None, config: dict[str, Any], params_path: str) -> Any:
-    """The cached train/validation splits when ``features_dir`` holds a cache valid for these params, else None."""
+def _cached_inputs(features_dir: str | None, config: dict[str, Any], finetune: Any, augment: Any,
+                   cache: Any) -> Any:
+    """(level, [train, validation]) from ``features_dir`` when it holds a cache valid for these params, else None."""
     if features_dir is None:
         return None
     from crosstune.caching import CACHED_SPLITS, META_NAME, load_cached_split, plan_cache
@@ -287,9 +288,7 @@ def _cached_inputs(features_dir: str | None, config: dict[str, Any], params_path
     if not meta.get("cached"):
         logger.info("finetune: no frozen-prefix cache (%s)", meta.get("reason", "not built"))
         return None
-    plan = plan_cache(config, load_section("cache", params_path), load_section("augment", params_path),
-                      load_section("finetune", params_path))
-    finetune = load_section("finetune", params_path)
+    plan = plan_cache(config, cache, augment, finetune)
     if plan.level != meta.get("level") or meta.get("freeze") != config.get("freeze") \
             or meta.get("max_length") != finetune.max_length:
         logger.warning("finetune: the cache in %s was built for other params (%s); running the whole model "
@@ -332,24 +331,25 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     if lora is not None:
         apply_lora(model, lora["r"], lora["alpha"], lora["dropout"], lora["targets"], base.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    train_split = load_any_split(Path(encoded_dir) / "train.safetensors")
-    validation_split = load_any_split(Path(encoded_dir) / "validation.safetensors")
     if augment.enabled and model.modality != "image":
         logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
-    batching = batching_for(config, params.batch_size, params.max_length, augment)
-    level = None
-    cached = _cached_inputs(features_dir, config, params_path)
+    cached = _cached_inputs(features_dir, config, params, augment, load_section("cache", params_path))
     if cached is not None:
         from crosstune.caching import CachedBatching
 
         level, (train_split, validation_split) = cached
-        batching = CachedBatching(params.batch_size, model.modality)
+        batching: Any = CachedBatching(params.batch_size, model.modality)
+    else:
+        level = None
+        train_split = load_any_split(Path(encoded_dir) / "train.safetensors")
+        validation_split = load_any_split(Path(encoded_dir) / "validation.safetensors")
+        batching = batching_for(config, params.batch_size, params.max_length, augment)
     checkpoint = None
     if checkpoint_dir is not None:
-        inputs = [Path(initial_dir) / "model.safetensors", Path(initial_dir) / "config.json",
-                  Path(encoded_dir) / "train.safetensors", Path(encoded_dir) / "validation.safetensors"]
-        if features_dir is not None and Path(features_dir).is_dir():
-            inputs.append(Path(features_dir))
+        # What this run reads: the cache (itself made from the encoded splits) or the encoded splits.
+        data = [Path(features_dir)] if cached is not None else \
+            [Path(encoded_dir) / "train.safetensors", Path(encoded_dir) / "validation.safetensors"]
+        inputs = [Path(initial_dir) / "model.safetensors", Path(initial_dir) / "config.json", *data]
         settings = {"base": to_dict(base), "finetune": to_dict(params), "augment": to_dict(augment),
                     "cached_level": level, "world_size": distributed.world_size if distributed else 1}
         checkpoint = Checkpointer(checkpoint_dir, fingerprint(settings, inputs))

@@ -30,14 +30,12 @@ class GradualUnfreezing:
             raise ValueError("unfreeze interval must be at least one step")
         self.model = model
         self.every = every
-        units = [list(model.head.parameters())]
-        units += [[p for module in block for p in module.parameters()] for block in reversed(model.block_modules())]
-        units.append([p for module in model.stem_modules() for p in module.parameters()])
-        covered = {id(p) for unit in units for p in unit}
-        units[1 if len(units) > 2 else 0] += [p for p in model.backbone.parameters() if id(p) not in covered]
-        # Only what the policy trains takes part; a unit with nothing trainable is skipped.
-        self.units = [[p for p in unit if p.requires_grad] for unit in units]
-        self.units = [unit for unit in self.units if unit]
+        layers, top = model.parameter_layers()
+        # Head first, then the blocks from the top down, the stem last. Only what the policy trains takes
+        # part; a layer with nothing trainable is skipped.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        units = [[p for p in trainable if layers[id(p)] == layer] for layer in range(top, -1, -1)]
+        self.units = [unit for unit in units if unit]
         self.trainable = {id(p) for unit in self.units for p in unit}  # the optimizer's parameters
         self.unlocked = -1
 

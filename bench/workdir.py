@@ -1,0 +1,34 @@
+"""The set-up every benchmark shares: a params file and the pipeline's first stages in a scratch directory.
+
+Runs prepare and backbone (and attach-head unless told not to) through the library's stage functions,
+so a benchmark measures what `dvc repro` does, from the split to the attached model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+
+def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
+    """Write ``params`` to ``work/params.yaml``, run the first stages into ``work``; returns the params path.
+
+    Outputs: ``prepared/``, ``backbone/``, ``encoded/`` and (with ``attach``) ``initial/``.
+    """
+    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
+
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    prepare_stage(params["data"]["train"], params["data"]["test"], str(work / "prepared"), str(path))
+    backbone_stage(str(work / "prepared"), str(work / "backbone"), str(work / "encoded"), str(work / "backbone.json"),
+                   str(work / "selection.json"), str(work / "selection.csv"), str(path))
+    if attach:
+        attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(work / "initial"),
+                          str(work / "freeze.json"), str(path))
+    return path
