@@ -25,7 +25,8 @@ def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
 
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    prepare_stage(params["data"]["train"], params["data"]["test"], str(work / "prepared"), str(path))
+    prepare_stage(params["data"]["train"], params["data"]["test"], str(work / "prepared"), str(path),
+                  params["data"].get("source"))
     backbone_stage(str(work / "prepared"), str(work / "backbone"), str(work / "encoded"), str(work / "backbone.json"),
                    str(work / "selection.json"), str(work / "selection.csv"), str(path))
     if attach:

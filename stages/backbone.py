@@ -1,10 +1,10 @@
 """Stage 2, backbone (select-and-load-backbone): pick the backbone (by name or transferability score),
 load it and encode the splits for it.
 
-Reads params sections `base` (seed) and `backbone`. By hand:
+Reads params sections `base` (seed), `backbone` and `text_augment`. By hand:
     python stages/backbone.py --prepared data/prepared --model models/backbone \
         --encoded data/encoded --summary metrics/backbone.json \
-        --selection metrics/selection.json --selection-table metrics/selection.csv --source data/source
+        --selection metrics/selection.json --selection-table metrics/selection.csv
 """
 
 import argparse
@@ -22,11 +22,10 @@ def main(argv=None) -> None:
     parser.add_argument("--summary", required=True, help="JSON summary of the backbone")
     parser.add_argument("--selection", required=True, help="JSON of each candidate's transferability score")
     parser.add_argument("--selection-table", required=True, help="CSV of the same, for the bar plot")
-    parser.add_argument("--source", help="folder with an optional source-domain sample (domain-gap report)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     backbone_stage(args.prepared, args.model, args.encoded, args.summary, args.selection, args.selection_table,
-                   args.params, args.source)
+                   args.params)
 
 
 if __name__ == "__main__":

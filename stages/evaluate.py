@@ -1,7 +1,10 @@
-"""Stage 6, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines.
+"""Stage 6, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines,
+the negative-transfer guard (a scratch model and a linear probe) and the domain gap before and after.
 
-Reads params sections `base` (seed, device) and `evaluate`. By hand:
+Reads params sections `base` (seed, device) and `evaluate`, and `finetune`/`augment` for the scratch
+model's budget. By hand:
     python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \
+        --initial models/initial --scratch models/scratch \
         --metrics metrics/eval.json --predictions metrics/predictions.csv --examples metrics/misclassified.png
 """
 
@@ -17,13 +20,15 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="fine-tuned model directory")
     parser.add_argument("--encoded", required=True, help="tokenized splits from the backbone stage")
     parser.add_argument("--prepared", required=True, help="prepared splits (texts for the baselines)")
+    parser.add_argument("--initial", help="attached model before fine-tuning (guard and domain gap)")
+    parser.add_argument("--scratch", help="directory for the guard's scratch model")
     parser.add_argument("--metrics", required=True, help="flat JSON of test metrics")
     parser.add_argument("--predictions", required=True, help="CSV of test inputs, labels and predictions")
     parser.add_argument("--examples", required=True, help="PNG of misclassified test examples")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     evaluate_stage(args.model, args.encoded, args.prepared, args.metrics, args.predictions, args.examples,
-                   args.params)
+                   args.params, args.initial, args.scratch)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def write_table(path: Path, rows: list[tuple[str, str]], text_column: str = "rev
 
 
 TINY_PARAMS = {
-    "data": {"train": "data/raw/train.csv", "test": "data/raw/test.csv"},
+    "data": {"train": "data/raw/train.csv", "test": "data/raw/test.csv", "source": "data/source"},
     "base": {"seed": 7, "device": "cpu", "num_threads": 1},
     "prepare": {"text_column": "review", "label_column": "rating", "validation_fraction": 0.2},
     "backbone": {"name": "tiny-bert", "max_length": 32,
@@ -60,10 +60,12 @@ TINY_PARAMS = {
     "freeze": {"depth": 0, "patterns": []},
     "head": {"type": "linear", "pooling": "mean", "dropout": 0.1, "hidden_dim": 16},
     "finetune": {"optimizer": "adamw", "lr": 0.003, "epochs": 3, "batch_size": 8, "max_length": 32,
-                 "class_weights": "balanced", "warmup_ratio": 0.1, "log_every": 2, "unfreeze": "none"},
+                 "class_weights": "balanced", "warmup_ratio": 0.1, "log_every": 2, "unfreeze": "none",
+                 "adaptation": "none"},
     "augment": {"horizontal_flip": 0.0},
+    "text_augment": {"copies": 0},
     "cache": {"enabled": True, "dtype": "float32", "batch_size": 16},
-    "evaluate": {"batch_size": 16, "baselines": ["majority", "tfidf_logreg"]},
+    "evaluate": {"batch_size": 16, "baselines": ["majority", "tfidf_logreg"], "guard": "off"},
 }
 
 

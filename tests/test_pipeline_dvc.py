@@ -59,7 +59,7 @@ class Repo:
         else:
             write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
-            write_params(root / "params.yaml", {"finetune": {"epochs": 2}})
+            write_params(root / "params.yaml", {"finetune": {"epochs": 2}, "evaluate": {"guard": "report"}})
         (root / ".gitignore").write_text("__pycache__/\n/checkpoints/\n", encoding="utf-8")
         (root / "data" / "source").mkdir(parents=True, exist_ok=True)
         (root / "data" / "source" / "README.md").write_text("optional source sample\n", encoding="utf-8")
@@ -104,8 +104,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 def test_full_run_then_no_op(repo: Repo) -> None:
     assert repo.repro() == ALL_STAGES
     for path in ("models/finetuned/model.safetensors", "models/finetuned/config.json", "metrics/eval.json",
-                 "metrics/predictions.csv", "metrics/finetune/metrics.json", "metrics/freeze.json", "dvc.lock"):
+                 "metrics/predictions.csv", "metrics/finetune/metrics.json", "metrics/freeze.json", "dvc.lock",
+                 "models/scratch/model.safetensors"):
         assert (repo.root / path).is_file(), path
+    metrics = repo.metrics()
+    assert metrics["transfer_gain"] == metrics["f1_macro"] - metrics["scratch_f1_macro"]
     assert repo.repro() == set()
     repo.commit("first run")
 
@@ -256,3 +259,21 @@ def test_image_pipeline_and_augmentation_granularity(image_repo: Repo) -> None:
     loaded = crosstune.load(str(image_repo.root / "models" / "finetuned"))
     labels = [row["label"] for row in loaded.predict([image_repo.root / path for path in predictions["image"]])]
     assert labels == predictions["predicted"].tolist()
+
+
+def test_image_source_domain_with_dann(image_repo: Repo) -> None:
+    """Pointing data.source at a labelled source domain reruns the pipeline from prepare; DANN trains on
+    source + unlabelled target batches (not on the cache) and evaluate reports the domain gap."""
+    write_image_folder(image_repo.root / "data" / "images" / "source", per_class=10, seed=3, side=24)
+    image_repo.set_param("data", "source", "data/images/source")
+    image_repo.set_param("prepare", "target_labelled", 0.0)
+    image_repo.set_param("finetune", "adaptation", "dann")
+    assert image_repo.repro() == ALL_STAGES
+    summary = json.loads((image_repo.root / "data" / "prepared" / "summary.json").read_text())
+    assert summary["source_size"] == 30 and summary["train_labelled"] == 0
+    assert "finetune.adaptation: dann" in json.loads(
+        (image_repo.root / "data" / "features" / "meta.json").read_text())["reason"]
+    metrics = image_repo.metrics()
+    assert 0.0 <= metrics["proxy_a_distance_before"] <= 2.0 and "proxy_a_distance_after" in metrics
+    image_repo.set_param("finetune", "adaptation_weight", 0.5)
+    assert image_repo.repro() == {"finetune", "evaluate"}

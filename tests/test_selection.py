@@ -122,8 +122,8 @@ def test_truncated_candidates_share_one_pass_and_equal_truncated_models(tmp_path
     assert by_depth[1].shape == expected.shape and not np.allclose(by_depth[1], expected)
 
 
-def test_domain_gap_reported_per_candidate_when_a_source_sample_is_given(tmp_path, raw_data,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_domain_gap_reported_per_candidate_when_a_source_domain_is_prepared(tmp_path, raw_data,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     import pandas as pd
@@ -135,18 +135,41 @@ def test_domain_gap_reported_per_candidate_when_a_source_sample_is_given(tmp_pat
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path / "params.yaml", {"backbone": {
         "select": "score", "candidates": ["tiny-bert@1", "tiny-bert"], "score": "logme"}})
-    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), "prepared", str(params))
     source = tmp_path / "source"
     source.mkdir()
-    pd.DataFrame({"text": [f"completely different words {i} about gardening tools" for i in range(40)]}).to_csv(
-        source / "source.csv", index=False)
+    labels = ["negative", "neutral", "positive"]
+    pd.DataFrame({"review": [f"completely different words {i} about gardening tools" for i in range(45)],
+                  "rating": [labels[i % 3] for i in range(45)]}).to_csv(source / "source.csv", index=False)
+    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), "prepared", str(params), str(source))
     backbone_stage("prepared", "backbone", "encoded", "backbone.json", "selection.json", "selection.csv",
-                   str(params), str(source))
+                   str(params))
     selection = json.loads((tmp_path / "selection.json").read_text())
     for candidate in ("tiny-bert@1", "tiny-bert"):
         assert selection[f"{candidate}_proxy_a_distance"] > 1.0  # the two domains are easy to tell apart
         assert selection[f"{candidate}_linear_mmd"] > 0.0
     (source / "source.csv").unlink()
+    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), "prepared", str(params), str(source))
     backbone_stage("prepared", "backbone", "encoded", "backbone.json", "selection.json", "selection.csv",
-                   str(params), str(source))
+                   str(params))
     assert not any(key.endswith("_linear_mmd") for key in json.loads((tmp_path / "selection.json").read_text()))
+
+
+def test_a_candidate_with_non_finite_features_ranks_last_or_stops_clearly(tmp_path, monkeypatch) -> None:
+    """Broken weights (NaN or overflowing activations) must not crash a score's SVD: with other candidates
+    they rank last; alone they stop the stage with an error naming the backbone."""
+    import crosstune.selecting as selecting
+    from crosstune.config import BackboneParams
+    from crosstune.errors import ConfigError
+
+    features, labels = separable()
+    broken = features.copy()
+    broken[3, 0] = np.nan
+    paths = {"good": tmp_path / "good.npy", "broken": tmp_path / "broken.npy"}
+    np.save(paths["good"], features)
+    np.save(paths["broken"], broken)
+    monkeypatch.setattr(selecting, "candidate_features", lambda *args, **kwargs: (paths, {}))
+    params = BackboneParams(select="score", candidates=("good", "broken"))
+    result = selecting.score_candidates(params, ["good", "broken"], "text", [], labels, [], 0)
+    assert result.best == "good" and result.scores["broken"] == float("-inf")
+    with pytest.raises(ConfigError, match="'broken' gives non-finite"):
+        selecting.score_candidates(params, ["broken"], "text", [], labels, [], 0)

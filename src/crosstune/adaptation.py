@@ -3,18 +3,17 @@ and a batch of target features (and logits) and returns a scalar added to the ta
 
 None of them is a training loop: the loop feeds them pooled features of a labelled source batch and an
 unlabelled target batch and adds ``finetune.adaptation_weight`` times their value to the loss.
-Registered in ``ADAPTATIONS`` (``finetune.adaptation``): ``dann``, ``cdan``, ``coral``, ``mmd``.
+Registered by name in :mod:`crosstune.adaptations` (``finetune.adaptation``): ``dann``, ``cdan``, ``coral``,
+``mmd``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-
-from crosstune.registry import Registry
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -134,11 +133,3 @@ class MMDLoss(nn.Module):
         kernel = sum(torch.exp(-distances / (bandwidth * multiplier).clamp(min=1e-9)) for multiplier in self.multipliers)
         count = len(source)
         return kernel[:count, :count].mean() + kernel[count:, count:].mean() - 2 * kernel[:count, count:].mean()
-
-
-AdaptationFactory = Callable[[int, int], nn.Module]  # (feature_dim, num_classes) -> loss module
-ADAPTATIONS: Registry[AdaptationFactory] = Registry("adaptation")
-ADAPTATIONS.register("dann")(lambda feature_dim, num_classes: DANNLoss(feature_dim, num_classes))
-ADAPTATIONS.register("cdan")(lambda feature_dim, num_classes: CDANLoss(feature_dim, num_classes))
-ADAPTATIONS.register("coral")(lambda feature_dim, num_classes: CORALLoss())
-ADAPTATIONS.register("mmd")(lambda feature_dim, num_classes: MMDLoss())

@@ -51,8 +51,11 @@ class CachePlan:
 
 
 def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "AugmentParams",
-               finetune: "FinetuneParams") -> CachePlan:
-    """Decide from the attached model's config and the params alone (no torch) whether caching is valid."""
+               finetune: "FinetuneParams", has_source: bool = False) -> CachePlan:
+    """Decide from the attached model's config and the params alone (no torch) whether caching is valid.
+
+    ``has_source``: the encoded data holds a labelled source domain (two-stream training, not cached).
+    """
     freeze = model_config.get("freeze", {"depth": 0})
     depth = freeze.get("depth", 0)
     image = model_config.get("modality") == "image"
@@ -69,6 +72,10 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
         reasons.append(f"finetune.unfreeze: {finetune.unfreeze} trains frozen blocks later on")
     if freeze.get("lora_r", 0):
         reasons.append("freeze.lora_r > 0 puts trainable adapters inside every block")
+    if finetune.adaptation != "none":
+        reasons.append(f"finetune.adaptation: {finetune.adaptation} trains on source and target batches")
+    elif has_source:
+        reasons.append("a source domain is prepared (data.source): training reads source and target batches")
     if reasons:
         return CachePlan(None, "; ".join(reasons))
     num_blocks = _num_blocks(model_config)

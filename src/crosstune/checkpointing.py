@@ -81,10 +81,15 @@ class Checkpointer:
         return None
 
     def save(self, state: TrainState, model: torch.nn.Module, best: dict[str, torch.Tensor],
-             optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, generator: torch.Generator) -> None:
+             optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, generator: torch.Generator,
+             extra: torch.nn.Module | None = None) -> None:
+        """``extra``: a module trained beside the model (a domain discriminator)."""
         from safetensors.torch import save_file
 
         with atomic_directory(self.directory) as staging:
+            if extra is not None and extra.state_dict():
+                save_file({key: value.detach().contiguous().clone() for key, value in extra.state_dict().items()},
+                          str(staging / "extra.safetensors"))
             save_file({key: value.detach().contiguous().clone() for key, value in model.state_dict().items()},
                       str(staging / "model.safetensors"))
             save_file({key: value.contiguous() for key, value in best.items()}, str(staging / "best.safetensors"))
@@ -97,12 +102,14 @@ class Checkpointer:
             write_json(staging / STATE_NAME, {**asdict(state), "fingerprint": self.run_fingerprint})
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
+                generator: torch.Generator, extra: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
         """Load everything saved into the given objects; returns the best epoch's weights."""
         from safetensors.torch import load_file
 
         device = next(model.parameters()).device
         model.load_state_dict(load_file(str(self.directory / "model.safetensors"), device=str(device)))
+        if extra is not None and (self.directory / "extra.safetensors").is_file():
+            extra.load_state_dict(load_file(str(self.directory / "extra.safetensors"), device=str(device)))
         best = load_file(str(self.directory / "best.safetensors"), device=str(device))
         saved = torch.load(self.directory / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])

@@ -51,6 +51,10 @@ def _report(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from crosstune.export import export_model
 
+    if args.model is None:
+        from crosstune.export import exported_model_dir
+
+        args.model = exported_model_dir(args.metrics)
     path = export_model(args.model, args.out, args.metrics, args.backbone_summary, args.data_summary, args.repo)
     print(f"exported {args.model} with its model card to {path}; load it with crosstune.load({str(path)!r})")
 
@@ -101,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--repo", default=".", help="the DVC repository (default: current directory)")
     report.set_defaults(handler=_report)
     export = commands.add_parser("export", help="copy the fine-tuned model with a model card (README.md) to hand over")
-    export.add_argument("--model", default="models/finetuned", help="model directory (default: models/finetuned)")
+    export.add_argument("--model", help="model directory (default: the one evaluate exported: models/finetuned, or "
+                                        "models/scratch when evaluate.guard: fallback chose it)")
     export.add_argument("--out", required=True, help="directory to create")
     export.add_argument("--metrics", default="metrics/eval.json", help="test metrics to put on the card")
     export.add_argument("--backbone-summary", default="metrics/backbone.json")

@@ -77,9 +77,15 @@ class PrepareParams:
     min_text_chars: int = 1  # texts shorter than this after normalising are an error
     image_column: str = "image"  # for a table of image paths (a directory input is read as ImageFolder)
     min_image_size: int = 8  # images with a side shorter than this many pixels are an error
+    # a labelled source domain (data.source in dvc.yaml) to adapt from
+    source_label_map: dict[str, str] = field(default_factory=dict)  # source label -> target label or "drop"
+    target_labelled: float = 1.0  # fraction of target training examples whose labels are used; 0 = unsupervised
+    validation_domain: str = "target"  # target | source: which domain's held-out labels pick the best epoch
 
     def __post_init__(self) -> None:
         _check_choice("prepare.task", self.task, ("classification", "regression"))
+        _check_range("prepare.target_labelled", self.target_labelled, 0.0, 1.0)
+        _check_choice("prepare.validation_domain", self.validation_domain, ("target", "source"))
         _check_range("prepare.validation_fraction", self.validation_fraction, 0.0, 0.5, False, False)
         _check_range("prepare.test_fraction", self.test_fraction, 0.0, 0.5, False, False)
         _check_range("prepare.min_examples_per_class", self.min_examples_per_class, low=2)
@@ -212,8 +218,12 @@ class FinetuneParams:
     mixed_precision: str = "auto"  # auto (bf16/fp16 autocast on GPU, off on CPU) | off | bf16 | fp16
     num_processes: int = 1  # > 1: data-parallel processes (torchrun; gloo on CPU, nccl on GPUs); 0 = one per GPU
     checkpoint_every: int = 1  # epochs between resumable checkpoints (checkpoints/finetune)
+    # domain adaptation from the labelled source domain (prepare's data.source)
+    adaptation: str = "none"  # none | dann | cdan | coral | mmd: loss aligning source and target features
+    adaptation_weight: float = 1.0  # weight of that loss beside the task loss
 
     def __post_init__(self) -> None:
+        from crosstune.adaptations import ADAPTATIONS, NO_ADAPTATION
         from crosstune.losses import LOSSES
         from crosstune.metrics import SELECT_METRICS
         from crosstune.optimization import OPTIMIZERS, SCHEDULERS
@@ -245,6 +255,12 @@ class FinetuneParams:
         _check_choice("finetune.mixed_precision", self.mixed_precision, ("auto", "off", "bf16", "fp16"))
         _check_range("finetune.num_processes", self.num_processes, low=0)
         _check_range("finetune.checkpoint_every", self.checkpoint_every, low=1)
+        if self.adaptation != NO_ADAPTATION:
+            _check_registered("finetune.adaptation", self.adaptation, ADAPTATIONS)
+            if self.num_processes != 1:
+                _fail("finetune.num_processes", "domain adaptation trains its discriminator in one process; "
+                                                "use num_processes: 1 with finetune.adaptation.")
+        _check_range("finetune.adaptation_weight", self.adaptation_weight, low=0.0)
         if self.num_processes != 1 and self.unfreeze != "none":
             _fail("finetune.num_processes", "data-parallel training needs a fixed set of trainable parameters; "
                                             "use finetune.unfreeze: none with num_processes > 1.")
@@ -278,6 +294,26 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class TextAugmentParams:
+    """Offline token-level augmentation of texts (EDA-style, without synonyms): extra copies of each row
+    of the named splits, made once by the backbone stage from the token ids."""
+
+    copies: int = 0  # augmented copies added per row; 0 = off
+    swap: float = 0.1  # fraction of a row's tokens swapped with another random token position
+    delete: float = 0.1  # probability each token is deleted
+    mask: float = 0.1  # probability each token becomes the tokenizer's mask (or unknown) token
+    splits: tuple[str, ...] = ("train", "source")  # which splits get copies (never validation or test)
+
+    def __post_init__(self) -> None:
+        _check_range("text_augment.copies", self.copies, 0, 20)
+        _check_range("text_augment.delete", self.delete, 0.0, 1.0, True, False)
+        _check_range("text_augment.swap", self.swap, 0.0, 1.0)
+        _check_range("text_augment.mask", self.mask, 0.0, 1.0)
+        for name in self.splits:
+            _check_choice("text_augment.splits", name, ("train", "source"))
+
+
+@dataclass(frozen=True)
 class CacheParams:
     """The frozen-prefix cache: run the frozen embeddings/stem and bottom blocks once per split."""
 
@@ -296,10 +332,12 @@ class EvaluateParams:
 
     batch_size: int = 64
     baselines: tuple[str, ...] = ("majority", "tfidf_logreg")
+    guard: str = "report"  # off | report (scratch model + linear probe, transfer_gain) | fallback (export the better)
 
     def __post_init__(self) -> None:
         from crosstune.baselines import BASELINES
 
+        _check_choice("evaluate.guard", self.guard, ("off", "report", "fallback"))
         _check_range("evaluate.batch_size", self.batch_size, low=1)
         for name in self.baselines:
             _check_registered("evaluate.baselines", name, BASELINES)
@@ -313,6 +351,7 @@ SECTIONS: dict[str, type] = {
     "head": HeadParams,
     "finetune": FinetuneParams,
     "augment": AugmentParams,
+    "text_augment": TextAugmentParams,
     "cache": CacheParams,
     "evaluate": EvaluateParams,
 }
@@ -329,6 +368,15 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         _fail(key, f"{value!r} matches none of the allowed types ({'; '.join(errors)}).")
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            _fail(key, f"expected a mapping (key: value lines), got {value!r}.")
+        def as_text(item: Any) -> Any:  # YAML reads label names such as 0 or 1.5 as numbers
+            return str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+
+        return {_coerce(key, as_text(name), key_type): _coerce(f"{key}.{name}", as_text(item), value_type)
+                for name, item in value.items()}
     if origin is tuple:
         item_type = typing.get_args(annotation)[0]
         if not isinstance(value, (list, tuple)):

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 SPLITS = ("train", "validation", "test")
+UNLABELLED = -1  # encoded label of a target training row whose label is hidden (the unlabelled pool)
 _WHITESPACE = re.compile(r"\s+")
 _MAX_ROWS_IN_ERROR = 5
 
@@ -213,20 +214,104 @@ def _split(frame: pd.DataFrame, fraction: float, seed: int, stratify: bool) -> t
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The three clean splits and the sorted label names (empty for regression)."""
+    """The three clean splits, the optional labelled source domain and the sorted label names (empty for
+    regression). Target training rows whose label is hidden (``prepare.target_labelled`` < 1) have an
+    empty label: they are the unlabelled target pool."""
 
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
     labels: list[str]
     summary: dict[str, Any]
+    source: pd.DataFrame | None = None
+
+
+SOURCE_TABLES = ("source.csv", "source.tsv", "source.parquet")
+
+
+def find_source(path: str | Path) -> Path | None:
+    """What ``data.source`` names: a table, an ImageFolder, or a folder holding ``source.csv`` (``.tsv``,
+    ``.parquet``) or an ImageFolder ``images/``. None for a folder with none of those (as shipped:
+    ``data/source/`` with only its README), meaning no source domain."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder; set data.source in params.yaml to a table or an image "
+                        f"folder of the labelled source domain, or to data/source (as shipped: no source domain).")
+    for name in SOURCE_TABLES:
+        if (path / name).is_file():
+            return path / name
+    if (path / "images").is_dir():
+        return path / "images"
+    if any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
+        return path
+    return None
+
+
+def load_source(path: Path, params: PrepareParams, labels: list[str]) -> pd.DataFrame:
+    """The labelled source domain, its labels mapped onto the target's (``prepare.source_label_map``)."""
+    if params.task != "classification":
+        raise DataError(f"{path}: a source domain needs prepare.task: classification (labels to align); "
+                        f"set data.source to data/source (no source) for regression.")
+    source = load_examples(path, params)
+    mapping = params.source_label_map
+    if mapping:
+        unmapped = sorted(set(source["label"]) - set(mapping))
+        if unmapped:
+            raise DataError(f"{path}: source label(s) {unmapped} are missing from prepare.source_label_map; map "
+                            f"each to a target label {labels} or to 'drop' to leave those rows out.")
+        wrong = sorted({value for value in mapping.values() if value != "drop" and value not in labels})
+        if wrong:
+            raise DataError(f"params.yaml: prepare.source_label_map maps to {wrong}, which are not target labels "
+                            f"{labels}; use one of those or 'drop'.")
+        source = source.assign(label=source["label"].map(mapping))
+        source = source[source["label"] != "drop"].reset_index(drop=True)
+    unknown = ~source["label"].isin(labels)
+    if unknown.any():
+        raise DataError(f"{path}: source label(s) {sorted(set(source.loc[unknown, 'label']))} at row(s) "
+                        f"{_rows(unknown)} are not target labels {labels}; declare how they map in "
+                        f"prepare.source_label_map (source label: target label, or drop).")
+    if source.empty:
+        raise DataError(f"{path}: no source rows left after prepare.source_label_map; map some labels to target ones.")
+    return source
+
+
+def hide_target_labels(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Keep the labels of a stratified ``fraction`` of the target training rows and blank the rest: the
+    semi-supervised (0 < fraction < 1) and unsupervised (0) settings, with the inputs kept as the
+    unlabelled target pool."""
+    if fraction >= 1.0:
+        return train
+    train = train.copy()
+    if fraction <= 0.0:
+        train["label"] = ""
+        return train
+    from sklearn.model_selection import train_test_split
+
+    counts = train["label"].value_counts()
+    keep = max(int(round(fraction * len(train))), 1)
+    if keep >= len(train):
+        return train
+    stratify = train["label"] if counts.min() >= 2 and keep >= len(counts) else None
+    kept, _ = train_test_split(train.index, train_size=keep, random_state=seed, stratify=stratify)
+    train.loc[~train.index.isin(kept), "label"] = ""
+    return train
 
 
 def prepare_target_data(
-    train_path: str | Path, test_path: str | Path | None, params: PrepareParams, seed: int
+    train_path: str | Path, test_path: str | Path | None, params: PrepareParams, seed: int,
+    source_path: str | Path | None = None,
 ) -> PreparedData:
-    """Validate and split the target data; nothing is written here (see :func:`write_prepared`)."""
+    """Validate and split the target data (and the source domain, when ``source_path`` holds one);
+    nothing is written here (see :func:`write_prepared`)."""
     classify = params.task == "classification"
+    source_file = find_source(source_path) if source_path is not None else None
+    if source_file is None and (params.target_labelled < 1.0 or params.validation_domain == "source"):
+        key = "target_labelled" if params.target_labelled < 1.0 else "validation_domain"
+        raise DataError(f"params.yaml: prepare.{key} needs a labelled source domain, but data.source "
+                        f"({source_path}) holds none; point data.source at one, or set "
+                        f"prepare.target_labelled: 1.0 and prepare.validation_domain: target.")
     train = load_examples(train_path, params)
     if test_path is not None:
         test = load_examples(test_path, params)
@@ -242,39 +327,61 @@ def prepare_target_data(
         check_class_counts(train, train_path, params.min_examples_per_class)
         labels = sorted(train["label"].unique())
         check_test_labels(test, labels, test_path or train_path)
-    train, validation = _split(train, params.validation_fraction, seed, stratify=classify)
+    source = load_source(source_file, params, labels) if source_file is not None else None
+    if source is not None and params.validation_domain == "source":
+        check_class_counts(source, source_file, params.min_examples_per_class)
+        source, validation = _split(source, params.validation_fraction, seed, stratify=classify)
+    else:
+        train, validation = _split(train, params.validation_fraction, seed, stratify=classify)
+    if source is not None:
+        train = hide_target_labels(train, params.target_labelled, seed)
     splits = {"train": train, "validation": validation, "test": test}
     modality = "image" if "image" in train else "text"
-    if "image" in test and modality != "image" or "text" in test and modality != "text":
-        raise DataError(f"{test_path}: holds {'images' if 'image' in test else 'texts'} but {train_path} holds "
-                        f"{modality}s; give both in the same kind.")
+    for other, path in ((test, test_path), (source, source_file)):
+        if other is not None and ("image" in other) != (modality == "image"):
+            raise DataError(f"{path}: holds {'images' if 'image' in other else 'texts'} but {train_path} holds "
+                            f"{modality}s; give both in the same kind.")
     summary: dict[str, Any] = {"task": params.task, "modality": modality, "num_labels": len(labels), **dedup_counts}
+    if source is not None:
+        splits["source"] = source
+        summary.update({"source": str(source_file), "validation_domain": params.validation_domain,
+                        "train_labelled": int((train["label"] != "").sum())})
     for name, frame in splits.items():
         summary[f"{name}_size"] = len(frame)
         if classify:
             for label, count in frame["label"].value_counts().sort_index().items():
-                summary[f"{name}_count_{label}"] = int(count)
+                if label != "":
+                    summary[f"{name}_count_{label}"] = int(count)
     logger.info("prepared %s", ", ".join(f"{name}={len(frame)}" for name, frame in splits.items()))
     if classify:
         logger.info("labels %s; training counts %s", labels, train["label"].value_counts().to_dict())
-    return PreparedData(train, validation, test, labels, summary)
+    return PreparedData(train, validation, test, labels, summary, source)
 
 
 def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParams) -> None:
-    """Write the splits, label map and summary as one atomic directory."""
+    """Write the splits (and ``source.csv`` when there is a source domain), label map and summary as one
+    atomic directory."""
     from crosstune.config import to_dict
 
     with atomic_directory(out_dir) as staging:
         for name in SPLITS:
             write_csv(staging / f"{name}.csv", getattr(data, name))
+        if data.source is not None:
+            write_csv(staging / "source.csv", data.source)
         write_json(staging / "labels.json", {"task": params.task, "labels": data.labels,
                                              "modality": data.summary["modality"]})
         write_json(staging / "summary.json", data.summary)
         write_json(staging / "params.json", to_dict(params))
 
 
+def has_source(prepared_dir: str | Path) -> bool:
+    """Whether the prepare stage wrote a labelled source domain."""
+    return (Path(prepared_dir) / "source.csv").is_file()
+
+
 def read_split(prepared_dir: str | Path, split: str) -> pd.DataFrame:
-    """Read one prepared split back with explicit dtypes (labels: str, or float for regression)."""
+    """Read one prepared split (or ``source``) back with explicit dtypes (labels: str, or float for
+    regression; an empty label marks an unlabelled target row)."""
     path = Path(prepared_dir) / f"{split}.csv"
     if not path.is_file():
         raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare).")
@@ -296,25 +403,3 @@ def read_modality(prepared_dir: str | Path) -> str:
     from crosstune.io import read_json
 
     return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")
-
-
-def read_source_sample(directory: str | Path, modality: str) -> list[str] | None:
-    """The optional source-domain sample in ``directory`` (default ``data/source/``) for the domain-gap
-    report: texts from the ``text`` column of ``source.csv``/``.tsv``/``.parquet``, or the paths of the
-    images under ``images/``. Labels are not needed. None when there is none."""
-    from crosstune.images import IMAGE_SUFFIXES
-
-    directory = Path(directory)
-    if modality == "image":
-        images = sorted(str(path) for path in (directory / "images").rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-        return images or None
-    for name in ("source.csv", "source.tsv", "source.parquet"):
-        path = directory / name
-        if path.is_file():
-            frame = read_table(path)
-            if "text" not in frame.columns:
-                raise DataError(f"{path}: no 'text' column (columns: {list(frame.columns)}); name the source "
-                                f"texts' column 'text'.")
-            texts = _require_values(frame, "text", "text", "remove those rows or fill in their text", path)
-            return [normalise_text(text) for text in texts.astype(str)]
-    return None

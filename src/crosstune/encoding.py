@@ -59,6 +59,8 @@ def encode_texts(
     """Tokenize ``texts`` (truncating at ``max_length`` tokens) into one padded tensor."""
     import torch
 
+    if not texts:
+        return EncodedSplit(torch.zeros((0, 1), dtype=torch.int32), torch.zeros(0, dtype=torch.int64), labels)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
     rows = encoded["input_ids"]
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.int64)

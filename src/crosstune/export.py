@@ -125,6 +125,18 @@ or `crosstune predict --model path/to/this/directory --input new.csv --text-colu
 """
 
 
+EXPORTED_DIRS = {"finetuned": "models/finetuned", "scratch": "models/scratch"}
+
+
+def exported_model_dir(eval_metrics: str | Path = "metrics/eval.json") -> str:
+    """The model evaluate chose to export: the fine-tuned one, or the negative-transfer guard's scratch
+    model when ``evaluate.guard: fallback`` found it better on validation."""
+    from crosstune.io import read_json
+
+    choice = read_json(eval_metrics).get("exported_model", "finetuned") if Path(eval_metrics).is_file() else "finetuned"
+    return EXPORTED_DIRS[choice]
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = "metrics/eval.json",
                  backbone_summary: str | Path = "metrics/backbone.json",
                  data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".") -> Path:

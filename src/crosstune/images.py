@@ -55,6 +55,8 @@ def read_image(path: str | Path, channels: int) -> torch.Tensor:
 
 def decode_images(paths: Sequence[str], image_size: int) -> torch.Tensor:
     """All images of a split as one uint8 tensor (N, C, H, W); see the module docstring for sizes."""
+    if not paths:
+        return torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
     from PIL import Image
     from torchvision.transforms.v2 import functional as F
 

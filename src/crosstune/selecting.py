@@ -137,6 +137,17 @@ def score_candidates(params: BackboneParams, candidates: Sequence[str], modality
     for spec in candidates:
         started = time.perf_counter()
         features = np.load(paths[spec], allow_pickle=False)
+        broken = ~np.isfinite(features).all(axis=1)
+        if broken.any():
+            message = (f"backbone candidate {spec!r} gives non-finite (NaN or infinite) features for {int(broken.sum())} "
+                       f"of {len(features)} sampled training examples: its weights are broken or overflow on this "
+                       f"input")
+            if len(candidates) == 1:
+                raise ConfigError(f"params.yaml: backbone: {message}; fine-tuning it would only produce NaN. Use "
+                                  f"other weights or another backbone (or another backbone.image_size).")
+            logger.warning("%s; it is ranked last.", message)
+            result.scores[spec] = float("-inf")
+            continue
         result.scores[spec] = float(score(features, labels))
         result.seconds[spec] = round(extraction.get(spec, 0.0) + time.perf_counter() - started, 3)
         logger.info("candidate %s: %s = %.4f (%d x %d features%s, %.1f s)", spec, params.score, result.scores[spec],

@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from crosstune.adaptations import ADAPTATIONS, NO_ADAPTATION
 from crosstune.batching import Batching, Split, TextBatching
 from crosstune.checkpointing import Checkpointer, TrainState
 from crosstune.config import FinetuneParams
 from crosstune.distributed import Distributed
+from crosstune.domains import build_streams
 from crosstune.encoding import num_batches
 from crosstune.freezing import set_train_mode
 from crosstune.inference import outputs_to_predictions, predict_outputs
@@ -112,47 +114,86 @@ class _Logger:
             self.live.log_metric(name, value)
 
 
+def _target_loss(runner: Any, batch: Any, source_features: torch.Tensor, source_outputs: torch.Tensor,
+                 loss_fn: torch.nn.Module, adaptation: torch.nn.Module | None, weight: float,
+                 progress: float) -> torch.Tensor:
+    """What a target batch adds: the task loss on its labelled rows (semi-supervised) and the weighted
+    adaptation loss between the source batch's and its features (``progress`` in [0, 1] drives DANN's
+    lambda schedule)."""
+    features, outputs = runner(return_features=True, **batch.inputs)
+    labelled = batch.labels >= 0
+    loss = loss_fn(outputs[labelled].float(), batch.labels[labelled]) if bool(labelled.any()) \
+        else outputs.sum() * 0.0
+    if adaptation is not None:
+        if hasattr(adaptation, "progress"):
+            adaptation.progress = progress
+        loss = loss + weight * adaptation(source_features.float(), features.float(), source_outputs.float(),
+                                          outputs.float())
+    return loss
+
+
 def train(model: TransferModel, train_split: Any, validation_split: Any, params: FinetuneParams, seed: int,
           device: str, live: Any | None = None, batching: Any | None = None, level: PrefixLevel | None = None,
-          checkpoint: Checkpointer | None = None, distributed: Distributed | None = None) -> TrainResult:
+          checkpoint: Checkpointer | None = None, distributed: Distributed | None = None,
+          source_split: Any | None = None) -> TrainResult:
     """Fine-tune ``model`` in place and leave it holding the best epoch's weights.
 
     Args:
         model: a model whose freeze policy is already applied.
+        train_split: the target training split; with a source domain its rows labelled -1 are the
+            unlabelled target pool.
         live: a ``dvclive.Live`` to log to, or None (and on ranks other than 0).
         batching: how splits become batches; default: text batches from ``params``.
         level: the splits hold cached frozen-prefix outputs at this level (:mod:`crosstune.caching`).
         checkpoint: save after every ``checkpoint_every`` epochs and resume a matching unfinished run.
         distributed: this process's rank in a data-parallel run.
+        source_split: the labelled source domain: every step then takes a source batch and a target batch
+            (:mod:`crosstune.domains`) and adds ``finetune.adaptation``'s loss on their features.
     """
     batching = batching or TextBatching(params.batch_size, params.max_length)
     task, labels = model.spec["task"], model.spec["labels"]
     is_main = distributed is None or distributed.is_main
     check_select_metric(params.select_metric, task)
-    weights = class_weight_tensor(params.class_weights, train_split.labels, len(labels)) if task == "classification" else None
+    if source_split is None and params.adaptation != NO_ADAPTATION:
+        raise ValueError(f"finetune.adaptation: {params.adaptation} needs a labelled source domain; set data.source "
+                         f"(prepare) to one, or finetune.adaptation: none.")
+    known = train_split.labels if source_split is None else torch.cat([source_split.labels, train_split.labels])
+    if task == "classification":
+        known = known[known >= 0]
+    weights = class_weight_tensor(params.class_weights, known, len(labels)) if task == "classification" else None
     loss_fn = build_loss(params.loss, task, weights.to(device) if weights is not None else None,
                          params.label_smoothing)
     model.to(device)
     forward = ModelForward(model, level)
     runner = distributed.wrap(forward) if distributed is not None else forward
     regularizers = build_regularizers(model, params)  # L2-SP remembers the starting (pretrained) weights
-    batches_per_epoch = num_batches(len(train_split), params.batch_size)
+    adapting = source_split is not None and params.adaptation != NO_ADAPTATION
+    streams = build_streams(source_split, train_split, batching, params.batch_size, adapting) \
+        if source_split is not None else None
+    batches_per_epoch = streams.batches_per_epoch if streams else num_batches(len(train_split), params.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / params.grad_accumulation)
+    total_steps = steps_per_epoch * params.epochs
     unfreezing = GradualUnfreezing(model, params.unfreeze_every or steps_per_epoch) \
         if params.unfreeze == "gradual" else None
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks (and the discriminator's initial weights)
+    adaptation = ADAPTATIONS.get(params.adaptation)(model.feature_dim, max(len(labels), 1)).to(device) \
+        if adapting else None
     optimizer = build_optimizer(model, params, unfreezing.trainable if unfreezing else None)
-    scheduler = build_scheduler(optimizer, params, steps_per_epoch * params.epochs)
+    if adaptation is not None and any(True for _ in adaptation.parameters()):
+        rate = params.head_lr or params.lr  # the discriminator is new, like the head
+        optimizer.add_param_group({"params": list(adaptation.parameters()), "lr": rate, "initial_lr": rate,
+                                   "weight_decay": params.weight_decay, "layer": -1})
+    scheduler = build_scheduler(optimizer, params, total_steps)
     amp_dtype = autocast_dtype(params.mixed_precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout masks
 
     state = TrainState()
     best_state = _snapshot(model)
     resumed = checkpoint.resumable() if checkpoint is not None else None
     if resumed is not None:
         state = resumed
-        best_state = checkpoint.restore(model, optimizer, scheduler, scaler, generator)
+        best_state = checkpoint.restore(model, optimizer, scheduler, scaler, generator, adaptation)
         logger.info("resuming from %s after epoch %d (step %d)", checkpoint.directory, state.epoch, state.step)
     metrics_log = _Logger(live if is_main else None, state)
     metrics_log.replay()
@@ -170,15 +211,25 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
         if state.stopped_early:
             break
         set_train_mode(model)
+        if adaptation is not None:
+            adaptation.train()
         running, counted = 0.0, 0
         epoch_started = time.perf_counter()
-        for index, batch in enumerate(batching.train(train_split, generator)):
+        pairs = streams.epoch(generator) if streams is not None else \
+            ((batch, None) for batch in batching.train(train_split, generator))
+        for index, (batch, target_batch) in enumerate(pairs):
             batch = batch.to(device)
             if distributed is not None:
                 batch = distributed.shard(batch)
             with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
                 features, outputs = runner(return_features=True, **batch.inputs)
                 loss = loss_fn(outputs.float(), batch.labels)
+                if target_batch is not None:
+                    target_batch = target_batch.to(device)
+                    if distributed is not None:
+                        target_batch = distributed.shard(target_batch)
+                    loss = loss + _target_loss(runner, target_batch, features, outputs, loss_fn, adaptation,
+                                               params.adaptation_weight, state.step / max(total_steps, 1))
                 for _, weight, regularizer in regularizers:
                     loss = loss + weight * regularizer(model, features)
             scaled = loss / params.grad_accumulation
@@ -233,7 +284,7 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
                                 state.bad_epochs)
         last = epoch == params.epochs or state.stopped_early
         if checkpoint is not None and is_main and (epoch % params.checkpoint_every == 0 or last):
-            checkpoint.save(state, model, best_state, optimizer, scheduler, scaler, generator)
+            checkpoint.save(state, model, best_state, optimizer, scheduler, scaler, generator, adaptation)
     progress.close()
     if checkpoint is not None and is_main:
         checkpoint.finish()

