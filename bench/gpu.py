@@ -110,9 +110,9 @@ def main() -> None:
         flops = training_flops(lengths, config["backbone_config"], frozen, cached_half)
         results["runs"][run] = {
             "frozen_blocks": frozen, "cache_seconds": round(cache_seconds, 3), "epoch_seconds": round(seconds, 3),
-            "samples_per_second": round(len(lengths) / seconds, 1),
-            "tokens_per_second": round(sum(lengths) / seconds, 1),
-            "model_tflops_per_second": round(flops / seconds / 1e12, 3),
+            "samples_per_second": float(f"{len(lengths) / seconds:.4g}"),  # significant digits: a loaded CPU
+            "tokens_per_second": float(f"{sum(lengths) / seconds:.4g}"),  # in smoke mode is slow, not zero
+            "model_tflops_per_second": float(f"{flops / seconds / 1e12:.4g}"),
             "mfu": round(flops / seconds / peak, 4) if peak else None,
             "best_validation_f1_macro": round(result.best_metrics.get("f1_macro", float("nan")), 4),
         }

@@ -163,7 +163,8 @@ def test_domain_streams_pair_every_source_batch_with_a_target_batch() -> None:
     assert all(target is not None for _, target in pairs)
     assert sum(len(source.indices) for source, _ in pairs) == 24  # 4+4+2, restarted: 4+4+2, 4
     alone = build_streams(split(10, 0), split(25, -1), TextBatching(4, 8), 4, adapting=False)
-    assert alone.target is None and alone.batches_per_epoch == 3  # source-only: no labelled target row
+    assert alone.target is None  # source-only: no labelled target row, no adaptation loss
+    assert alone.batches_per_epoch == 7  # the same number of steps as the adaptation run
     few_labels = split(25, -1)
     few_labels.labels[:3] = 2
     semi = build_streams(split(10, 0), few_labels, TextBatching(4, 8), 4, adapting=False)

@@ -134,15 +134,21 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path) ->
                         row[key] = round(metrics[key], 4)
                 scores.append(row)
                 print(dataset, method, row, flush=True)
-            entry: dict = {"finetune": METHODS[method], "runs": scores}
-            for key in ("accuracy", "f1_macro", "proxy_a_distance_before", "proxy_a_distance_after"):
-                values = [score[key] for score in scores if key in score]
-                if values:
-                    entry[f"{key}_mean"] = round(statistics.mean(values), 4)
-                    entry[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
-            results[dataset][method] = entry
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            print(dataset, method, entry["accuracy_mean"], "+-", entry["accuracy_std"], flush=True)
+                results[dataset][method] = summarise(method, scores)  # saved after every run: partial is kept
+                out.write_text(json.dumps(results, indent=1) + "\n")
+            print(dataset, method, results[dataset][method]["accuracy_mean"], "+-",
+                  results[dataset][method]["accuracy_std"], flush=True)
+
+
+def summarise(method: str, scores: list[dict]) -> dict:
+    """Mean and standard deviation over the seeds run so far."""
+    entry: dict = {"finetune": METHODS[method], "runs": scores}
+    for key in ("accuracy", "f1_macro", "proxy_a_distance_before", "proxy_a_distance_after"):
+        values = [score[key] for score in scores if key in score]
+        if values:
+            entry[f"{key}_mean"] = round(statistics.mean(values), 4)
+            entry[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+    return entry
 
 
 def main() -> None:

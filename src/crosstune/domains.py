@@ -2,9 +2,10 @@
 
 Why two streams rather than one mixed split: the adaptation losses compare a batch of source features
 with a batch of target features, and text batches of the two domains are padded to different lengths.
-An epoch is one pass over the longer stream; the shorter one is reshuffled and restarted when it runs
+An epoch is one pass over the larger domain; the other stream is reshuffled and restarted when it runs
 out. The target stream is left out (``target`` None) when nothing would use it: no adaptation loss and
-no labelled target row, i.e. plain source-only training.
+no labelled target row, i.e. plain source-only training; the epoch keeps its length then (the source
+stream cycles), so source-only and adaptation runs take the same number of optimizer steps.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ class DomainStreams:
     target: Any | None
     batching: Any
     batch_size: int
+    target_size: int  # rows in the target training split, used or not
 
     @property
     def batches_per_epoch(self) -> int:
-        sizes = [len(self.source)] + ([len(self.target)] if self.target is not None else [])
-        return max(num_batches(size, self.batch_size) for size in sizes)
+        return max(num_batches(len(self.source), self.batch_size), num_batches(self.target_size, self.batch_size))
 
     def epoch(self, generator: "torch.Generator") -> Iterator[tuple[Batch, Batch | None]]:
         source = self._cycle(self.source, generator)
@@ -51,4 +52,4 @@ def labelled_count(split: Any) -> int:
 def build_streams(source: Any, target: Any, batching: Any, batch_size: int, adapting: bool) -> DomainStreams:
     """The two streams, keeping the target one only when the adaptation loss or its labels need it."""
     uses_target = adapting or labelled_count(target) > 0
-    return DomainStreams(source, target if uses_target else None, batching, batch_size)
+    return DomainStreams(source, target if uses_target else None, batching, batch_size, len(target))
