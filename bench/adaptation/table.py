@@ -23,6 +23,8 @@ def table(dataset: str, entries: dict) -> str:
         gap = (f"{entry['proxy_a_distance_before_mean']:.3f} -> {entry['proxy_a_distance_after_mean']:.3f}"
                if "proxy_a_distance_after_mean" in entry else "")
         seeds = ", ".join(f"{run['accuracy']:.3f}" for run in entry["runs"])
+        if len(entry["runs"]) < 3:
+            seeds += f" (only {len(entry['runs'])} of 3 seeds finished)"
         lines.append(f"| {NAMES.get(method, method)} | {entry['accuracy_mean']:.3f} ± {entry['accuracy_std']:.3f} | "
                      f"{gain if method != 'none' else '-'} | {entry['f1_macro_mean']:.3f} ± {entry['f1_macro_std']:.3f} "
                      f"| {gap} | {seeds} |")
