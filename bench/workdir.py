@@ -6,6 +6,7 @@ so a benchmark measures what `dvc repro` does, from the split to the attached mo
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -14,6 +15,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """``base`` params with ``extra``'s sections laid over them key by key (deep copies, inputs untouched)."""
+    out = copy.deepcopy(base)
+    for section, values in extra.items():
+        if isinstance(values, dict):
+            out.setdefault(section, {}).update(copy.deepcopy(values))
+        else:
+            out[section] = values
+    return out
 
 
 def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:

@@ -17,7 +17,6 @@ finetune and evaluate per method and seed). Writes bench/adaptation/results.json
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "bench" / "adaptation"))
 
 from make_digits import make_digits  # noqa: E402
-from workdir import prepare_workdir  # noqa: E402  (also puts src/ on the path)
+from workdir import merge, prepare_workdir  # noqa: E402  (also puts src/ on the path)
 
 # Each dataset's params over params.yaml; adaptation runs add finetune.adaptation (+ weight).
 DATASETS: dict[str, dict] = {
@@ -60,16 +59,6 @@ METHODS = {"none": {}, "dann": {"adaptation": "dann", "adaptation_weight": 1.0},
            "coral": {"adaptation": "coral", "adaptation_weight": 1.0},
            "mmd": {"adaptation": "mmd", "adaptation_weight": 1.0}}
 SOURCE_CONDITION = "Birth Control"
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for section, values in extra.items():
-        if isinstance(values, dict):
-            out.setdefault(section, {}).update(copy.deepcopy(values))
-        else:
-            out[section] = values
-    return out
 
 
 def drug_domains(out: Path) -> dict[str, str]:

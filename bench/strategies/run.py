@@ -13,7 +13,6 @@ seed sees the same split. Scores: test macro-F1 (and accuracy). Writes bench/str
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 # Same budget for all: the dataset's epochs and batch size. Rates are each method's usual ones.
 STRATEGIES: dict[str, dict[str, dict]] = {
@@ -44,16 +43,6 @@ IMAGE_OVERRIDES = {  # images: per-dataset rates of the fashion example (lr 1e-3
     "head_only": {"finetune": {"head_lr": 1.0e-2}},
     "gradual_llrd": {"finetune": {"head_lr": 1.0e-2}},
 }
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for section, values in extra.items():
-        if isinstance(values, dict):
-            out.setdefault(section, {}).update(copy.deepcopy(values))
-        else:
-            out[section] = values
-    return out
 
 
 def dataset_params(name: str) -> dict:
