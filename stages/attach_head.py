@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from crosstune.cli import run_main
-from crosstune.pipeline import attach_head_stage
+from crosstune.pipeline.attach_head import attach_head_stage
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from crosstune.cli import run_main
-from crosstune.pipeline import backbone_stage
+from crosstune.pipeline.backbone import backbone_stage
 
 
 def main(argv=None) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from crosstune.cli import run_main
-from crosstune.pipeline import cache_stage
+from crosstune.pipeline.cache import cache_stage
 
 
 def main(argv=None) -> None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from crosstune.cli import run_main
-from crosstune.pipeline import evaluate_stage
+from crosstune.pipeline.evaluate import evaluate_stage
 
 
 def main(argv=None) -> None:

@@ -35,7 +35,7 @@ def main(argv=None) -> None:
         if status:
             raise SystemExit(status)
         return
-    from crosstune.pipeline import finetune_stage
+    from crosstune.pipeline.finetune import finetune_stage
 
     finetune_stage(args.initial, args.encoded, args.model, args.live, args.params, args.features, args.checkpoints)
 

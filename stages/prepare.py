@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from crosstune.cli import run_main
-from crosstune.pipeline import prepare_stage
+from crosstune.pipeline.prepare import prepare_stage
 
 
 def main(argv=None) -> None:

@@ -88,14 +88,16 @@ def test_validation_from_the_source_domain(tmp_path: Path, raw_data) -> None:
     assert summary["source_size"] + summary["validation_size"] == 60 and summary["train_size"] == 90
 
 
-def _adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | None = None) -> dict:
+def _adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | None = None,
+                    evaluate: dict | None = None) -> dict:
     """prepare (with a source) -> backbone -> attach -> cache -> finetune -> evaluate on tiny-bert."""
     from crosstune.pipeline import (attach_head_stage, backbone_stage, cache_stage, evaluate_stage, finetune_stage,
                                     prepare_stage)
 
     _source(tmp_path)
     params = write_params(tmp_path / "params.yaml", {"prepare": {"target_labelled": 0.0, **(prepare or {})},
-                                                     "freeze": {"depth": 1}, "finetune": finetune})
+                                                     "freeze": {"depth": 1}, "finetune": finetune,
+                                                     "evaluate": evaluate or {}})
     paths = {name: str(tmp_path / name) for name in ("prepared", "backbone", "encoded", "initial", "features",
                                                       "finetuned")}
     prepare_stage(str(raw_data["train"]), str(raw_data["test"]), paths["prepared"], str(params),
@@ -123,6 +125,25 @@ def test_every_adaptation_method_trains_through_the_pipeline(tmp_path: Path, raw
     assert 0.0 <= metrics["proxy_a_distance_before"] <= 2.0 and "proxy_a_distance_after" in metrics
     encoded = json.loads((Path(run["paths"]["encoded"]) / "meta.json").read_text())
     assert encoded["source"] is True
+
+
+def test_evaluate_extracts_each_feature_set_once_for_probe_and_domain_gap(tmp_path: Path, raw_data,
+                                                                         monkeypatch) -> None:
+    """The guard's linear probe and the domain gap both read the pretrained model's train and source
+    features: one pass over each split per model, not one per consumer."""
+    import crosstune.guard as guard
+
+    passes: list[tuple[int, int]] = []
+    extract = guard.pooled_features
+
+    def counting(model, split, batching, device):
+        passes.append((id(model), id(split)))
+        return extract(model, split, batching, device)
+
+    monkeypatch.setattr(guard, "pooled_features", counting)
+    metrics = _adaptation_run(tmp_path, raw_data, {"epochs": 1}, evaluate={"guard": "report"})["metrics"]
+    assert "probe_f1_macro" in metrics and "proxy_a_distance_before" in metrics
+    assert len(passes) == len(set(passes)) == 5  # pretrained: train, source, test; fine-tuned: source, train
 
 
 def test_adaptation_without_a_source_domain_is_a_config_error(attached) -> None:

@@ -87,7 +87,7 @@ def dataset_params(name: str, work: Path) -> dict:
     return params
 
 
-def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path) -> None:
+def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path, variant: str = "") -> None:
     from crosstune.logging_setup import configure_logging
     from crosstune.pipeline import attach_head_stage, evaluate_stage, finetune_stage
 
@@ -98,7 +98,8 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path) ->
         params = dataset_params(dataset, work)
         prepare_workdir(work, params, attach=False)
         summary = json.loads((work / "prepared" / "summary.json").read_text())
-        results.setdefault(dataset, {})["data"] = {key: value for key, value in summary.items()
+        key = f"{dataset}, {variant}" if variant else dataset  # a variant (other --set values) is its own table
+        results.setdefault(key, {})["data"] = {key: value for key, value in summary.items()
                                                    if key.endswith("_size") or key == "train_labelled"}
         for method in methods:
             scores = []
@@ -123,10 +124,10 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path) ->
                         row[key] = round(metrics[key], 4)
                 scores.append(row)
                 print(dataset, method, row, flush=True)
-                results[dataset][method] = summarise(method, scores)  # saved after every run: partial is kept
+                results[key][method] = summarise(method, scores)  # saved after every run: partial is kept
                 out.write_text(json.dumps(results, indent=1) + "\n")
-            print(dataset, method, results[dataset][method]["accuracy_mean"], "+-",
-                  results[dataset][method]["accuracy_std"], flush=True)
+            print(key, method, results[key][method]["accuracy_mean"], "+-", results[key][method]["accuracy_std"],
+                  flush=True)
 
 
 def summarise(method: str, scores: list[dict]) -> dict:
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--methods", default="none,dann,coral,mmd")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a dataset param for a sweep (YAML value), e.g. finetune.epochs=20")
+    parser.add_argument("--variant", default="", help="results key suffix for runs with other --set values, "
+                        "e.g. '10%% target labels' (kept beside the main rows instead of replacing them)")
     parser.add_argument("--out", default=str(REPO / "bench/adaptation/results.json"))
     args = parser.parse_args()
     for item in args.set:
@@ -155,7 +158,7 @@ def main() -> None:
         for dataset in DATASETS.values():
             dataset.setdefault(section, {})[name] = yaml.safe_load(value)
     run(args.datasets.split(","), [int(seed) for seed in args.seeds.split(",")], args.methods.split(","),
-        Path(args.out))
+        Path(args.out), args.variant)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ def table(dataset: str, entries: dict) -> str:
     baseline = entries.get("none", {}).get("accuracy_mean")
     lines = [f"### {dataset}", "", "| method | target test accuracy | vs source-only | target macro-F1 | "
              "proxy A-distance before -> after | per seed (accuracy) |", "| --- | --- | --- | --- | --- | --- |"]
-    for method, entry in entries.items():
-        if method == "data":
-            continue
+    for method in sorted((name for name in entries if name != "data"), key=lambda name: list(NAMES).index(name)
+                         if name in NAMES else len(NAMES)):
+        entry = entries[method]
         gain = f"{100 * (entry['accuracy_mean'] - baseline):+.1f} pts" if baseline is not None else ""
         gap = (f"{entry['proxy_a_distance_before_mean']:.3f} -> {entry['proxy_a_distance_after_mean']:.3f}"
                if "proxy_a_distance_after_mean" in entry else "")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from crosstune.config import PrepareParams
 from crosstune.errors import DataError
-from crosstune.io import atomic_directory, write_csv, write_json
+from crosstune.io import atomic_directory, read_json, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +377,12 @@ def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParam
 def has_source(prepared_dir: str | Path) -> bool:
     """Whether the prepare stage wrote a labelled source domain."""
     return (Path(prepared_dir) / "source.csv").is_file()
+
+
+def encoded_has_source(encoded_dir: str | Path) -> bool:
+    """Whether the backbone stage encoded a (non-empty) source domain (``meta.json`` of the encoded splits)."""
+    meta = Path(encoded_dir) / "meta.json"
+    return bool(read_json(meta).get("source", False)) if meta.is_file() else False
 
 
 def read_split(prepared_dir: str | Path, split: str) -> pd.DataFrame:

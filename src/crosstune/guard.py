@@ -12,6 +12,7 @@ Also here: the domain gap (proxy A-distance) between source and target features,
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,102 @@ def gap_sample(size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, GAP_SAMPLES, replace=False))
 
 
-def domain_gap(model: Any, source: Split, target: Split, batching: Batching, device: str, seed: int) -> float:
-    """Proxy A-distance between ``model``'s pooled features of a sample of each domain (0: the two are
+def domain_gap(source_features: np.ndarray, target_features: np.ndarray, seed: int) -> float:
+    """Proxy A-distance between a seeded sample of each domain's features (0: the two are
     indistinguishable to a linear classifier, 2: perfectly separable)."""
     from crosstune.selection import proxy_a_distance
 
-    source_features = pooled_features(model, source, batching, device)[gap_sample(len(source), seed)]
-    target_features = pooled_features(model, target, batching, device)[gap_sample(len(target), seed)]
-    return proxy_a_distance(source_features, target_features, seed)
+    return proxy_a_distance(source_features[gap_sample(len(source_features), seed)],
+                            target_features[gap_sample(len(target_features), seed)], seed)
+
+
+class FeatureCache:
+    """Pooled features of one model, extracted once per split: the linear probe and the domain gap read
+    the same pretrained train/source features, and a second pass over them would double evaluate's cost."""
+
+    def __init__(self, model: Any, batching: Batching, device: str) -> None:
+        self.model, self.batching, self.device = model, batching, device
+        self._features: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, split: Split) -> np.ndarray:
+        """Features of ``split`` (cached under ``name``)."""
+        if name not in self._features:
+            self._features[name] = pooled_features(self.model, split, self.batching, self.device)
+        return self._features[name]
+
+
+def pretrained_features(initial_dir: str | Path, batching: Batching, device: str) -> FeatureCache:
+    """A feature cache over the attached model before fine-tuning (pretrained backbone, new head)."""
+    from crosstune.modeling import load_transfer_model
+
+    model, _ = load_transfer_model(initial_dir)
+    return FeatureCache(model.to(device), batching, device)
+
+
+@dataclass
+class GuardOutcome:
+    """What the guard found: its metrics, the scratch model (to save) and its test outputs, and whether
+    ``fallback`` picked the scratch model for export."""
+
+    metrics: dict[str, Any]
+    scratch: Any
+    scratch_outputs: Any
+    use_scratch: bool = False
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def probe_predictions(features: FeatureCache, splits: dict[str, Split], seed: int) -> np.ndarray:
+    """Test-split class predictions of :func:`linear_probe` fitted on every labelled training row (target
+    and source domain) of the frozen pretrained features."""
+    parts = [("train", splits["train"])] + ([("source", splits["source"])] if len(splits["source"]) else [])
+    masks = [(name, split, (split.labels >= 0).numpy()) for name, split in parts]
+    train_features = np.concatenate([features(name, split)[mask] for name, split, mask in masks])
+    train_labels = np.concatenate([split.labels.numpy()[mask] for _, split, mask in masks])
+    return linear_probe(train_features, train_labels, features("test", splits["test"]), seed)
+
+
+def run_guard(model: Any, initial_dir: str | Path, splits: dict[str, Split], batching: Batching,
+              train_batching: Batching, finetune: Any, seed: int, device: str, mode: str,
+              test_metrics: dict[str, Any], headline: str, features: FeatureCache | None) -> GuardOutcome:
+    """Train the scratch model (same architecture, data, params and budget, random start), compare it with
+    the fine-tuned ``model`` on test (``transfer_gain``) and validation (``fallback``), and score the linear
+    probe on ``features`` (classification only)."""
+    from crosstune.inference import predict_outputs, score_outputs
+    from crosstune.metrics import classification_metrics
+    from crosstune.training import train
+
+    task, labels = model.spec["task"], model.spec["labels"]
+    logger.info("guard: training the %s model from random initialisation on the same data and budget",
+                model.modality)
+    scratch, _ = random_init_model(initial_dir, seed)
+    source = splits["source"] if len(splits["source"]) else None
+    train(scratch, splits["train"], splits["validation"], finetune, seed, device, batching=train_batching,
+          source_split=source)
+    scratch_outputs = predict_outputs(scratch, splits["test"], batching, device)
+    scratch_metrics = score_outputs(scratch_outputs, splits["test"], task, labels, per_class=False)
+    gain = test_metrics[headline] - scratch_metrics[headline]
+    metrics: dict[str, Any] = {"guard": mode, "transfer_gain": gain,
+                               "negative_transfer": flag_negative_transfer(gain, headline, test_metrics[headline],
+                                                                           scratch_metrics[headline])}
+    for key in ("accuracy", "f1_macro", "r2", "mae"):
+        if key in scratch_metrics:
+            metrics[f"scratch_{key}"] = scratch_metrics[key]
+            metrics[f"finetuned_{key}"] = test_metrics[key]
+    if metrics["negative_transfer"]:
+        metrics["negative_transfer_advice"] = WHAT_TO_TRY
+    validation = {name: score_outputs(predict_outputs(candidate, splits["validation"], batching, device),
+                                      splits["validation"], task, labels, per_class=False)[headline]
+                  for name, candidate in (("finetuned", model), ("scratch", scratch))}
+    metrics.update({f"{name}_validation_{headline}": value for name, value in validation.items()})
+    use_scratch = mode == "fallback" and validation["scratch"] > validation["finetuned"]
+    if use_scratch:
+        logger.warning("guard: fallback: the scratch model validates better (%s %.4f vs %.4f); it is the exported "
+                       "model", headline, validation["scratch"], validation["finetuned"])
+    if task == "classification" and features is not None:
+        predicted = probe_predictions(features, splits, seed)
+        probe = classification_metrics(splits["test"].labels.tolist(), predicted.tolist(), labels, per_class=False)
+        metrics.update({"probe_accuracy": probe["accuracy"], "probe_f1_macro": probe["f1_macro"]})
+    return GuardOutcome(metrics, scratch, scratch_outputs, use_scratch, validation)
 
 
 def flag_negative_transfer(gain: float, headline: str, finetuned: float, scratch: float) -> bool:

@@ -39,3 +39,14 @@ def outputs_to_predictions(outputs: torch.Tensor, task: str) -> tuple[list, list
         confidence, predicted = probabilities.max(dim=-1)
         return predicted.tolist(), confidence.tolist()
     return outputs.squeeze(-1).tolist(), [float("nan")] * len(outputs)
+
+
+def score_outputs(outputs: torch.Tensor, split: Split, task: str, labels: list[str],
+                  per_class: bool = True) -> dict:
+    """The split's metrics for ``outputs``: classification (accuracy, F1, ...) or regression (R², MAE, ...)."""
+    from crosstune.metrics import classification_metrics, regression_metrics
+
+    predicted, _ = outputs_to_predictions(outputs, task)
+    if task == "classification":
+        return classification_metrics(split.labels.tolist(), predicted, labels, per_class=per_class)
+    return regression_metrics(split.labels.tolist(), predicted)

@@ -1,0 +1,144 @@
+"""fine-tune: train the attached model (from the frozen-prefix cache when valid) and save the best epoch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.errors import ConfigError
+from crosstune.io import atomic_directory, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def _cached_inputs(features_dir: str | None, config: dict[str, Any], finetune: Any, augment: Any,
+                   cache: Any, has_source: bool = False) -> Any:
+    """(level, [train, validation]) from ``features_dir`` when it holds a cache valid for these params, else None."""
+    if features_dir is None:
+        return None
+    from crosstune.caching import CACHED_SPLITS, META_NAME, load_cached_split, plan_cache
+
+    meta_path = Path(features_dir) / META_NAME
+    if not meta_path.is_file():
+        raise ConfigError(f"{meta_path}: not found; run the cache stage first (dvc repro cache).")
+    meta = read_json(meta_path)
+    if not meta.get("cached"):
+        logger.info("finetune: no frozen-prefix cache (%s)", meta.get("reason", "not built"))
+        return None
+    plan = plan_cache(config, cache, augment, finetune, has_source)
+    if plan.level != meta.get("level") or meta.get("freeze") != config.get("freeze") \
+            or meta.get("max_length") != finetune.max_length:
+        logger.warning("finetune: the cache in %s was built for other params (%s); running the whole model "
+                       "instead. `dvc repro` rebuilds it.", features_dir, plan.reason or f"level {meta.get('level')}")
+        return None
+    splits = [load_cached_split(Path(features_dir) / f"{name}.safetensors") for name in CACHED_SPLITS]
+    logger.info("finetune: training on the cached frozen prefix (level %s)", plan.level)
+    return plan.level, splits
+
+
+def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir: str,
+                   params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None,
+                   checkpoint_dir: str | None = None) -> dict[str, Any]:
+    """fine-tune: train the attached model and save the best epoch's weights.
+
+    With ``checkpoint_dir`` the run saves its state after every epoch and resumes an interrupted run
+    with the same params and inputs; under torchrun (``finetune.num_processes`` > 1) every process
+    trains and rank 0 writes.
+    """
+    from crosstune.batching import batching_for, load_any_split
+    from crosstune.checkpointing import Checkpointer, fingerprint
+    from crosstune.data import encoded_has_source
+    from crosstune.distributed import init_distributed, shutdown
+    from crosstune.freezing import apply_freeze
+    from crosstune.lora import apply_lora, freeze_settings, merge_lora
+    from crosstune.modeling import load_tokenizer, load_transfer_model, save_transfer_model
+    from crosstune.runtime import setup
+    from crosstune.training import train
+
+    base, params = load_section("base", params_path), load_section("finetune", params_path)
+    augment = load_section("augment", params_path)
+    device = setup(base)
+    distributed = init_distributed(device)
+    if distributed is not None:
+        device = distributed.device
+    is_main = distributed is None or distributed.is_main
+    model, config = load_transfer_model(initial_dir)
+    freeze = config.get("freeze", {"depth": 0, "patterns": []})
+    report = apply_freeze(model, freeze["depth"], freeze["patterns"], freeze.get("train_batchnorm", False))
+    lora = freeze_settings(freeze)
+    if lora is not None:
+        apply_lora(model, lora["r"], lora["alpha"], lora["dropout"], lora["targets"], base.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if augment.enabled and model.modality != "image":
+        logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
+    has_source = encoded_has_source(encoded_dir)
+    if params.adaptation != "none" and not has_source:
+        raise ConfigError(f"params.yaml: finetune.adaptation: {params.adaptation} needs a labelled source domain, "
+                          f"but the prepared data has none; point data.source at one (a table or image folder) "
+                          f"or set finetune.adaptation: none.")
+    cached = _cached_inputs(features_dir, config, params, augment, load_section("cache", params_path), has_source)
+    if cached is not None:
+        from crosstune.caching import CachedBatching
+
+        level, (train_split, validation_split) = cached
+        batching: Any = CachedBatching(params.batch_size, model.modality)
+    else:
+        level = None
+        train_split = load_any_split(Path(encoded_dir) / "train.safetensors")
+        validation_split = load_any_split(Path(encoded_dir) / "validation.safetensors")
+        batching = batching_for(config, params.batch_size, params.max_length, augment)
+    source_split = load_any_split(Path(encoded_dir) / "source.safetensors") if has_source else None
+    checkpoint = None
+    if checkpoint_dir is not None:
+        # What this run reads: the cache (itself made from the encoded splits) or the encoded splits.
+        data = [Path(features_dir)] if cached is not None else \
+            [Path(encoded_dir) / f"{name}.safetensors" for name in ("train", "validation", "source")]
+        inputs = [Path(initial_dir) / "model.safetensors", Path(initial_dir) / "config.json", *data]
+        settings = {"base": to_dict(base), "finetune": to_dict(params), "augment": to_dict(augment),
+                    "cached_level": level, "world_size": distributed.world_size if distributed else 1}
+        checkpoint = Checkpointer(checkpoint_dir, fingerprint(settings, inputs))
+    if is_main:
+        logger.info("finetune: %d train / %d validation examples, %d trainable of %d parameters, device %s, "
+                    "params %s", len(train_split), len(validation_split), trainable, report.total_parameters,
+                    device, to_dict(params))
+    live = _open_live(live_dir) if is_main else None
+    try:
+        result = train(model, train_split, validation_split, params, base.seed, device, live, batching, level,
+                       checkpoint, distributed, source_split)
+        if live is not None:
+            # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
+            # differ in `dvc metrics diff` and in dvc.lock's hashes.
+            live.summary.update({
+                "best_epoch": result.best_epoch,
+                "best_validation": {key: value for key, value in result.best_metrics.items() if key != "epoch"},
+                "trainable_parameters": trainable,
+                "epochs_run": len(result.history),
+            })
+    finally:
+        if live is not None:
+            live.end()
+        shutdown()
+    if not is_main:
+        return {}
+    if lora is not None:
+        merge_lora(model)  # the saved model is the plain architecture with the adapters folded in
+    model.to("cpu")
+    resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": freeze, "head": config["head"],
+                "pooling": config["pooling"]}
+    if model.modality == "image":
+        resolved["augment"] = to_dict(augment)
+    tokenizer = load_tokenizer(initial_dir) if model.modality == "text" else None
+    with atomic_directory(model_dir) as staging:
+        save_transfer_model(model, staging, tokenizer, extra={"max_length": params.max_length, "freeze": freeze})
+        write_json(staging / "params.json", resolved)
+        write_json(staging / "train_history.json", result.history)
+
+    return {"best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def _open_live(live_dir: str) -> Any:
+    from dvclive import Live
+
+    return Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None)
