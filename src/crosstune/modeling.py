@@ -15,7 +15,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from crosstune.backbones import (block_path, drop_unused_pooler, embedding_module, embedding_path,
+from crosstune.backbones import (block_path, drop_unused_pooler, embedding_module, embedding_path, save_tokenizer,
                                  swapped_module, transformer_blocks)
 from crosstune.heads import POOLINGS, build_head
 from crosstune.io import read_json, write_json
@@ -245,7 +245,7 @@ def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: 
     write_json(directory / CONFIG_NAME, config)
     save_model(model, str(directory / WEIGHTS_NAME))
     if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+        save_tokenizer(tokenizer, directory)
 
 
 def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str, Any]]:
