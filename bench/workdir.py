@@ -45,3 +45,28 @@ def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
         attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(work / "initial"),
                           str(work / "freeze.json"), str(path))
     return path
+
+
+def run_seed(work: Path, run_dir: Path, run_params: dict, attached_to_evaluate: bool = False) -> tuple[dict, float]:
+    """attach-head, cache, finetune and evaluate with ``run_params`` into ``run_dir``, on the prepared and
+    encoded data of ``work`` (:func:`prepare_workdir` with ``attach=False``); returns the test metrics and
+    the seconds the four stages took. ``attached_to_evaluate`` gives evaluate the attached model, as
+    dvc.yaml does: the negative-transfer guard (when ``evaluate.guard`` is on) and the domain gap."""
+    import time
+
+    from crosstune.pipeline import attach_head_stage, cache_stage, evaluate_stage, finetune_stage
+
+    path = run_dir / "params.yaml"
+    run_dir.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(run_params))
+    started = time.perf_counter()
+    attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(run_dir / "initial"),
+                      str(run_dir / "freeze.json"), str(path))
+    cache_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "features"), str(path))
+    finetune_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "model"), str(run_dir / "live"),
+                   str(path), str(run_dir / "features"))
+    metrics = evaluate_stage(str(run_dir / "model"), str(work / "encoded"), str(work / "prepared"),
+                             str(run_dir / "eval.json"), str(run_dir / "predictions.csv"),
+                             str(run_dir / "misclassified.png"), str(path),
+                             str(run_dir / "initial") if attached_to_evaluate else None)
+    return metrics, time.perf_counter() - started

@@ -8,8 +8,8 @@
 Unsupervised adaptation: no target training label is used (prepare.target_labelled: 0); the target
 training texts/images are the unlabelled pool. The epoch is picked on a small labelled target dev split
 (prepare.validation_fraction of the target training file), the same for every method. Every run goes
-through the pipeline's stage functions (prepare and backbone once per dataset, then attach-head,
-finetune and evaluate per method and seed). Writes bench/adaptation/results.json.
+through the pipeline's stage functions (prepare and backbone once per dataset, then attach-head, cache,
+finetune and evaluate per method and seed: bench/workdir.run_seed). Writes bench/adaptation/results.json.
 
     .venv/bin/python bench/adaptation/run.py [--datasets digits,drugs] [--seeds 0,1,2] [--methods none,dann,coral,mmd]
 """
@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -31,7 +30,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "bench" / "adaptation"))
 
 from make_digits import make_digits  # noqa: E402
-from workdir import merge, prepare_workdir  # noqa: E402  (also puts src/ on the path)
+from workdir import merge, prepare_workdir, run_seed  # noqa: E402  (also puts src/ on the path)
 
 # Each dataset's params over params.yaml; adaptation runs add finetune.adaptation (+ weight).
 DATASETS: dict[str, dict] = {
@@ -89,7 +88,6 @@ def dataset_params(name: str, work: Path) -> dict:
 
 def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path, variant: str = "") -> None:
     from crosstune.logging_setup import configure_logging
-    from crosstune.pipeline import attach_head_stage, evaluate_stage, finetune_stage
 
     configure_logging("WARNING")
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -106,19 +104,9 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], out: Path, va
             for seed in seeds:
                 run_dir = work / f"{method}-{seed}"
                 run_params = merge(params, {"finetune": METHODS[method], "base": {"seed": seed}})
-                path = run_dir / "params.yaml"
-                run_dir.mkdir(parents=True)
-                path.write_text(yaml.safe_dump(run_params))
-                started = time.perf_counter()
-                attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(run_dir / "initial"),
-                                  str(run_dir / "freeze.json"), str(path))
-                finetune_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "model"),
-                               str(run_dir / "live"), str(path))
-                metrics = evaluate_stage(str(run_dir / "model"), str(work / "encoded"), str(work / "prepared"),
-                                         str(run_dir / "eval.json"), str(run_dir / "predictions.csv"),
-                                         str(run_dir / "misclassified.png"), str(path), str(run_dir / "initial"))
+                metrics, seconds = run_seed(work, run_dir, run_params, attached_to_evaluate=True)
                 row = {"seed": seed, "accuracy": round(metrics["accuracy"], 4),
-                       "f1_macro": round(metrics["f1_macro"], 4), "seconds": round(time.perf_counter() - started, 1)}
+                       "f1_macro": round(metrics["f1_macro"], 4), "seconds": round(seconds, 1)}
                 for measure in ("proxy_a_distance_before", "proxy_a_distance_after"):
                     if measure in metrics:
                         row[measure] = round(metrics[measure], 4)

@@ -17,7 +17,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -25,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+from workdir import merge, prepare_workdir, run_seed  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 # Same budget for all: the dataset's epochs and batch size. Rates are each method's usual ones.
 STRATEGIES: dict[str, dict[str, dict]] = {
@@ -59,7 +58,6 @@ def dataset_params(name: str) -> dict:
 
 def run(datasets: list[str], seeds: list[int], strategies: list[str], out: Path) -> None:
     from crosstune.logging_setup import configure_logging
-    from crosstune.pipeline import attach_head_stage, cache_stage, evaluate_stage, finetune_stage
 
     configure_logging("WARNING")
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -78,23 +76,12 @@ def run(datasets: list[str], seeds: list[int], strategies: list[str], out: Path)
             for seed in seeds:
                 run_dir = work / f"{strategy}-{seed}"
                 run_params = merge(merge(params, overrides), {"base": {"seed": seed}})
-                path = run_dir / "params.yaml"
-                run_dir.mkdir(parents=True)
-                path.write_text(yaml.safe_dump(run_params))
-                started = time.perf_counter()
-                attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(run_dir / "initial"),
-                                  str(run_dir / "freeze.json"), str(path))
-                cache_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "features"), str(path))
-                finetune_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "model"),
-                               str(run_dir / "live"), str(path), str(run_dir / "features"))
-                metrics = evaluate_stage(str(run_dir / "model"), str(work / "encoded"), str(work / "prepared"),
-                                         str(run_dir / "eval.json"), str(run_dir / "predictions.csv"),
-                                         str(run_dir / "misclassified.png"), str(path))
+                metrics, seconds = run_seed(work, run_dir, run_params)
                 scores.append({"seed": seed, "f1_macro": round(metrics["f1_macro"], 4),
                                "accuracy": round(metrics["accuracy"], 4),
                                "trainable_parameters": json.loads((run_dir / "freeze.json").read_text())
                                ["trainable_parameters"],
-                               "seconds": round(time.perf_counter() - started, 1)})
+                               "seconds": round(seconds, 1)})
                 print(dataset, strategy, scores[-1], flush=True)
             f1 = [score["f1_macro"] for score in scores]
             accuracy = [score["accuracy"] for score in scores]

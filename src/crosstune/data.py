@@ -398,14 +398,10 @@ def read_split(prepared_dir: str | Path, split: str) -> pd.DataFrame:
 
 def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:
     """Return ``(task, labels)`` from the prepared ``labels.json``."""
-    from crosstune.io import read_json
-
     info = read_json(Path(prepared_dir) / "labels.json")
     return info["task"], list(info["labels"])
 
 
 def read_modality(prepared_dir: str | Path) -> str:
     """``text`` or ``image``: what the prepared data holds."""
-    from crosstune.io import read_json
-
     return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")

@@ -12,8 +12,7 @@ Also here: the domain gap (proxy A-distance) between source and target features,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,31 +28,27 @@ WHAT_TO_TRY = ("freeze more of the backbone (freeze.depth), lower finetune.lr, p
                "evaluate.guard: fallback to export the scratch model when it validates better")
 
 
-def random_init_model(initial_dir: str | Path, seed: int) -> tuple[Any, dict[str, Any]]:
-    """The attached model's architecture and head, with a randomly initialised (seeded) backbone and
-    nothing frozen: the no-transfer alternative."""
-    from safetensors.torch import load_file
-
-    from crosstune.modeling import build_transfer_model, load_transfer_model
+def random_init_model(attached: Any, config: dict[str, Any], seed: int) -> Any:
+    """The ``attached`` model's architecture and head (as attached, before training), with a randomly
+    initialised (seeded) backbone and nothing frozen: the no-transfer alternative. ``config`` is the
+    attached model's ``config.json``."""
+    from crosstune.modeling import build_transfer_model
     from crosstune.vision import rebuild_vision_backbone
 
-    template, config = load_transfer_model(initial_dir)
     torch.manual_seed(seed)
-    if template.modality == "image":
+    if attached.modality == "image":
         backbone: torch.nn.Module = rebuild_vision_backbone(config["backbone"])
     else:
         from transformers import AutoModel
 
-        backbone = AutoModel.from_config(template.backbone.config)
+        backbone = AutoModel.from_config(attached.backbone.config)
     head = config["head"]
     model = build_transfer_model(backbone, task=config["task"], labels=config["labels"], head_type=head["type"],
                                  pooling=config.get("pooling", "mean"), dropout=head["dropout"],
                                  hidden_dim=head["hidden_dim"], seed=seed)
-    weights = load_file(str(Path(initial_dir) / "model.safetensors"))
-    model.head.load_state_dict({key[len("head."):]: value for key, value in weights.items()
-                                if key.startswith("head.")})
-    model.spec = dict(template.spec, freeze={"depth": 0, "patterns": []})
-    return model, config
+    model.head.load_state_dict(attached.head.state_dict())
+    model.spec = dict(attached.spec, freeze={"depth": 0, "patterns": []})
+    return model
 
 
 @torch.inference_mode()
@@ -116,14 +111,6 @@ class FeatureCache:
         return self._features[name]
 
 
-def pretrained_features(initial_dir: str | Path, batching: Batching, device: str) -> FeatureCache:
-    """A feature cache over the attached model before fine-tuning (pretrained backbone, new head)."""
-    from crosstune.modeling import load_transfer_model
-
-    model, _ = load_transfer_model(initial_dir)
-    return FeatureCache(model.to(device), batching, device)
-
-
 @dataclass
 class GuardOutcome:
     """What the guard found: its metrics, the scratch model (to save) and its test outputs, and whether
@@ -133,7 +120,6 @@ class GuardOutcome:
     scratch: Any
     scratch_outputs: Any
     use_scratch: bool = False
-    validation: dict[str, float] = field(default_factory=dict)
 
 
 def probe_predictions(features: FeatureCache, splits: dict[str, Split], seed: int) -> np.ndarray:
@@ -146,12 +132,12 @@ def probe_predictions(features: FeatureCache, splits: dict[str, Split], seed: in
     return linear_probe(train_features, train_labels, features("test", splits["test"]), seed)
 
 
-def run_guard(model: Any, initial_dir: str | Path, splits: dict[str, Split], batching: Batching,
-              train_batching: Batching, finetune: Any, seed: int, device: str, mode: str,
-              test_metrics: dict[str, Any], headline: str, features: FeatureCache | None) -> GuardOutcome:
+def run_guard(model: Any, attached: FeatureCache, attached_config: dict[str, Any], splits: dict[str, Split],
+              batching: Batching, train_batching: Batching, finetune: Any, seed: int, device: str, mode: str,
+              test_metrics: dict[str, Any], headline: str) -> GuardOutcome:
     """Train the scratch model (same architecture, data, params and budget, random start), compare it with
     the fine-tuned ``model`` on test (``transfer_gain``) and validation (``fallback``), and score the linear
-    probe on ``features`` (classification only)."""
+    probe on the ``attached`` (pretrained, untrained) model's features (classification only)."""
     from crosstune.inference import predict_outputs, score_outputs
     from crosstune.metrics import classification_metrics
     from crosstune.training import train
@@ -159,7 +145,7 @@ def run_guard(model: Any, initial_dir: str | Path, splits: dict[str, Split], bat
     task, labels = model.spec["task"], model.spec["labels"]
     logger.info("guard: training the %s model from random initialisation on the same data and budget",
                 model.modality)
-    scratch, _ = random_init_model(initial_dir, seed)
+    scratch = random_init_model(attached.model, attached_config, seed)
     source = splits["source"] if len(splits["source"]) else None
     train(scratch, splits["train"], splits["validation"], finetune, seed, device, batching=train_batching,
           source_split=source)
@@ -183,11 +169,11 @@ def run_guard(model: Any, initial_dir: str | Path, splits: dict[str, Split], bat
     if use_scratch:
         logger.warning("guard: fallback: the scratch model validates better (%s %.4f vs %.4f); it is the exported "
                        "model", headline, validation["scratch"], validation["finetuned"])
-    if task == "classification" and features is not None:
-        predicted = probe_predictions(features, splits, seed)
+    if task == "classification":
+        predicted = probe_predictions(attached, splits, seed)
         probe = classification_metrics(splits["test"].labels.tolist(), predicted.tolist(), labels, per_class=False)
         metrics.update({"probe_accuracy": probe["accuracy"], "probe_f1_macro": probe["f1_macro"]})
-    return GuardOutcome(metrics, scratch, scratch_outputs, use_scratch, validation)
+    return GuardOutcome(metrics, scratch, scratch_outputs, use_scratch)
 
 
 def flag_negative_transfer(gain: float, headline: str, finetuned: float, scratch: float) -> bool:

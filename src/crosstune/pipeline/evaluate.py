@@ -21,7 +21,7 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     with ``evaluate.guard`` (and ``initial_dir``) the negative-transfer guard (:mod:`crosstune.guard`),
     whose scratch model goes to ``scratch_dir``; with a source domain, the domain gap before and after."""
     from crosstune.batching import batching_for, load_any_split
-    from crosstune.guard import FeatureCache, pretrained_features
+    from crosstune.guard import FeatureCache
     from crosstune.inference import predict_outputs, score_outputs
     from crosstune.modeling import load_transfer_model
     from crosstune.runtime import setup
@@ -39,13 +39,16 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     metrics = score_outputs(outputs, splits["test"], task, labels)
     has_source = len(splits["source"]) > 0
     guarded = params.guard != "off" and initial_dir is not None
-    # The pretrained (attached, untrained) model's features serve the probe and the domain gap alike.
-    pretrained = pretrained_features(initial_dir, batching, device) \
-        if initial_dir is not None and ((guarded and task == "classification") or has_source) else None
+    # The attached (pretrained, untrained) model, loaded once: the scratch model copies its architecture
+    # and head, and its features serve the linear probe and the domain gap alike.
+    pretrained, attached_config = None, None
+    if initial_dir is not None and (guarded or has_source):
+        attached, attached_config = load_transfer_model(initial_dir)
+        pretrained = FeatureCache(attached.to(device), batching, device)
     exported, exported_outputs = "finetuned", outputs
     if guarded:
-        outcome = _guard(model, config, initial_dir, splits, batching, params.guard, params_path, base, device,
-                         metrics, headline, scratch_dir, pretrained)
+        outcome = _guard(model, config, pretrained, attached_config, initial_dir, splits, batching, params.guard,
+                         params_path, base, device, metrics, headline, scratch_dir)
         if outcome.use_scratch:
             exported, exported_outputs = "scratch", outcome.scratch_outputs
             metrics = score_outputs(exported_outputs, splits["test"], task, labels)
@@ -62,9 +65,9 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     return metrics
 
 
-def _guard(model: Any, config: dict[str, Any], initial_dir: str, splits: dict[str, Any], batching: Any,
-           mode: str, params_path: str, base: Any, device: str, metrics: dict[str, Any], headline: str,
-           scratch_dir: str | None, pretrained: Any) -> Any:
+def _guard(model: Any, config: dict[str, Any], pretrained: Any, attached_config: dict[str, Any], initial_dir: str,
+           splits: dict[str, Any], batching: Any, mode: str, params_path: str, base: Any, device: str,
+           metrics: dict[str, Any], headline: str, scratch_dir: str | None) -> Any:
     """Run the guard (:func:`crosstune.guard.run_guard`) with the finetune params, and save its scratch model
     (with the params that trained it) to ``scratch_dir``."""
     from crosstune.batching import batching_for
@@ -73,8 +76,8 @@ def _guard(model: Any, config: dict[str, Any], initial_dir: str, splits: dict[st
 
     finetune, augment = load_section("finetune", params_path), load_section("augment", params_path)
     train_batching = batching_for(config, finetune.batch_size, finetune.max_length, augment)
-    outcome = run_guard(model, initial_dir, splits, batching, train_batching, finetune, base.seed, device, mode,
-                        metrics, headline, pretrained)
+    outcome = run_guard(model, pretrained, attached_config, splits, batching, train_batching, finetune, base.seed,
+                        device, mode, metrics, headline)
     if scratch_dir is not None:
         scratch = outcome.scratch.to("cpu")
         tokenizer = load_tokenizer(initial_dir) if scratch.modality == "text" else None
