@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import yaml
-
-from workdir import REPO, prepare_workdir  # bench/workdir.py, beside this script (puts src/ on the path)
+from workdir import (  # bench/workdir.py, beside this script (puts src/ on the path)
+    REPO,
+    prepare_workdir,
+)
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0,
                     "RTX 4090": 165.0}
@@ -59,14 +61,14 @@ def main() -> None:
 
     import torch
 
-    from crosstune.batching import TextBatching, load_any_split
-    from crosstune.caching import CachedBatching, build_cached_split
     from crosstune.config import load_section
-    from crosstune.freezing import apply_freeze
+    from crosstune.data.batching import TextBatching, load_any_split
+    from crosstune.freezing.policy import apply_freeze
     from crosstune.logging_setup import configure_logging
-    from crosstune.modeling import load_transfer_model
+    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.prefix_cache.store import CachedBatching, build_cached_split
     from crosstune.runtime import setup
-    from crosstune.training import train
+    from crosstune.training.loop import train
 
     configure_logging("WARNING")
     if not args.smoke and not torch.cuda.is_available():

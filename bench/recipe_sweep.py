@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from crosstune.batching import TextBatching
 from crosstune.config import load_section
-from crosstune.encoding import load_split
-from crosstune.freezing import apply_freeze
-from crosstune.inference import outputs_to_predictions, predict_outputs
+from crosstune.data.batching import TextBatching
+from crosstune.data.text_encoding import load_split
+from crosstune.evaluation.metrics import classification_metrics
+from crosstune.freezing.policy import apply_freeze
+from crosstune.inference.outputs import outputs_to_predictions, predict_outputs
 from crosstune.logging_setup import configure_logging
-from crosstune.metrics import classification_metrics
-from crosstune.modeling import build_transfer_model
+from crosstune.model.transfer_model import build_transfer_model
 from crosstune.runtime import seed_everything
-from crosstune.training import train
+from crosstune.training.loop import train
 
 RECIPES = {
     "full_lr1e-4_4ep": ({"lr": 1e-4, "epochs": 4}, 0),

@@ -33,7 +33,9 @@ def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
 
     Outputs: ``prepared/``, ``backbone/``, ``encoded/`` and (with ``attach``) ``initial/``.
     """
-    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
 
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -54,7 +56,11 @@ def run_seed(work: Path, run_dir: Path, run_params: dict, attached_to_evaluate: 
     dvc.yaml does: the negative-transfer guard (when ``evaluate.guard`` is on) and the domain gap."""
     import time
 
-    from crosstune.pipeline import attach_head_stage, cache_stage, evaluate_stage, finetune_stage
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.cache import cache_stage
+    from crosstune.pipeline.evaluate import evaluate_stage
+    from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.scratch import scratch_stage
 
     path = run_dir / "params.yaml"
     run_dir.mkdir(parents=True)
@@ -65,8 +71,11 @@ def run_seed(work: Path, run_dir: Path, run_params: dict, attached_to_evaluate: 
     cache_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "features"), str(path))
     finetune_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "model"), str(run_dir / "live"),
                    str(path), str(run_dir / "features"))
+    if attached_to_evaluate:  # the guard's scratch model (its stage records "off" when the guard is off)
+        scratch_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "scratch"), str(path))
     metrics = evaluate_stage(str(run_dir / "model"), str(work / "encoded"), str(work / "prepared"),
                              str(run_dir / "eval.json"), str(run_dir / "predictions.csv"),
                              str(run_dir / "misclassified.png"), str(path),
-                             str(run_dir / "initial") if attached_to_evaluate else None)
+                             str(run_dir / "initial") if attached_to_evaluate else None,
+                             str(run_dir / "scratch") if attached_to_evaluate else None)
     return metrics, time.perf_counter() - started

@@ -26,18 +26,10 @@ def main(argv=None) -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    from crosstune.config import load_section
-    from crosstune.distributed import in_distributed_launch, relaunch, resolve_num_processes
+    from crosstune.pipeline.finetune import launch_finetune
 
-    processes = resolve_num_processes(load_section("finetune", args.params).num_processes)
-    if processes > 1 and not in_distributed_launch():
-        status = relaunch(__file__, sys.argv[1:] if argv is None else list(argv), processes)
-        if status:
-            raise SystemExit(status)
-        return
-    from crosstune.pipeline.finetune import finetune_stage
-
-    finetune_stage(args.initial, args.encoded, args.model, args.live, args.params, args.features, args.checkpoints)
+    launch_finetune(__file__, sys.argv[1:] if argv is None else list(argv), args.initial, args.encoded, args.model,
+                    args.live, args.params, args.features, args.checkpoints)
 
 
 if __name__ == "__main__":

@@ -50,30 +50,29 @@ def write_table(path: Path, rows: list[tuple[str, str]], text_column: str = "rev
     return path
 
 
-TINY_PARAMS = {
+TINY_PARAMS = {  # only what differs from the defaults (crosstune.config, equal to params.yaml)
     "data": {"train": "data/raw/train.csv", "test": "data/raw/test.csv", "source": "data/source"},
     "base": {"seed": 7, "device": "cpu", "num_threads": 1},
-    "prepare": {"text_column": "review", "label_column": "rating", "validation_fraction": 0.2},
+    "prepare": {"validation_fraction": 0.2},
     "backbone": {"name": "tiny-bert", "max_length": 32,
                  "tiny": {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
                           "vocab_size": 200}},
-    "freeze": {"depth": 0, "patterns": []},
-    "head": {"type": "linear", "pooling": "mean", "dropout": 0.1, "hidden_dim": 16},
-    "finetune": {"optimizer": "adamw", "lr": 0.003, "epochs": 3, "batch_size": 8, "max_length": 32,
-                 "class_weights": "balanced", "warmup_ratio": 0.1, "log_every": 2, "unfreeze": "none",
-                 "adaptation": "none"},
-    "augment": {"horizontal_flip": 0.0},
-    "text_augment": {"copies": 0},
-    "cache": {"enabled": True, "dtype": "float32", "batch_size": 16},
-    "evaluate": {"batch_size": 16, "baselines": ["majority", "tfidf_logreg"], "guard": "off"},
+    "head": {"hidden_dim": 16},
+    "finetune": {"lr": 0.003, "epochs": 3, "batch_size": 8, "max_length": 32, "log_every": 2},
+    "cache": {"batch_size": 16},
+    "evaluate": {"batch_size": 16, "guard": "off"},
 }
 
 
 def write_params(path: Path, overrides: dict | None = None) -> Path:
-    """Write TINY_PARAMS with ``{"section": {"key": value}}`` overrides merged in."""
-    params = {section: dict(values) for section, values in TINY_PARAMS.items()}
-    for section, values in (overrides or {}).items():
-        params.setdefault(section, {}).update(values)
+    """Write a complete params file: every section's defaults, TINY_PARAMS over them, then
+    ``{"section": {"key": value}}`` overrides (DVC needs every key a stage lists to be in the file)."""
+    from crosstune.config import SECTIONS, to_dict
+
+    params = {"data": {}, **{section: to_dict(cls()) for section, cls in SECTIONS.items()}}
+    for layer in (TINY_PARAMS, overrides or {}):
+        for section, values in layer.items():
+            params.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
 
@@ -95,7 +94,9 @@ def params_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def attached(tmp_path: Path, raw_data: dict[str, Path], params_file: Path) -> dict[str, Path]:
     """Run prepare, backbone and attach-head through the library; return the output paths."""
-    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
 
     paths = {
         "prepared": tmp_path / "data" / "prepared",

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosstune.adaptation import CDANLoss, CORALLoss, DANNLoss, GradientReversal, MMDLoss, dann_lambda
-from crosstune.adaptations import ADAPTATIONS
+from crosstune.methods.adaptation import (
+    CDANLoss,
+    CORALLoss,
+    DANNLoss,
+    GradientReversal,
+    MMDLoss,
+    dann_lambda,
+)
+from crosstune.methods.registry import ADAPTATIONS
 
 
 @pytest.mark.parametrize("coefficient", [0.0, 0.3, 1.0, 2.5])
@@ -74,8 +81,8 @@ def test_training_with_mmd_removes_a_domain_shift_the_task_ignores() -> None:
     domains apart); with the MMD loss added it drops it. (DANN's adversarial game is too unstable on a
     toy linear extractor for a test: its effect is measured on real backbones in bench/adaptation.)"""
     method = "mmd"
-    from crosstune.adaptations import ADAPTATIONS
-    from crosstune.selection import proxy_a_distance
+    from crosstune.methods.registry import ADAPTATIONS
+    from crosstune.selection.domain_gap import proxy_a_distance
 
     def gap(adapt: bool) -> float:
         torch.manual_seed(0)

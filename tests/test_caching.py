@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosstune.caching import CachedBatching, build_cached_split, load_cached_split, plan_cache, save_cached_split
 from crosstune.config import AugmentParams, CacheParams, FinetuneParams
+from crosstune.prefix_cache.plan import plan_cache
+from crosstune.prefix_cache.store import (
+    CachedBatching,
+    build_cached_split,
+    load_cached_split,
+    save_cached_split,
+)
 from tests.conftest import write_image_folder, write_params
 
 
@@ -20,10 +26,10 @@ def _finetune(epochs: int = 2) -> FinetuneParams:
 
 def _train_both(initial: Path, encoded: Path, depth: object, tmp_path: Path, dtype: str = "float32"):
     """Train the attached model twice from the same seed, uncached and on the cache; return both models."""
-    from crosstune.batching import batching_for, load_any_split
-    from crosstune.freezing import apply_freeze
-    from crosstune.modeling import load_transfer_model
-    from crosstune.training import train
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.freezing.policy import apply_freeze
+    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.training.loop import train
 
     params = _finetune()
     results = []
@@ -61,7 +67,9 @@ def test_cached_text_training_matches_uncached(attached: dict[str, Path], tmp_pa
 
 
 def test_cached_image_training_matches_uncached(tmp_path: Path) -> None:
-    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
 
     write_image_folder(tmp_path / "images" / "train", 12, seed=1)
     write_image_folder(tmp_path / "images" / "test", 4, seed=2)
@@ -86,8 +94,8 @@ def test_half_precision_cache_stays_close(attached: dict[str, Path], tmp_path: P
 
 
 def test_cache_batches_follow_the_uncached_order(attached: dict[str, Path]) -> None:
-    from crosstune.batching import TextBatching, load_any_split
-    from crosstune.modeling import load_transfer_model
+    from crosstune.data.batching import TextBatching, load_any_split
+    from crosstune.model.transfer_model import load_transfer_model
 
     model, _ = load_transfer_model(attached["initial"])
     split = load_any_split(attached["encoded"] / "train.safetensors")

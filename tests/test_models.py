@@ -6,15 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_texts
 
-from crosstune.backbones import BACKBONES, load_backbone, save_backbone, transformer_blocks
+from crosstune.backbones.text import (
+    BACKBONES,
+    load_backbone,
+    save_backbone,
+    transformer_blocks,
+)
 from crosstune.config import BackboneParams, TinyBertParams
 from crosstune.errors import BackboneUnavailableError, ConfigError
-from crosstune.freezing import apply_freeze, set_train_mode
-from crosstune.heads import HEADS, POOLINGS, build_head
-from crosstune.modeling import build_transfer_model, load_transfer_model, save_transfer_model
-
-from conftest import make_texts
+from crosstune.freezing.policy import apply_freeze, set_train_mode
+from crosstune.heads.registry import HEADS, POOLINGS, build_head
+from crosstune.model.transfer_model import (
+    build_transfer_model,
+    load_transfer_model,
+    save_transfer_model,
+)
 
 TEXTS = [text for text, _ in make_texts(10, seed=0)]
 TINY = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
@@ -92,7 +100,7 @@ def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path: Path) -> None
     files, or `make repro` and a bare `dvc repro` would hash the same model differently."""
     from transformers import AutoTokenizer
 
-    from crosstune.backbones import save_tokenizer
+    from crosstune.backbones.text import save_tokenizer
 
     save_backbone(load_backbone(TINY, TEXTS, 0), tmp_path / "local")
     for offline in (True, False):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from crosstune.report import summary_html, tables_html
-from crosstune.report_template import LIBRARIES, build_template
+from crosstune.reporting.report import summary_html, tables_html
+from crosstune.reporting.template import LIBRARIES, build_template
 
 
 def test_template_inlines_pinned_libraries_and_loads_nothing() -> None:

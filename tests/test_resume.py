@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, write_params
 from safetensors.torch import load_file
 
-from crosstune.checkpointing import Checkpointer, TrainState
-from crosstune.training import FAULT_KILL_AT_STEP
-
-from conftest import REPO_ROOT, write_params
+from crosstune.training.checkpoints import Checkpointer, TrainState
+from crosstune.training.loop import FAULT_KILL_AT_STEP
 
 
 def _finetune(paths: dict[str, Path], out: Path, params: Path, env: dict[str, str] | None = None,
@@ -92,10 +91,10 @@ def test_checkpointer_ignores_other_fingerprints(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_path: Path) -> None:
-    from crosstune.batching import TextBatching
-    from crosstune.encoding import load_split
-    from crosstune.inference import predict_outputs
-    from crosstune.modeling import load_transfer_model
+    from crosstune.data.batching import TextBatching
+    from crosstune.data.text_encoding import load_split
+    from crosstune.inference.outputs import predict_outputs
+    from crosstune.model.transfer_model import load_transfer_model
 
     single = write_params(tmp_path / "one.yaml", {"finetune": {"epochs": 3}})
     double = write_params(tmp_path / "two.yaml", {"finetune": {"epochs": 3, "num_processes": 2}})

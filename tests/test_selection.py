@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crosstune.selection import (
-    SCORES, _evidence_from_spectrum, linear_mmd, log_evidence, logme, proxy_a_distance,
+from crosstune.selection.domain_gap import linear_mmd, proxy_a_distance
+from crosstune.selection.scores import (
+    SCORES,
+    _evidence_from_spectrum,
+    log_evidence,
+    logme,
 )
 
 
@@ -71,9 +75,10 @@ def test_backbone_stage_picks_the_best_candidate_and_caches_features(
         tmp_path, raw_data, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from crosstune.pipeline import backbone_stage, prepare_stage
-
     from conftest import write_params
+
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
 
     monkeypatch.chdir(tmp_path)  # the feature cache lives under ./.cache
     params = write_params(tmp_path / "params.yaml", {"backbone": {
@@ -101,13 +106,12 @@ def test_backbone_stage_picks_the_best_candidate_and_caches_features(
 
 def test_truncated_candidates_share_one_pass_and_equal_truncated_models(tmp_path) -> None:
     import torch
-
-    from crosstune.backbones import load_backbone
-    from crosstune.config import BackboneParams, TinyBertParams
-    from crosstune.heads import mean_pooling
-    from crosstune.selecting import _text_features_by_depth
-
     from conftest import make_texts
+
+    from crosstune.backbones.text import load_backbone
+    from crosstune.config import BackboneParams, TinyBertParams
+    from crosstune.heads.registry import mean_pooling
+    from crosstune.selection.candidates import _text_features_by_depth
 
     texts = [text for text, _ in make_texts(6, seed=0)]
     params = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
@@ -127,10 +131,10 @@ def test_domain_gap_reported_per_candidate_when_a_source_domain_is_prepared(tmp_
     import json
 
     import pandas as pd
-
-    from crosstune.pipeline import backbone_stage, prepare_stage
-
     from conftest import write_params
+
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
 
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path / "params.yaml", {"backbone": {
@@ -157,7 +161,7 @@ def test_domain_gap_reported_per_candidate_when_a_source_domain_is_prepared(tmp_
 def test_a_candidate_with_non_finite_features_ranks_last_or_stops_clearly(tmp_path, monkeypatch) -> None:
     """Broken weights (NaN or overflowing activations) must not crash a score's SVD: with other candidates
     they rank last; alone they stop the stage with an error naming the backbone."""
-    import crosstune.selecting as selecting
+    import crosstune.selection.candidates as selecting
     from crosstune.config import BackboneParams
     from crosstune.errors import ConfigError
 

@@ -13,18 +13,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from crosstune.batching import TextBatching
-from crosstune.config import load_section
-from crosstune.encoding import load_split
-from crosstune.freezing import apply_freeze
-from crosstune.losses import build_loss, class_weight_tensor
-from crosstune.modeling import load_transfer_model
-from crosstune.optimization import OPTIMIZERS, SCHEDULERS
-from crosstune.pipeline import evaluate_stage, finetune_stage
-from crosstune.training import train, validation_metrics
-
 from conftest import write_params, write_table
+
+from crosstune.config import load_section
+from crosstune.data.batching import TextBatching
+from crosstune.data.text_encoding import load_split
+from crosstune.freezing.policy import apply_freeze
+from crosstune.model.transfer_model import load_transfer_model
+from crosstune.pipeline.evaluate import evaluate_stage
+from crosstune.pipeline.finetune import finetune_stage
+from crosstune.training.loop import train, validation_metrics
+from crosstune.training.losses import build_loss, class_weight_tensor
+from crosstune.training.optimization import OPTIMIZERS, SCHEDULERS
 
 
 def _splits(paths: dict[str, Path]):
@@ -117,7 +117,9 @@ def test_predict_cli_errors_clearly(tmp_path: Path) -> None:
 
 
 def test_regression_task_end_to_end(tmp_path: Path) -> None:
-    from crosstune.pipeline import attach_head_stage, backbone_stage, prepare_stage
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
 
     rows = [(f"review number {i} score {'high ' * (i % 5)}", str(float(i % 5))) for i in range(60)]
     train_path = write_table(tmp_path / "train.csv", rows)

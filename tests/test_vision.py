@@ -6,16 +6,28 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from crosstune.config import AugmentParams, PrepareParams
-from crosstune.data import prepare_target_data
-from crosstune.errors import BackboneUnavailableError, DataError
-from crosstune.freezing import apply_freeze, set_train_mode
-from crosstune.images import ImageBatcher, ImageSplit, build_augmentation, decode_images
-from crosstune.modeling import build_transfer_model, load_transfer_model, save_transfer_model
-from crosstune.vision import VISION_BACKBONES, Preprocessing, build_vision_backbone
-
 from conftest import write_image_folder
+
+from crosstune.backbones.vision import (
+    VISION_BACKBONES,
+    Preprocessing,
+    build_vision_backbone,
+)
+from crosstune.config import AugmentParams, PrepareParams
+from crosstune.data.images import (
+    ImageBatcher,
+    ImageSplit,
+    build_augmentation,
+    decode_images,
+)
+from crosstune.data.preparation import prepare_target_data
+from crosstune.errors import BackboneUnavailableError, DataError
+from crosstune.freezing.policy import apply_freeze, set_train_mode
+from crosstune.model.transfer_model import (
+    build_transfer_model,
+    load_transfer_model,
+    save_transfer_model,
+)
 
 INPUT_SIDE = 64  # small inputs keep the big ImageNet architectures quick on CPU
 
@@ -129,7 +141,7 @@ def test_image_folder_and_table_inputs(tmp_path: Path) -> None:
         lambda p: str(Path(p).resolve()))], "label": data.train["label"]})
     table.to_csv(tmp_path / "images.csv", index=False)
     from_table = prepare_target_data(tmp_path / "images.csv", None, PrepareParams(
-        validation_fraction=0.34, min_examples_per_class=2, test_fraction=0.3), seed=0)
+        label_column="label", validation_fraction=0.34, min_examples_per_class=2, test_fraction=0.3), seed=0)
     assert from_table.summary["modality"] == "image"
 
 
@@ -180,7 +192,7 @@ def test_augmentation_only_when_asked_and_seeded() -> None:
 
 
 def test_image_split_batches_cover_every_row() -> None:
-    from crosstune.images import iterate_image_batches
+    from crosstune.data.images import iterate_image_batches
 
     split = ImageSplit(torch.zeros(10, 1, 8, 8, dtype=torch.uint8), torch.arange(10))
     batcher = ImageBatcher(Preprocessing(8, (0.5,) * 3, (0.5,) * 3))

@@ -77,10 +77,14 @@ def task_params(name: str) -> dict:
 
 def run_task(name: str, train: Path, test: Path, candidates: list[str], workdir: Path) -> dict:
     from crosstune.config import load_section
-    from crosstune.data import read_split
-    from crosstune.pipeline import attach_head_stage, backbone_stage, evaluate_stage, finetune_stage, prepare_stage
-    from crosstune.selecting import sample_indices, score_candidates
-    from crosstune.images import decode_images
+    from crosstune.data.images import decode_images
+    from crosstune.data.prepared import read_split
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.evaluate import evaluate_stage
+    from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.prepare import prepare_stage
+    from crosstune.selection.candidates import sample_indices, score_candidates
 
     params = task_params(name)
     params_path = workdir / "params.yaml"

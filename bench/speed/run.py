@@ -40,8 +40,8 @@ def _depth(text: str) -> int | str:
 
 
 def _model(workdir: Path, depth: int | str):
-    from crosstune.freezing import apply_freeze
-    from crosstune.modeling import load_transfer_model
+    from crosstune.freezing.policy import apply_freeze
+    from crosstune.model.transfer_model import load_transfer_model
 
     model, config = load_transfer_model(workdir / "initial")
     apply_freeze(model, depth)
@@ -50,7 +50,7 @@ def _model(workdir: Path, depth: int | str):
 
 
 def _test_metrics(logits, labels, names) -> dict[str, float]:
-    from crosstune.metrics import classification_metrics
+    from crosstune.evaluation.metrics import classification_metrics
 
     return {key: value for key, value in
             classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), names).items()
@@ -58,11 +58,12 @@ def _test_metrics(logits, labels, names) -> dict[str, float]:
 
 
 def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
-    from crosstune.batching import TextBatching, load_any_split
-    from crosstune.caching import CachedBatching, build_cached_split, plan_cache
     from crosstune.config import load_section
-    from crosstune.inference import predict_outputs
-    from crosstune.training import train
+    from crosstune.data.batching import TextBatching, load_any_split
+    from crosstune.inference.outputs import predict_outputs
+    from crosstune.prefix_cache.plan import plan_cache
+    from crosstune.prefix_cache.store import CachedBatching, build_cached_split
+    from crosstune.training.loop import train
 
     params = load_section("finetune", params_path)
     model, config = _model(workdir, depth)
@@ -88,13 +89,18 @@ def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
 def run_trainer(workdir: Path, depth: int | str, params_path: Path, grouped: bool = False) -> dict:
     import numpy as np
     import torch
-    from transformers import (AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from crosstune.config import load_section
-    from crosstune.encoding import load_split
-    from crosstune.losses import class_weight_tensor
-    from crosstune.metrics import classification_metrics
+    from crosstune.data.text_encoding import load_split
+    from crosstune.evaluation.metrics import classification_metrics
+    from crosstune.training.losses import class_weight_tensor
 
     params = load_section("finetune", params_path)
     model, config = _model(workdir, depth)

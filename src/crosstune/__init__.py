@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from crosstune.predict import Predictor
+    from crosstune.inference.predictor import Predictor
 
 
 def load(model_dir: str) -> "Predictor":
@@ -21,6 +21,6 @@ def load(model_dir: str) -> "Predictor":
         >>> predictor = crosstune.load("models/finetuned")
         >>> predictor.predict(["This drug saved my life"])
     """
-    from crosstune.predict import Predictor
+    from crosstune.inference.predictor import Predictor
 
     return Predictor.from_directory(model_dir)

@@ -34,7 +34,7 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from crosstune.predict import Predictor
+    from crosstune.inference.predictor import Predictor
 
     predictor = Predictor.from_directory(args.model)
     count = predictor.predict_file(args.input, args.output, args.text_column)
@@ -42,17 +42,17 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from crosstune.report import build_report
+    from crosstune.reporting.report import build_report
 
     path = build_report(args.out, args.compare, args.repo)
     print(f"report written to {path.resolve()} (open it in a browser; it needs no network)")
 
 
 def _export(args: argparse.Namespace) -> None:
-    from crosstune.export import export_model
+    from crosstune.inference.export import export_model
 
     if args.model is None:
-        from crosstune.export import exported_model_dir
+        from crosstune.inference.export import exported_model_dir
 
         args.model = exported_model_dir(args.metrics)
     path = export_model(args.model, args.out, args.metrics, args.backbone_summary, args.data_summary, args.repo)

@@ -1,4 +1,8 @@
-"""Typed, frozen views of `params.yaml`, one dataclass per section.
+"""Typed, frozen views of `params.yaml`, one dataclass per section: the one source of every default.
+
+The defaults here equal the shipped `params.yaml` (``tests/test_config.py`` compares them), so a key left
+out of a user's params file means what the shipped file says, and no module re-supplies a default of its
+own: later stages read the settings an earlier stage used from what it saved (``crosstune.model.saved``).
 
 Why: a typo in `params.yaml` should fail before any work starts, naming the key and the valid
 choices, instead of silently falling back to a default halfway through a 5-minute stage.
@@ -66,8 +70,8 @@ class BaseParams:
 class PrepareParams:
     """How to read, validate and split the target-domain table."""
 
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = "review"  # the embedded drug reviews' columns; set your table's
+    label_column: str = "rating"
     task: str = "classification"  # or regression (numeric labels, MSE loss)
     validation_fraction: float = 0.15  # held out of the training file, stratified
     test_fraction: float = 0.2  # used only when no test file is given
@@ -128,7 +132,7 @@ class BackboneParams:
     selection_samples: int = 500  # training examples (seeded sample) features are scored on
 
     def __post_init__(self) -> None:
-        from crosstune.selection import SCORES
+        from crosstune.selection.scores import SCORES
 
         if not self.name:
             _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
@@ -175,7 +179,7 @@ class HeadParams:
     hidden_dim: int = 256  # mlp head only
 
     def __post_init__(self) -> None:
-        from crosstune.heads import HEADS, POOLINGS
+        from crosstune.heads.registry import HEADS, POOLINGS
 
         _check_registered("head.type", self.type, HEADS)
         _check_registered("head.pooling", self.pooling, POOLINGS)
@@ -188,16 +192,16 @@ class FinetuneParams:
     """Optimisation of the attached model on the target training split."""
 
     optimizer: str = "adamw"
-    lr: float = 5e-5
+    lr: float = 1e-4  # the recipe benchmark's best on the embedded default (bench/README.md)
     weight_decay: float = 0.01  # decoupled for adamw, L2 penalty for the others
     momentum: float = 0.9  # sgd and rmsprop only
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 16
     max_length: int = 256  # tokens per text at training time (<= backbone.max_length)
     scheduler: str = "linear"
     warmup_ratio: float = 0.1  # fraction of all steps spent warming up
     loss: str = "cross_entropy"  # mse for regression
-    class_weights: Union[str, tuple[float, ...]] = "none"  # none | balanced | one weight per label
+    class_weights: Union[str, tuple[float, ...]] = "balanced"  # none | balanced | one weight per label
     select_metric: str = "f1_macro"  # validation metric that picks the best epoch
     log_every: int = 5  # optimizer steps between logged training losses
     # transfer-aware rates and schedules
@@ -223,10 +227,10 @@ class FinetuneParams:
     adaptation_weight: float = 1.0  # weight of that loss beside the task loss
 
     def __post_init__(self) -> None:
-        from crosstune.adaptations import ADAPTATIONS, NO_ADAPTATION
-        from crosstune.losses import LOSSES
-        from crosstune.metrics import SELECT_METRICS
-        from crosstune.optimization import OPTIMIZERS, SCHEDULERS
+        from crosstune.evaluation.metrics import SELECT_METRICS
+        from crosstune.methods.registry import ADAPTATIONS, NO_ADAPTATION
+        from crosstune.training.losses import LOSSES
+        from crosstune.training.optimization import OPTIMIZERS, SCHEDULERS
 
         _check_registered("finetune.optimizer", self.optimizer, OPTIMIZERS)
         _check_registered("finetune.scheduler", self.scheduler, SCHEDULERS)
@@ -335,7 +339,7 @@ class EvaluateParams:
     guard: str = "report"  # off | report (scratch model + linear probe, transfer_gain) | fallback (export the better)
 
     def __post_init__(self) -> None:
-        from crosstune.baselines import BASELINES
+        from crosstune.evaluation.baselines import BASELINES
 
         _check_choice("evaluate.guard", self.guard, ("off", "report", "fallback"))
         _check_range("evaluate.batch_size", self.batch_size, low=1)

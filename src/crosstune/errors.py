@@ -17,3 +17,7 @@ class DataError(CrosstuneError, ValueError):
 
 class BackboneUnavailableError(CrosstuneError, OSError):
     """A backbone that cannot be loaded here (not installed, not local, no hub)."""
+
+
+class ArtifactError(CrosstuneError, OSError):
+    """A pipeline output that is missing, truncated or corrupt: restore it (dvc checkout) or rebuild it."""

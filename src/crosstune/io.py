@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from crosstune.errors import ArtifactError
+
+METRIC_DIGITS = 6  # significant digits of every metric written: the same run gives the same bytes anywhere
 
 
 @contextlib.contextmanager
@@ -87,3 +92,107 @@ def write_csv(path: str | Path, frame: Any) -> None:
     """Write a pandas DataFrame as CSV (no index), atomically."""
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
+
+
+def round_metrics(data: Any, digits: int = METRIC_DIGITS) -> Any:
+    """``data`` with every float rounded to ``digits`` significant digits (recursively).
+
+    Why: the last bits of a float sum differ between BLAS builds and thread counts; written in full they
+    make a fresh clone's metrics (and so ``dvc.lock``) differ from the committed ones in the 16th digit.
+    """
+    if isinstance(data, float):
+        return float(f"{data:.{digits}g}") if math.isfinite(data) else data
+    if isinstance(data, dict):
+        return {key: round_metrics(value, digits) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [round_metrics(value, digits) for value in data]
+    return data
+
+
+def write_metrics(path: str | Path, data: Any) -> None:
+    """Write a metrics file: JSON with floats at :data:`METRIC_DIGITS` significant digits, atomically."""
+    write_json(path, round_metrics(data))
+
+
+def write_metrics_csv(path: str | Path, frame: Any) -> None:
+    """Write a metrics table (CSV, no index) with floats at :data:`METRIC_DIGITS` significant digits."""
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False, float_format=f"%.{METRIC_DIGITS}g")
+
+
+def artifact_fix(path: str | Path) -> str:
+    """How to get a damaged pipeline output back: ``dvc checkout`` it, or rerun the stage that writes it
+    (looked up in ``dvc.yaml`` of the working directory when there is one)."""
+    path = Path(path)
+    if path.is_absolute() and path.resolve().is_relative_to(Path.cwd().resolve()):
+        path = path.resolve().relative_to(Path.cwd().resolve())  # as dvc.yaml names it
+    stage = _producing_stage(path)
+    rebuild = f"`dvc repro -f {stage}`" if stage else "rerun the stage that writes it (`dvc repro -f STAGE`)"
+    return f"restore it with `dvc checkout {path}` or rebuild it with {rebuild}."
+
+
+def _producing_stage(path: Path) -> str | None:
+    dvc_yaml = Path("dvc.yaml")
+    if not dvc_yaml.is_file():
+        return None
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    except yaml.YAMLError:
+        return None
+    try:
+        target = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return None
+    for name, stage in stages.items():
+        for out in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            out_path = Path(next(iter(out)) if isinstance(out, dict) else out)
+            if target == out_path or out_path in target.parents:
+                return name
+    return None
+
+
+def read_artifact_json(path: str | Path) -> Any:
+    """Read a JSON file that a stage wrote; missing or malformed is an :class:`ArtifactError` naming the
+    file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; {artifact_fix(path)}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path}: not valid JSON ({error}); {artifact_fix(path)}") from error
+
+
+def load_tensors(path: str | Path) -> dict[str, Any]:
+    """All tensors of a safetensors file; missing, truncated or corrupt is an :class:`ArtifactError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; {artifact_fix(path)}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtifactError(f"{path}: truncated or corrupt ({error}); {artifact_fix(path)}") from error
+
+
+def load_weights(module: Any, path: str | Path) -> None:
+    """Load a safetensors file into ``module`` (strict); a damaged file or one whose tensors do not fit
+    the module is an :class:`ArtifactError` naming the file and the fix."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; {artifact_fix(path)}")
+    try:
+        load_model(module, str(path), strict=True)  # handles tensors that save_model de-duplicated
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtifactError(f"{path}: truncated or corrupt ({error}); {artifact_fix(path)}") from error
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ArtifactError(f"{path}: does not match its config.json ({first_line}); "
+                            f"{artifact_fix(path)}") from error

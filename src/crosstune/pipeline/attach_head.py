@@ -7,33 +7,44 @@ from pathlib import Path
 from typing import Any
 
 from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
-from crosstune.io import atomic_directory, read_json, write_json
+from crosstune.errors import ArtifactError
+from crosstune.io import (
+    artifact_fix,
+    atomic_directory,
+    load_tensors,
+    load_weights,
+    read_artifact_json,
+    write_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
     """The backbone stage's directory: a Hugging Face encoder + tokenizer, or a vision backbone."""
-    config = read_json(directory / "config.json")
+    config = read_artifact_json(directory / "config.json")
     if config.get("modality") == "image":
-        from safetensors.torch import load_model
-
-        from crosstune.vision import rebuild_vision_backbone
+        from crosstune.backbones.vision import rebuild_vision_backbone
 
         backbone = rebuild_vision_backbone(config)
-        load_model(backbone, str(directory / "model.safetensors"), strict=True)
+        load_weights(backbone, directory / "model.safetensors")
         return backbone, None
     from transformers import AutoModel, AutoTokenizer
 
-    return AutoModel.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    load_tensors(directory / "model.safetensors")  # a damaged file: one clear line, not a loader traceback
+    try:
+        return AutoModel.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{directory}: the saved backbone does not load ({error}); "
+                            f"{artifact_fix(directory)}") from error
 
 
 def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, report_path: str,
                       params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     """freeze-and-attach-head: put a new head on the backbone and freeze by policy."""
-    from crosstune.data import read_label_info
-    from crosstune.freezing import apply_freeze
-    from crosstune.modeling import build_transfer_model, save_transfer_model
+    from crosstune.data.prepared import read_label_info
+    from crosstune.freezing.policy import apply_freeze
+    from crosstune.model.transfer_model import build_transfer_model, save_transfer_model
 
     base = load_section("base", params_path)
     freeze, head = load_section("freeze", params_path), load_section("head", params_path)
@@ -47,7 +58,7 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
         save_transfer_model(model, staging, tokenizer)
     if freeze.lora_r:
         # Adapters are added (seeded) at training time and merged before saving; count them here.
-        from crosstune.lora import apply_lora
+        from crosstune.freezing.lora import apply_lora
 
         adapters = apply_lora(model, freeze.lora_r, freeze.lora_alpha, freeze.lora_dropout, freeze.lora_targets,
                               base.seed)
@@ -55,5 +66,5 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
         report.update({"lora_r": freeze.lora_r, "lora_parameters": adapters,
                        "trainable_parameters": adapters + head_parameters,
                        "trainable_fraction": round((adapters + head_parameters) / report["total_parameters"], 6)})
-    write_json(report_path, report)
+    write_metrics(report_path, report)
     return report

@@ -10,7 +10,12 @@ if TYPE_CHECKING:
 
 from crosstune.config import DEFAULT_PARAMS_PATH, load_section
 from crosstune.errors import ConfigError
-from crosstune.io import atomic_directory, write_csv, write_json
+from crosstune.io import (
+    atomic_directory,
+    write_json,
+    write_metrics,
+    write_metrics_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +29,14 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
     later stages can always depend on it)."""
     import dataclasses
 
-    from crosstune.data import SPLITS, UNLABELLED, has_source, read_label_info, read_modality, read_split
+    from crosstune.data.prepared import (
+        SPLITS,
+        UNLABELLED,
+        has_source,
+        read_label_info,
+        read_modality,
+        read_split,
+    )
 
     base, params = load_section("base", params_path), load_section("backbone", params_path)
     text_augment = load_section("text_augment", params_path)
@@ -59,15 +71,15 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
     else:
         summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir, text_augment)
     summary[f"{selection.score_name}"] = selection.scores[chosen]
-    write_json(summary_path, summary)
+    write_metrics(summary_path, summary)
     _write_selection(selection, gaps, chosen, params.select, selection_path, selection_table)
     logger.info("backbone summary: %s", summary)
     return summary
 
 
 def _check_backbone_modality(candidate: str, modality: str) -> None:
-    from crosstune.backbones import BACKBONES, split_candidate
-    from crosstune.vision import VISION_BACKBONES
+    from crosstune.backbones.text import BACKBONES, split_candidate
+    from crosstune.backbones.vision import VISION_BACKBONES
 
     backbone_modality = "image" if split_candidate(candidate)[0] in VISION_BACKBONES else "text"
     if backbone_modality != modality:
@@ -82,7 +94,11 @@ def _select(params: Any, candidates: list[str], modality: str, train: Any, task:
     source domain's when no target row has a label), and each candidate's domain gap to the source."""
     import numpy as np
 
-    from crosstune.selecting import domain_gaps, sample_indices, score_candidates
+    from crosstune.selection.candidates import (
+        domain_gaps,
+        sample_indices,
+        score_candidates,
+    )
 
     if task != "classification" and params.score != "logme":
         raise ConfigError(f"params.yaml: backbone.score: {params.score!r} needs class labels; with a regression "
@@ -100,7 +116,7 @@ def _select(params: Any, candidates: list[str], modality: str, train: Any, task:
         target_rows = sample_indices(len(target_pool), params.selection_samples, seed)
         target_sample = [target_pool[i] for i in target_rows]
     if modality == "image":
-        from crosstune.images import decode_images
+        from crosstune.data.images import decode_images
 
         sample: Any = decode_images(labelled["image"].iloc[rows].tolist(), 256)  # each candidate resizes further
         if source is not None:
@@ -127,8 +143,8 @@ def _write_selection(selection: Any, gaps: dict[str, dict[str, float]], chosen: 
         flat[f"{candidate}_{selection.score_name}"] = value if math.isfinite(value) else None
         for measure, gap in gaps.get(candidate, {}).items():
             flat[f"{candidate}_{measure}"] = gap
-    write_json(json_path, flat)
-    write_csv(table_path, pd.DataFrame({"candidate": list(selection.scores),
+    write_metrics(json_path, flat)
+    write_metrics_csv(table_path, pd.DataFrame({"candidate": list(selection.scores),
                                         "score": [value if math.isfinite(value) else None
                                                   for value in selection.scores.values()],
                                         "score_name": selection.score_name}))
@@ -136,9 +152,9 @@ def _write_selection(selection: Any, gaps: dict[str, dict[str, float]], chosen: 
 
 def _text_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
                    encoded_dir: str, text_augment: Any) -> dict[str, Any]:
-    from crosstune.backbones import describe_backbone, load_backbone, save_backbone
-    from crosstune.encoding import encode_texts, save_split
-    from crosstune.text_augmentation import augment_split
+    from crosstune.backbones.text import describe_backbone, load_backbone, save_backbone
+    from crosstune.data.text_augmentation import augment_split
+    from crosstune.data.text_encoding import encode_texts, save_split
 
     loaded = load_backbone(params, splits["train"]["text"].tolist(), seed)
     summary = describe_backbone(loaded, params.name)
@@ -166,8 +182,8 @@ def _image_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any
                     encoded_dir: str) -> dict[str, Any]:
     from safetensors.torch import save_model
 
-    from crosstune.images import ImageSplit, decode_images, save_image_split
-    from crosstune.vision import build_vision_backbone, vision_config
+    from crosstune.backbones.vision import build_vision_backbone, vision_config
+    from crosstune.data.images import ImageSplit, decode_images, save_image_split
 
     backbone = build_vision_backbone(params.name, params.weights, seed, params.image_size)
     config = vision_config(params.name, params.weights, backbone)

@@ -19,14 +19,20 @@ def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
     Writes ``out_dir/meta.json`` always (``cached: false`` and the reason when caching does not apply,
     decided without loading torch) and ``{split}.safetensors`` when it does.
     """
-    from crosstune.caching import CACHED_SPLITS, META_NAME, plan_cache
-    from crosstune.data import encoded_has_source
+    from crosstune.data.prepared import encoded_has_source
+    from crosstune.prefix_cache.plan import (
+        CACHED_SPLITS,
+        META_NAME,
+        plan_cache,
+        plan_inputs,
+    )
 
     base, cache = load_section("base", params_path), load_section("cache", params_path)
     finetune, augment = load_section("finetune", params_path), load_section("augment", params_path)
     config = read_json(Path(initial_dir) / "config.json")
-    plan = plan_cache(config, cache, augment, finetune, encoded_has_source(encoded_dir))
-    meta: dict[str, Any] = {"cached": plan.cached, "freeze": config.get("freeze", {})}
+    has_source = encoded_has_source(encoded_dir)
+    plan = plan_cache(config, cache, augment, finetune, has_source)
+    meta: dict[str, Any] = {"cached": plan.cached, "inputs": plan_inputs(config, augment, finetune, has_source)}
     if not plan.cached:
         meta["reason"] = plan.reason
         logger.info("cache: not used (%s); finetune runs the whole model on every batch", plan.reason)
@@ -36,16 +42,20 @@ def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
 
     import time
 
-    from crosstune.batching import batching_for, load_any_split
-    from crosstune.caching import build_cached_split, save_cached_split, verify_prefix_split
-    from crosstune.modeling import load_transfer_model
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.prefix_cache.store import (
+        build_cached_split,
+        save_cached_split,
+        verify_prefix_split,
+    )
     from crosstune.runtime import setup
 
     device = setup(base)
     model, config = load_transfer_model(initial_dir)
     model.to(device)
     batching = batching_for(config, cache.batch_size, finetune.max_length)
-    meta.update({"level": plan.level, "dtype": cache.dtype, "max_length": finetune.max_length})
+    meta.update({"level": plan.level, "dtype": cache.dtype})
     started = time.perf_counter()
     with atomic_directory(out_dir) as staging:
         for name in CACHED_SPLITS:

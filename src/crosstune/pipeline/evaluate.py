@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
-from crosstune.io import atomic_directory, write_csv, write_json
+from crosstune.config import DEFAULT_PARAMS_PATH, load_section
+from crosstune.io import write_metrics, write_metrics_csv
 
 logger = logging.getLogger(__name__)
 
@@ -18,12 +18,14 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
                    params_path: str = DEFAULT_PARAMS_PATH, initial_dir: str | None = None,
                    scratch_dir: str | None = None) -> dict[str, Any]:
     """evaluate: test-split metrics, per-class report, predictions, misclassified examples and baselines;
-    with ``evaluate.guard`` (and ``initial_dir``) the negative-transfer guard (:mod:`crosstune.guard`),
-    whose scratch model goes to ``scratch_dir``; with a source domain, the domain gap before and after."""
-    from crosstune.batching import batching_for, load_any_split
-    from crosstune.guard import FeatureCache
-    from crosstune.inference import predict_outputs, score_outputs
-    from crosstune.modeling import load_transfer_model
+    with ``evaluate.guard`` (and ``initial_dir``, ``scratch_dir``) the negative-transfer guard's verdict on
+    the scratch stage's model (:mod:`crosstune.evaluation.guard`); with a source domain, the domain gap
+    before and after fine-tuning."""
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.evaluation.features import PooledFeatures
+    from crosstune.inference.outputs import predict_outputs, score_outputs
+    from crosstune.model.saved import saved_max_length
+    from crosstune.model.transfer_model import load_transfer_model
     from crosstune.runtime import setup
 
     base, params = load_section("base", params_path), load_section("evaluate", params_path)
@@ -34,68 +36,55 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     headline = "f1_macro" if task == "classification" else "r2"
     splits = {name: load_any_split(Path(encoded_dir) / f"{name}.safetensors")
               for name in ("train", "validation", "test", "source")}
-    batching = batching_for(config, params.batch_size, int(config.get("max_length", 512)))
+    batching = batching_for(config, params.batch_size, saved_max_length(config, model_dir))
     outputs = predict_outputs(model, splits["test"], batching, device)
     metrics = score_outputs(outputs, splits["test"], task, labels)
     has_source = len(splits["source"]) > 0
-    guarded = params.guard != "off" and initial_dir is not None
-    # The attached (pretrained, untrained) model, loaded once: the scratch model copies its architecture
-    # and head, and its features serve the linear probe and the domain gap alike.
-    pretrained, attached_config = None, None
+    guarded = params.guard != "off" and initial_dir is not None and scratch_dir is not None
+    # The attached (pretrained, untrained) model, loaded once: its features serve the linear probe and the
+    # domain gap alike.
+    pretrained = None
     if initial_dir is not None and (guarded or has_source):
-        attached, attached_config = load_transfer_model(initial_dir)
-        pretrained = FeatureCache(attached.to(device), batching, device)
+        attached, _ = load_transfer_model(initial_dir)
+        pretrained = PooledFeatures(attached.to(device), batching, device)
     exported, exported_outputs = "finetuned", outputs
     if guarded:
-        outcome = _guard(model, config, pretrained, attached_config, initial_dir, splits, batching, params.guard,
-                         params_path, base, device, metrics, headline, scratch_dir)
+        from crosstune.evaluation.guard import judge_transfer
+
+        scratch = _load_scratch(scratch_dir, params.guard).to(device)
+        outcome = judge_transfer(model, scratch, pretrained, splits, batching, base.seed, device, params.guard,
+                                 metrics, headline)
         if outcome.use_scratch:
             exported, exported_outputs = "scratch", outcome.scratch_outputs
             metrics = score_outputs(exported_outputs, splits["test"], task, labels)
         metrics.update(outcome.metrics)
-    elif scratch_dir is not None:
-        with atomic_directory(scratch_dir) as staging:
-            write_json(staging / "guard.json", {"guard": "off", "scratch_model": None})
     metrics["exported_model"] = exported
     if has_source and pretrained is not None:
-        metrics.update(_domain_gaps(pretrained, FeatureCache(model, batching, device), splits, base.seed))
+        metrics.update(_domain_gaps(pretrained, PooledFeatures(model, batching, device), splits, base.seed))
     metrics["test_size"] = len(splits["test"])
     _write_evaluation(exported_outputs, splits, prepared_dir, task, labels, modality, params, base.seed, headline,
                       metrics, metrics_path, predictions_path, examples_path)
     return metrics
 
 
-def _guard(model: Any, config: dict[str, Any], pretrained: Any, attached_config: dict[str, Any], initial_dir: str,
-           splits: dict[str, Any], batching: Any, mode: str, params_path: str, base: Any, device: str,
-           metrics: dict[str, Any], headline: str, scratch_dir: str | None) -> Any:
-    """Run the guard (:func:`crosstune.guard.run_guard`) with the finetune params, and save its scratch model
-    (with the params that trained it) to ``scratch_dir``."""
-    from crosstune.batching import batching_for
-    from crosstune.guard import run_guard
-    from crosstune.modeling import load_tokenizer, save_transfer_model
+def _load_scratch(scratch_dir: str, guard: str) -> Any:
+    """The scratch stage's trained model; a clear error when that stage ran with the guard off."""
+    from crosstune.errors import ArtifactError
+    from crosstune.io import read_json
+    from crosstune.model.saved import GUARD_RECORD
+    from crosstune.model.transfer_model import load_transfer_model
 
-    finetune, augment = load_section("finetune", params_path), load_section("augment", params_path)
-    train_batching = batching_for(config, finetune.batch_size, finetune.max_length, augment)
-    outcome = run_guard(model, pretrained, attached_config, splits, batching, train_batching, finetune, base.seed,
-                        device, mode, metrics, headline)
-    if scratch_dir is not None:
-        scratch = outcome.scratch.to("cpu")
-        tokenizer = load_tokenizer(initial_dir) if scratch.modality == "text" else None
-        with atomic_directory(scratch_dir) as staging:
-            save_transfer_model(scratch, staging, tokenizer, extra={"max_length": config.get("max_length", 512),
-                                                                   "freeze": {"depth": 0, "patterns": []}})
-            write_json(staging / "guard.json", {"guard": mode, "scratch_model": "random initialisation, "
-                                                "same architecture, data and finetune params"})
-            write_json(staging / "params.json", {"base": to_dict(base), "finetune": to_dict(finetune),
-                                                 "freeze": {"depth": 0, "patterns": []}, "head": config["head"],
-                                                 "pooling": config.get("pooling"), "initialisation": "random"})
-    return outcome
+    record = Path(scratch_dir) / GUARD_RECORD
+    if record.is_file() and read_json(record).get("guard") == "off":
+        raise ArtifactError(f"{scratch_dir}: the scratch stage ran with evaluate.guard: off, but evaluate has "
+                            f"evaluate.guard: {guard}; run `dvc repro` (or `dvc repro scratch`) to train it.")
+    return load_transfer_model(scratch_dir)[0]
 
 
 def _domain_gaps(before: Any, after: Any, splits: dict[str, Any], seed: int) -> dict[str, float]:
     """Proxy A-distance of source vs target (training pool) features, before (the attached pretrained
-    model) and after fine-tuning; ``before``/``after`` are :class:`crosstune.guard.FeatureCache` s."""
-    from crosstune.guard import domain_gap
+    model) and after fine-tuning; ``before``/``after`` are :class:`crosstune.evaluation.features.PooledFeatures`."""
+    from crosstune.selection.domain_gap import domain_gap
 
     gaps = {f"proxy_a_distance_{name}": domain_gap(features("source", splits["source"]),
                                                    features("train", splits["train"]), seed)
@@ -111,9 +100,9 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, t
     """Predictions table, misclassified figure, baselines and the metrics file."""
     import pandas as pd
 
-    from crosstune.data import has_source, read_split
-    from crosstune.figures import misclassified_figure
-    from crosstune.inference import outputs_to_predictions
+    from crosstune.data.prepared import has_source, read_split
+    from crosstune.inference.outputs import outputs_to_predictions
+    from crosstune.reporting.figures import misclassified_figure
 
     predicted, confidence = outputs_to_predictions(outputs, task)
     test_split = splits["test"]
@@ -134,7 +123,7 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, t
     if modality == "image":
         import numpy as np
 
-        from crosstune.baselines import image_pixels
+        from crosstune.evaluation.baselines import image_pixels
 
         parts = [splits["train"]] + ([splits["source"]] if len(splits["source"]) else [])
         masks = [part.labels >= 0 for part in parts]
@@ -148,8 +137,8 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, t
         train_inputs, train_targets, test_inputs = training["text"], training["label"], test_frame["text"]
     metrics.update(_baseline_metrics(params.baselines, task, modality, labels, test_split.labels.tolist(),
                                      train_inputs, train_targets, test_inputs, seed, headline, metrics[headline]))
-    write_json(metrics_path, metrics)
-    write_csv(predictions_path, table)
+    write_metrics(metrics_path, metrics)
+    write_metrics_csv(predictions_path, table)
     logger.info("test %s", {key: round(value, 4) for key, value in metrics.items()
                             if isinstance(value, float) and not key.startswith(tuple(labels))})
 
@@ -158,8 +147,8 @@ def _baseline_metrics(names: Any, task: str, modality: str, labels: list[str], t
                       train_inputs: Any, train_targets: Any, test_inputs: Any, seed: int, headline: str,
                       model_score: float) -> dict[str, Any]:
     """Each baseline's scores, and the fine-tuned model's gain over the best of them."""
-    from crosstune.baselines import run_baseline
-    from crosstune.metrics import classification_metrics, regression_metrics
+    from crosstune.evaluation.baselines import run_baseline
+    from crosstune.evaluation.metrics import classification_metrics, regression_metrics
 
     metrics: dict[str, Any] = {}
     best: tuple[str, float] | None = None

@@ -7,35 +7,48 @@ from pathlib import Path
 from typing import Any
 
 from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
-from crosstune.errors import ConfigError
-from crosstune.io import atomic_directory, read_json, write_json
+from crosstune.errors import ArtifactError, ConfigError
+from crosstune.io import atomic_directory, read_json, round_metrics, write_json
 
 logger = logging.getLogger(__name__)
 
 
 def _cached_inputs(features_dir: str | None, config: dict[str, Any], finetune: Any, augment: Any,
-                   cache: Any, has_source: bool = False) -> Any:
-    """(level, [train, validation]) from ``features_dir`` when it holds a cache valid for these params, else None."""
+                   has_source: bool) -> Any:
+    """(level, [train, validation]) from ``features_dir`` when the cache stage built a cache there for these
+    settings (its ``meta.json`` records the plan and what it was decided from), else None."""
     if features_dir is None:
         return None
-    from crosstune.caching import CACHED_SPLITS, META_NAME, load_cached_split, plan_cache
+    from crosstune.prefix_cache.plan import CACHED_SPLITS, META_NAME, plan_inputs
+    from crosstune.prefix_cache.store import load_cached_split
 
     meta_path = Path(features_dir) / META_NAME
     if not meta_path.is_file():
-        raise ConfigError(f"{meta_path}: not found; run the cache stage first (dvc repro cache).")
+        raise ArtifactError(f"{meta_path}: not found; run the cache stage first (dvc repro cache).")
     meta = read_json(meta_path)
     if not meta.get("cached"):
         logger.info("finetune: no frozen-prefix cache (%s)", meta.get("reason", "not built"))
         return None
-    plan = plan_cache(config, cache, augment, finetune, has_source)
-    if plan.level != meta.get("level") or meta.get("freeze") != config.get("freeze") \
-            or meta.get("max_length") != finetune.max_length:
-        logger.warning("finetune: the cache in %s was built for other params (%s); running the whole model "
-                       "instead. `dvc repro` rebuilds it.", features_dir, plan.reason or f"level {meta.get('level')}")
+    if meta.get("inputs") != plan_inputs(config, augment, finetune, has_source):
+        logger.warning("finetune: the cache in %s was built for other settings (%s); running the whole model "
+                       "instead. `dvc repro` rebuilds it.", features_dir, meta.get("inputs"))
         return None
     splits = [load_cached_split(Path(features_dir) / f"{name}.safetensors") for name in CACHED_SPLITS]
-    logger.info("finetune: training on the cached frozen prefix (level %s)", plan.level)
-    return plan.level, splits
+    logger.info("finetune: training on the cached frozen prefix (level %s)", meta["level"])
+    return meta["level"], splits
+
+
+def launch_finetune(script: str, argv: list[str], initial_dir: str, encoded_dir: str, model_dir: str,
+                    live_dir: str, params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None,
+                    checkpoint_dir: str | None = None) -> None:
+    """What ``stages/finetune.py`` runs: :func:`finetune_stage`, or, with ``finetune.num_processes`` > 1, the
+    same script again under torchrun (:func:`crosstune.training.distributed.relaunched_under_torchrun`),
+    whose processes each run :func:`finetune_stage`."""
+    from crosstune.training.distributed import relaunched_under_torchrun
+
+    if relaunched_under_torchrun(script, argv, load_section("finetune", params_path).num_processes):
+        return
+    finetune_stage(initial_dir, encoded_dir, model_dir, live_dir, params_path, features_dir, checkpoint_dir)
 
 
 def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir: str,
@@ -47,15 +60,20 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     with the same params and inputs; under torchrun (``finetune.num_processes`` > 1) every process
     trains and rank 0 writes.
     """
-    from crosstune.batching import batching_for, load_any_split
-    from crosstune.checkpointing import Checkpointer, fingerprint
-    from crosstune.data import encoded_has_source
-    from crosstune.distributed import init_distributed, shutdown
-    from crosstune.freezing import apply_freeze
-    from crosstune.lora import apply_lora, freeze_settings, merge_lora
-    from crosstune.modeling import load_tokenizer, load_transfer_model, save_transfer_model
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.data.prepared import encoded_has_source
+    from crosstune.freezing.lora import merge_lora
+    from crosstune.freezing.policy import apply_policy
+    from crosstune.model.saved import saved_freeze
+    from crosstune.model.transfer_model import (
+        load_tokenizer,
+        load_transfer_model,
+        save_transfer_model,
+    )
     from crosstune.runtime import setup
-    from crosstune.training import train
+    from crosstune.training.checkpoints import Checkpointer, fingerprint
+    from crosstune.training.distributed import init_distributed, shutdown
+    from crosstune.training.loop import train
 
     base, params = load_section("base", params_path), load_section("finetune", params_path)
     augment = load_section("augment", params_path)
@@ -65,11 +83,8 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         device = distributed.device
     is_main = distributed is None or distributed.is_main
     model, config = load_transfer_model(initial_dir)
-    freeze = config.get("freeze", {"depth": 0, "patterns": []})
-    report = apply_freeze(model, freeze["depth"], freeze["patterns"], freeze.get("train_batchnorm", False))
-    lora = freeze_settings(freeze)
-    if lora is not None:
-        apply_lora(model, lora["r"], lora["alpha"], lora["dropout"], lora["targets"], base.seed)
+    freeze = saved_freeze(config)
+    report = apply_policy(model, freeze, base.seed)  # requires_grad is not saved with the weights
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if augment.enabled and model.modality != "image":
         logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
@@ -78,9 +93,9 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         raise ConfigError(f"params.yaml: finetune.adaptation: {params.adaptation} needs a labelled source domain, "
                           f"but the prepared data has none; point data.source at one (a table or image folder) "
                           f"or set finetune.adaptation: none.")
-    cached = _cached_inputs(features_dir, config, params, augment, load_section("cache", params_path), has_source)
+    cached = _cached_inputs(features_dir, config, params, augment, has_source)
     if cached is not None:
-        from crosstune.caching import CachedBatching
+        from crosstune.prefix_cache.store import CachedBatching
 
         level, (train_split, validation_split) = cached
         batching: Any = CachedBatching(params.batch_size, model.modality)
@@ -110,28 +125,28 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         if live is not None:
             # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
             # differ in `dvc metrics diff` and in dvc.lock's hashes.
-            live.summary.update({
+            live.summary.update(round_metrics({
                 "best_epoch": result.best_epoch,
                 "best_validation": {key: value for key, value in result.best_metrics.items() if key != "epoch"},
                 "trainable_parameters": trainable,
                 "epochs_run": len(result.history),
-            })
+            }))
     finally:
         if live is not None:
             live.end()
         shutdown()
     if not is_main:
         return {}
-    if lora is not None:
+    if freeze.lora_r:
         merge_lora(model)  # the saved model is the plain architecture with the adapters folded in
     model.to("cpu")
-    resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": freeze, "head": config["head"],
+    resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": to_dict(freeze), "head": config["head"],
                 "pooling": config["pooling"]}
     if model.modality == "image":
         resolved["augment"] = to_dict(augment)
     tokenizer = load_tokenizer(initial_dir) if model.modality == "text" else None
     with atomic_directory(model_dir) as staging:
-        save_transfer_model(model, staging, tokenizer, extra={"max_length": params.max_length, "freeze": freeze})
+        save_transfer_model(model, staging, tokenizer, extra={"max_length": params.max_length, "freeze": to_dict(freeze)})
         write_json(staging / "params.json", resolved)
         write_json(staging / "train_history.json", result.history)
 

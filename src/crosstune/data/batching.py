@@ -1,0 +1,89 @@
+"""How a split becomes batches, per modality: the one place the training loop and inference ask.
+
+Text: length-bucketed dynamic padding (:mod:`crosstune.data.text_encoding`). Images: per-batch resize and
+normalisation from the backbone's preprocessing, with ``augment`` transforms on training batches only
+(:mod:`crosstune.data.images`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Union
+
+from crosstune.data.images import (
+    ImageBatcher,
+    ImageSplit,
+    build_augmentation,
+    iterate_image_batches,
+)
+from crosstune.data.text_encoding import (
+    Batch,
+    EncodedSplit,
+    iterate_batches,
+    split_from_tensors,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from crosstune.backbones.vision import Preprocessing
+    from crosstune.config import AugmentParams
+
+Split = Union[EncodedSplit, ImageSplit]
+
+
+@dataclass
+class TextBatching:
+    """Token batches cut at ``max_length`` tokens."""
+
+    batch_size: int
+    max_length: int
+
+    def train(self, split: EncodedSplit, generator: "torch.Generator") -> Iterator[Batch]:
+        return iterate_batches(split, self.batch_size, self.max_length, generator)
+
+    def evaluate(self, split: EncodedSplit, batch_size: int | None = None) -> Iterator[Batch]:
+        return iterate_batches(split, batch_size or self.batch_size, self.max_length)
+
+
+@dataclass
+class ImageBatching:
+    """Pixel batches at the backbone's input size, augmented for training only."""
+
+    batch_size: int
+    preprocessing: "Preprocessing"
+    augmentation: Any = None
+
+    def train(self, split: ImageSplit, generator: "torch.Generator") -> Iterator[Batch]:
+        return iterate_image_batches(split, self.batch_size, ImageBatcher(self.preprocessing, self.augmentation),
+                                     generator)
+
+    def evaluate(self, split: ImageSplit, batch_size: int | None = None) -> Iterator[Batch]:
+        return iterate_image_batches(split, batch_size or self.batch_size, ImageBatcher(self.preprocessing))
+
+
+Batching = Union[TextBatching, ImageBatching]
+
+
+def batching_for(config: dict[str, Any], batch_size: int, max_length: int,
+                 augment: "AugmentParams | None" = None) -> Batching:
+    """The batching a saved model's ``config.json`` calls for."""
+    if config.get("modality") == "image":
+        from crosstune.backbones.vision import Preprocessing
+
+        raw = config["backbone"]["preprocessing"]
+        preprocessing = Preprocessing(int(raw["image_size"]), tuple(raw["mean"]), tuple(raw["std"]))
+        augmentation = build_augmentation(augment, preprocessing.image_size) if augment is not None else None
+        return ImageBatching(batch_size, preprocessing, augmentation)
+    return TextBatching(batch_size, max_length)
+
+
+def load_any_split(path: str | Path) -> Split:
+    """A text or image split, whichever the file holds."""
+    from crosstune.io import load_tensors
+
+    tensors = load_tensors(path)
+    if "images" in tensors:
+        return ImageSplit(tensors["images"], tensors["labels"])
+    return split_from_tensors(tensors, path)

@@ -1,0 +1,375 @@
+"""prepare-target-data: read, validate, normalise, deduplicate and split the target-domain table.
+
+Outputs (in ``out_dir``): ``train.csv``, ``validation.csv``, ``test.csv`` with columns
+``text`` and ``label``, ``labels.json`` (sorted label names: index i is class i) and
+``summary.json``. Tokenising waits for the backbone stage, which knows the tokenizer.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from crosstune.config import PrepareParams
+from crosstune.data.prepared import SPLITS
+from crosstune.errors import DataError
+from crosstune.io import atomic_directory, write_csv, write_json
+
+logger = logging.getLogger(__name__)
+
+READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_WHITESPACE = re.compile(r"\s+")
+_MAX_ROWS_IN_ERROR = 5
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, TSV or Parquet file into a DataFrame, with errors naming the file and the fix."""
+    path = Path(path)
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}.")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path given to the prepare stage in dvc.yaml.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; it needs a header row and at least one example.")
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
+                                na_values=[""])
+    except (ValueError, OSError, pd.errors.ParserError) as error:
+        raise DataError(f"{path}: cannot be parsed as {kind} ({error}); fix the file's format.") from error
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no rows; add examples.")
+    return frame
+
+
+def normalise_text(text: str, lowercase: bool = False) -> str:
+    """Undo HTML escapes, fold Unicode look-alikes, drop wrapping quotes and collapse white space."""
+    text = unicodedata.normalize("NFKC", html.unescape(text))
+    text = _WHITESPACE.sub(" ", text).strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text.lower() if lowercase else text
+
+
+def _rows(mask: pd.Series) -> str:
+    """Human row numbers (1 = first row after the header) of the True entries, a few at most."""
+    rows = [int(i) + 1 for i in mask[mask].index[:_MAX_ROWS_IN_ERROR]]
+    more = int(mask.sum()) - len(rows)
+    return ", ".join(map(str, rows)) + (f" and {more} more" if more > 0 else "")
+
+
+def _require_values(frame: pd.DataFrame, column: str, what: str, fix: str, path: Path) -> pd.Series:
+    """``frame[column]``, or a `DataError` naming the rows where it is empty or missing."""
+    values = frame[column]
+    empty = values.isna() | (values.astype(str).str.strip() == "")
+    if empty.any():
+        raise DataError(
+            f"{path}: empty or missing {what} in column {column!r} at row(s) {_rows(empty)} "
+            f"(row 1 = first row after the header); {fix}."
+        )
+    return values
+
+
+def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
+    """Read one input and return a clean frame (``text`` or ``image``, and ``label``), or raise `DataError`.
+
+    A directory is an ImageFolder layout (one sub-folder per class); a table holds either a text column
+    (``prepare.text_column``) or a column of image paths (``prepare.image_column``, relative to the table).
+    """
+    path = Path(path)
+    if path.is_dir():
+        from crosstune.data.images import list_image_folder
+
+        return _check_images(pd.DataFrame(list_image_folder(path, params.min_image_size), columns=["image", "label"]),
+                             path, params)
+    frame = read_table(path).reset_index(drop=True)
+    if params.text_column not in frame.columns and params.image_column in frame.columns:
+        return _load_image_table(frame, path, params)
+    missing = [column for column in (params.text_column, params.label_column) if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
+            f"Set prepare.text_column (or prepare.image_column for image paths) / prepare.label_column in "
+            f"params.yaml to the right names."
+        )
+    texts = _require_values(frame, params.text_column, "text", "remove those rows or fill in their text", path)
+    labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
+    clean = pd.DataFrame({
+        "text": texts.astype(str).map(lambda text: normalise_text(text, params.lowercase)),
+        "label": labels.astype(str).str.strip(),
+    })
+    too_short = clean["text"].str.len() < params.min_text_chars
+    if too_short.any():
+        raise DataError(
+            f"{path}: text shorter than prepare.min_text_chars={params.min_text_chars} after normalising at "
+            f"row(s) {_rows(too_short)}; remove those rows or lower prepare.min_text_chars."
+        )
+    if params.task == "regression":
+        numeric = pd.to_numeric(clean["label"], errors="coerce")
+        if numeric.isna().any():
+            raise DataError(
+                f"{path}: non-numeric label at row(s) {_rows(numeric.isna())} but prepare.task is regression; "
+                f"fix those labels or set prepare.task: classification."
+            )
+        clean["label"] = numeric.astype("float64")
+    return clean
+
+
+def _load_image_table(frame: pd.DataFrame, path: Path, params: PrepareParams) -> pd.DataFrame:
+    """A table of image paths (relative to the table's folder, or absolute) and labels."""
+    if params.label_column not in frame.columns:
+        raise DataError(f"{path}: missing column {params.label_column!r}; the file has {list(frame.columns)}. "
+                        f"Set prepare.label_column.")
+    paths = _require_values(frame, params.image_column, "image path", "remove those rows or fill in the path", path)
+    labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
+    resolved = [str(candidate if candidate.is_absolute() else path.parent / candidate)
+                for candidate in map(Path, paths.astype(str).str.strip())]
+    missing = [index for index, candidate in enumerate(resolved) if not Path(candidate).is_file()]
+    if missing:
+        raise DataError(f"{path}: image file(s) not found at row(s) {', '.join(str(i + 1) for i in missing[:5])} "
+                        f"(e.g. {resolved[missing[0]]}); paths are relative to the table's folder.")
+    clean = pd.DataFrame({"image": resolved, "label": labels.astype(str).str.strip()})
+    return _check_images(clean, path, params)
+
+
+def _check_images(frame: pd.DataFrame, source: Path, params: PrepareParams) -> pd.DataFrame:
+    """Decode every image once (corrupt or too small ones are errors) and keep paths relative to the
+    working directory, so the prepared tables stay valid in a teammate's clone."""
+    import os
+
+    from crosstune.data.images import check_image
+
+    for image_path in frame["image"]:
+        check_image(Path(image_path), params.min_image_size)
+    frame = frame.copy()
+    frame["image"] = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd()) else str(Path(p).resolve())
+                      for p in frame["image"]]
+    if params.task == "regression":
+        raise DataError(f"{source}: image inputs support prepare.task: classification only.")
+    return frame
+
+
+def _content_keys(frame: pd.DataFrame) -> pd.Series:
+    """What makes two examples the same: the text, or the image file's bytes."""
+    if "text" in frame:
+        return frame["text"]
+    import hashlib
+
+    return frame["image"].map(lambda image: hashlib.sha1(Path(image).read_bytes()).hexdigest())
+
+
+def deduplicate(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop repeated training examples and training examples that also appear in the test set (leakage)."""
+    keys = _content_keys(train)
+    repeated_mask = keys.duplicated(keep="first")
+    leaking = keys.isin(set(_content_keys(test))) & ~repeated_mask
+    train = train[~repeated_mask & ~leaking]
+    return train.reset_index(drop=True), {"duplicates_dropped": int(repeated_mask.sum()),
+                                          "test_overlap_dropped": int(leaking.sum())}
+
+
+def check_class_counts(train: pd.DataFrame, path: str | Path, minimum: int) -> None:
+    """Every class needs ``minimum`` training examples for a stratified split and a meaningful F1."""
+    counts = train["label"].value_counts()
+    small = counts[counts < minimum]
+    if not small.empty:
+        detail = ", ".join(f"{label!r}: {count}" for label, count in small.sort_index().items())
+        raise DataError(
+            f"{path}: too few training examples for class(es) {detail} (need at least "
+            f"prepare.min_examples_per_class={minimum}); add examples, merge or drop those classes, "
+            f"or lower prepare.min_examples_per_class."
+        )
+
+
+def check_test_labels(test: pd.DataFrame, labels: list[str], path: str | Path) -> None:
+    """Test labels must all be seen in training: the head has no output for anything else."""
+    unknown = ~test["label"].isin(labels)
+    if unknown.any():
+        names = sorted(set(test.loc[unknown, "label"]))
+        raise DataError(
+            f"{path}: label(s) {names} at row(s) {_rows(unknown)} never occur in the training file "
+            f"(known labels: {labels}); fix the labels, add training examples for them, or drop those rows."
+        )
+
+
+def _split(frame: pd.DataFrame, fraction: float, seed: int, stratify: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    kept, held_out = train_test_split(
+        frame, test_size=fraction, random_state=seed, stratify=frame["label"] if stratify else None
+    )
+    return kept.reset_index(drop=True), held_out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The three clean splits, the optional labelled source domain and the sorted label names (empty for
+    regression). Target training rows whose label is hidden (``prepare.target_labelled`` < 1) have an
+    empty label: they are the unlabelled target pool."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    labels: list[str]
+    summary: dict[str, Any]
+    source: pd.DataFrame | None = None
+
+
+SOURCE_TABLES = ("source.csv", "source.tsv", "source.parquet")
+
+
+def find_source(path: str | Path) -> Path | None:
+    """What ``data.source`` names: a table, an ImageFolder, or a folder holding ``source.csv`` (``.tsv``,
+    ``.parquet``) or an ImageFolder ``images/``. None for a folder with none of those (as shipped:
+    ``data/source/`` with only its README), meaning no source domain."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder; set data.source in params.yaml to a table or an image "
+                        f"folder of the labelled source domain, or to data/source (as shipped: no source domain).")
+    for name in SOURCE_TABLES:
+        if (path / name).is_file():
+            return path / name
+    if (path / "images").is_dir():
+        return path / "images"
+    if any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
+        return path
+    return None
+
+
+def load_source(path: Path, params: PrepareParams, labels: list[str]) -> pd.DataFrame:
+    """The labelled source domain, its labels mapped onto the target's (``prepare.source_label_map``)."""
+    if params.task != "classification":
+        raise DataError(f"{path}: a source domain needs prepare.task: classification (labels to align); "
+                        f"set data.source to data/source (no source) for regression.")
+    source = load_examples(path, params)
+    mapping = params.source_label_map
+    if mapping:
+        unmapped = sorted(set(source["label"]) - set(mapping))
+        if unmapped:
+            raise DataError(f"{path}: source label(s) {unmapped} are missing from prepare.source_label_map; map "
+                            f"each to a target label {labels} or to 'drop' to leave those rows out.")
+        wrong = sorted({value for value in mapping.values() if value != "drop" and value not in labels})
+        if wrong:
+            raise DataError(f"params.yaml: prepare.source_label_map maps to {wrong}, which are not target labels "
+                            f"{labels}; use one of those or 'drop'.")
+        source = source.assign(label=source["label"].map(mapping))
+        source = source[source["label"] != "drop"].reset_index(drop=True)
+    unknown = ~source["label"].isin(labels)
+    if unknown.any():
+        raise DataError(f"{path}: source label(s) {sorted(set(source.loc[unknown, 'label']))} at row(s) "
+                        f"{_rows(unknown)} are not target labels {labels}; declare how they map in "
+                        f"prepare.source_label_map (source label: target label, or drop).")
+    if source.empty:
+        raise DataError(f"{path}: no source rows left after prepare.source_label_map; map some labels to target ones.")
+    return source
+
+
+def hide_target_labels(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Keep the labels of a stratified ``fraction`` of the target training rows and blank the rest: the
+    semi-supervised (0 < fraction < 1) and unsupervised (0) settings, with the inputs kept as the
+    unlabelled target pool."""
+    if fraction >= 1.0:
+        return train
+    train = train.copy()
+    if fraction <= 0.0:
+        train["label"] = ""
+        return train
+    from sklearn.model_selection import train_test_split
+
+    counts = train["label"].value_counts()
+    keep = max(int(round(fraction * len(train))), 1)
+    if keep >= len(train):
+        return train
+    stratify = train["label"] if counts.min() >= 2 and keep >= len(counts) else None
+    kept, _ = train_test_split(train.index, train_size=keep, random_state=seed, stratify=stratify)
+    train.loc[~train.index.isin(kept), "label"] = ""
+    return train
+
+
+def prepare_target_data(
+    train_path: str | Path, test_path: str | Path | None, params: PrepareParams, seed: int,
+    source_path: str | Path | None = None,
+) -> PreparedData:
+    """Validate and split the target data (and the source domain, when ``source_path`` holds one);
+    nothing is written here (see :func:`write_prepared`)."""
+    classify = params.task == "classification"
+    source_file = find_source(source_path) if source_path is not None else None
+    if source_file is None and (params.target_labelled < 1.0 or params.validation_domain == "source"):
+        key = "target_labelled" if params.target_labelled < 1.0 else "validation_domain"
+        raise DataError(f"params.yaml: prepare.{key} needs a labelled source domain, but data.source "
+                        f"({source_path}) holds none; point data.source at one, or set "
+                        f"prepare.target_labelled: 1.0 and prepare.validation_domain: target.")
+    train = load_examples(train_path, params)
+    if test_path is not None:
+        test = load_examples(test_path, params)
+    else:
+        if classify:
+            check_class_counts(train, train_path, params.min_examples_per_class)
+        train, test = _split(train, params.test_fraction, seed, stratify=classify)
+    dedup_counts = {"duplicates_dropped": 0, "test_overlap_dropped": 0}
+    if params.deduplicate:
+        train, dedup_counts = deduplicate(train, test)
+    labels: list[str] = []
+    if classify:
+        check_class_counts(train, train_path, params.min_examples_per_class)
+        labels = sorted(train["label"].unique())
+        check_test_labels(test, labels, test_path or train_path)
+    source = load_source(source_file, params, labels) if source_file is not None else None
+    if source is not None and params.validation_domain == "source":
+        check_class_counts(source, source_file, params.min_examples_per_class)
+        source, validation = _split(source, params.validation_fraction, seed, stratify=classify)
+    else:
+        train, validation = _split(train, params.validation_fraction, seed, stratify=classify)
+    if source is not None:
+        train = hide_target_labels(train, params.target_labelled, seed)
+    splits = {"train": train, "validation": validation, "test": test}
+    modality = "image" if "image" in train else "text"
+    for other, path in ((test, test_path), (source, source_file)):
+        if other is not None and ("image" in other) != (modality == "image"):
+            raise DataError(f"{path}: holds {'images' if 'image' in other else 'texts'} but {train_path} holds "
+                            f"{modality}s; give both in the same kind.")
+    summary: dict[str, Any] = {"task": params.task, "modality": modality, "num_labels": len(labels), **dedup_counts}
+    if source is not None:
+        splits["source"] = source
+        summary.update({"source": str(source_file), "validation_domain": params.validation_domain,
+                        "train_labelled": int((train["label"] != "").sum())})
+    for name, frame in splits.items():
+        summary[f"{name}_size"] = len(frame)
+        if classify:
+            for label, count in frame["label"].value_counts().sort_index().items():
+                if label != "":
+                    summary[f"{name}_count_{label}"] = int(count)
+    logger.info("prepared %s", ", ".join(f"{name}={len(frame)}" for name, frame in splits.items()))
+    if classify:
+        logger.info("labels %s; training counts %s", labels, train["label"].value_counts().to_dict())
+    return PreparedData(train, validation, test, labels, summary, source)
+
+
+def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParams) -> None:
+    """Write the splits (and ``source.csv`` when there is a source domain), label map and summary as one
+    atomic directory."""
+    from crosstune.config import to_dict
+
+    with atomic_directory(out_dir) as staging:
+        for name in SPLITS:
+            write_csv(staging / f"{name}.csv", getattr(data, name))
+        if data.source is not None:
+            write_csv(staging / "source.csv", data.source)
+        write_json(staging / "labels.json", {"task": params.task, "labels": data.labels,
+                                             "modality": data.summary["modality"]})
+        write_json(staging / "summary.json", data.summary)
+        write_json(staging / "params.json", to_dict(params))
+
+

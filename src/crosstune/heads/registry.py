@@ -1,0 +1,63 @@
+"""Task heads and pooling: how backbone token states become one prediction per text.
+
+A head is its own ``nn.Module`` (:mod:`crosstune.heads.modules`) so it can be swapped, saved and tested
+apart from the backbone. The registries import no torch, so validating ``params.yaml`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from crosstune.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Pooling = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+HeadFactory = Callable[..., "nn.Module"]
+
+POOLINGS: Registry[Pooling] = Registry("pooling")
+HEADS: Registry[HeadFactory] = Registry("head")
+
+
+@POOLINGS.register("cls")
+def cls_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+    """The first token's state, as BERT's classification recipe uses.
+
+    Shape:
+        hidden_states (B, T, H), attention_mask (B, T) -> (B, H)
+    """
+    return hidden_states[:, 0]
+
+
+@POOLINGS.register("mean")
+def mean_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+    """Average of the non-padding token states, the pooling sentence-transformers train with.
+
+    Shape:
+        hidden_states (B, T, H), attention_mask (B, T) -> (B, H)
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+@HEADS.register("linear")
+def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0) -> "nn.Module":
+    """Dropout then one linear layer: the standard fine-tuning head."""
+    from crosstune.heads.modules import LinearHead
+
+    return LinearHead(feature_dim, num_outputs, dropout, hidden_dim)
+
+
+@HEADS.register("mlp")
+def mlp_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 256) -> "nn.Module":
+    """Two layers with a GELU between: more capacity when the backbone stays frozen."""
+    from crosstune.heads.modules import MLPHead
+
+    return MLPHead(feature_dim, num_outputs, dropout, hidden_dim)
+
+
+def build_head(name: str, feature_dim: int, num_outputs: int, dropout: float, hidden_dim: int) -> "nn.Module":
+    """Instantiate the registered head ``name``."""
+    return HEADS.get(name)(feature_dim, num_outputs, dropout=dropout, hidden_dim=hidden_dim)

@@ -1,0 +1,52 @@
+"""Batched, gradient-free forward passes over an encoded split, in the split's original order."""
+
+from __future__ import annotations
+
+import torch
+
+from crosstune.data.batching import Batching, Split
+from crosstune.freezing.policy import set_train_mode
+
+
+@torch.inference_mode()
+def predict_outputs(model: torch.nn.Module, split: Split, batching: Batching, device: str,
+                    batch_size: int | None = None) -> torch.Tensor:
+    """Raw model outputs (logits, or regression values) for every row of ``split``.
+
+    Shape:
+        -> (N, num_outputs) float32, row i for example i of the split
+    """
+    was_training = model.training
+    model.eval()
+    outputs: torch.Tensor | None = None
+    for batch in batching.evaluate(split, batch_size):
+        batch = batch.to(device)
+        result = model(**batch.inputs).float().cpu()
+        if outputs is None:
+            outputs = torch.empty((len(split), result.shape[-1]), dtype=torch.float32)
+        outputs[batch.indices] = result
+    if was_training:
+        set_train_mode(model)  # frozen modules stay in eval mode
+    if outputs is None:
+        raise ValueError("cannot predict on an empty split")
+    return outputs
+
+
+def outputs_to_predictions(outputs: torch.Tensor, task: str) -> tuple[list, list[float]]:
+    """Class indices and their probabilities (classification), or values and NaN (regression)."""
+    if task == "classification":
+        probabilities = outputs.softmax(dim=-1)
+        confidence, predicted = probabilities.max(dim=-1)
+        return predicted.tolist(), confidence.tolist()
+    return outputs.squeeze(-1).tolist(), [float("nan")] * len(outputs)
+
+
+def score_outputs(outputs: torch.Tensor, split: Split, task: str, labels: list[str],
+                  per_class: bool = True) -> dict:
+    """The split's metrics for ``outputs``: classification (accuracy, F1, ...) or regression (R², MAE, ...)."""
+    from crosstune.evaluation.metrics import classification_metrics, regression_metrics
+
+    predicted, _ = outputs_to_predictions(outputs, task)
+    if task == "classification":
+        return classification_metrics(split.labels.tolist(), predicted, labels, per_class=per_class)
+    return regression_metrics(split.labels.tolist(), predicted)

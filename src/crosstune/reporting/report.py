@@ -1,0 +1,176 @@
+"""``crosstune report``: one self-contained HTML page of a run, optionally against another revision.
+
+Plots come from DVC itself (``dvc plots show`` / ``dvc plots diff REV``) rendered into our template,
+which inlines vega, vega-lite and vega-embed (see :mod:`crosstune.reporting.template`), so the page
+renders with no network. Metrics and params come from ``dvc metrics diff`` / ``dvc params diff``
+(``--json``) and go into tables above the plots.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from crosstune.errors import CrosstuneError
+from crosstune.io import atomic_path
+from crosstune.reporting.template import build_template
+
+logger = logging.getLogger(__name__)
+SUMMARY_MARKER = "<!--crosstune:summary-->"
+TABLES_MARKER = "<!--crosstune:tables-->"
+METRICS_FILE_ORDER = ("metrics/eval.json", "metrics/finetune/metrics.json", "metrics/freeze.json")
+HEADLINE_METRICS = ("f1_macro", "accuracy", "f1_weighted", "r2", "mae")
+LOWER_IS_BETTER = ("loss", "mse", "mae")
+
+
+class ReportError(CrosstuneError, RuntimeError):
+    """A dvc command behind the report failed (not a DVC repo, unknown revision, ...)."""
+
+
+def _dvc(*args: str, cwd: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise ReportError(f"`dvc {' '.join(args)}` failed in {cwd}: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, into)
+    else:
+        into[prefix] = value
+
+
+def collect_metrics(repo: Path, compare: str | None) -> dict[str, dict[str, Any]]:
+    """``{"file:key": {"new": value, "old": value-or-None}}`` for every metric of the workspace."""
+    revision = compare or "HEAD"
+    raw = json.loads(_dvc("metrics", "diff", revision, "--all", "--json", cwd=repo) or "{}")
+    rows: dict[str, dict[str, Any]] = {}
+    for path, entries in raw.items():
+        for key, values in entries.items():
+            rows[f"{path}:{key}"] = {"new": values.get("new"), "old": values.get("old") if compare else None}
+    return rows
+
+
+def collect_params(repo: Path, compare: str | None) -> dict[str, dict[str, Any]]:
+    """``{"section.key": {"new": value, "old": value-or-None}}`` for every param of the workspace."""
+    raw = json.loads(_dvc("params", "diff", compare or "HEAD", "--all", "--json", cwd=repo) or "{}")
+    rows: dict[str, dict[str, Any]] = {}
+    for entries in raw.values():
+        for key, values in entries.items():
+            rows[key] = {"new": values.get("new"), "old": values.get("old") if compare else None}
+    return rows
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+
+
+def _change_cell(key: str, new: Any, old: Any) -> str:
+    numeric = isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool)
+    if not numeric or new == old:
+        return "<td></td>"
+    delta = new - old
+    improved = (delta < 0) if key.rsplit(":", 1)[-1].split(".")[-1] in LOWER_IS_BETTER else (delta > 0)
+    return f'<td class="number {"better" if improved else "worse"}">{delta:+.4f}</td>'
+
+
+def _table(title: str, rows: dict[str, dict[str, Any]], compare: str | None, metrics: bool) -> str:
+    header = "<th>name</th><th>workspace</th>" + (f"<th>{html.escape(compare)}</th><th>change</th>" if compare else "")
+    body = []
+    for key, values in rows.items():
+        changed = compare is not None and values["new"] != values["old"]
+        cells = f'<td>{html.escape(key)}</td><td class="number">{_format(values["new"])}</td>'
+        if compare:
+            cells += f'<td class="number">{_format(values["old"])}</td>'
+            cells += _change_cell(key, values["new"], values["old"]) if metrics else "<td></td>"
+        body.append(f'<tr class="{"changed" if changed else ""}">{cells}</tr>')
+    return f'<h2>{title}</h2>\n<table class="data"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    path = key.split(":", 1)[0]
+    rank = METRICS_FILE_ORDER.index(path) if path in METRICS_FILE_ORDER else len(METRICS_FILE_ORDER)
+    return rank, key
+
+
+def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revision: str) -> str:
+    """Title and headline numbers (test metrics and baselines), shown above the plots."""
+    headline = []
+    for name in HEADLINE_METRICS:
+        key = f"metrics/eval.json:{name}"
+        if key in metrics:
+            values = metrics[key]
+            before = f" (was {_format(values['old'])})" if compare and values["old"] is not None else ""
+            headline.append(f"test {name} <b>{_format(values['new'])}</b>{before}")
+    baselines = [f"{key.split(':', 1)[1]} {_format(values['new'])}" for key, values in metrics.items()
+                 if key.startswith("metrics/eval.json:baseline_") and key.endswith("_f1_macro")]
+    subtitle = f"workspace at {html.escape(revision)}" + (f", compared with {html.escape(compare)}" if compare else "")
+    parts = [f"<h1>crosstune report</h1>\n<p class=\"subtitle\">{subtitle}</p>"]
+    if headline:
+        parts.append(f"<p>{' · '.join(headline)}</p>")
+    if baselines:
+        parts.append(f"<p>baselines: {html.escape(', '.join(sorted(baselines)))}</p>")
+    return "\n".join(parts)
+
+
+def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, Any]], compare: str | None) -> str:
+    """Every metric (test metrics first) and every param, with the other revision beside them."""
+    ordered_metrics = {key: metrics[key] for key in sorted(metrics, key=_metric_order)}
+    ordered_params = {key: params[key] for key in sorted(params)}
+    return "\n".join([_table("Metrics", ordered_metrics, compare, metrics=True),
+                      _table("Params", ordered_params, compare, metrics=False)])
+
+
+def inline_images(page: str, directory: Path) -> str:
+    """Replace ``<img src="static/...">`` (image plots DVC copies beside its page) with data URIs, so the
+    report stays one self-contained file."""
+    import base64
+    import mimetypes
+    import re
+
+    def embed(match: re.Match[str]) -> str:
+        source = directory / match.group(1)
+        if not source.is_file():
+            return match.group(0)
+        kind = mimetypes.guess_type(source.name)[0] or "image/png"
+        return f'<img src="data:{kind};base64,{base64.b64encode(source.read_bytes()).decode("ascii")}"'
+
+    return re.sub(r'<img src="(?!data:)([^"]+)"', embed, page)
+
+
+def build_report(output: str | Path, compare: str | None = None, repo: str | Path = ".") -> Path:
+    """Write the report page to ``output`` and return its path."""
+    repo = Path(repo).resolve()
+    output = Path(output)
+    try:
+        template_text = build_template()
+    except FileNotFoundError as error:
+        raise ReportError(str(error)) from error
+    with tempfile.TemporaryDirectory() as workdir:
+        template = Path(workdir) / "template.html"
+        template.write_text(template_text, encoding="utf-8")
+        plot_args = ["plots", "diff", compare] if compare else ["plots", "show"]
+        _dvc(*plot_args, "--html-template", str(template), "-o", str(Path(workdir) / "out"), cwd=repo)
+        page = inline_images((Path(workdir) / "out" / "index.html").read_text(encoding="utf-8"), Path(workdir) / "out")
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=False).stdout.strip() or "an uncommitted repository"
+    metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
+    page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision))
+    page = page.replace(TABLES_MARKER, tables_html(metrics, params, compare))
+    with atomic_path(output) as temporary:
+        temporary.write_text(page, encoding="utf-8")
+    logger.info("wrote %s", output)
+    return output

@@ -1,0 +1,217 @@
+"""select-and-load-backbone by numbers: score every candidate's frozen features on a sample of the
+target training split with a transferability score (:mod:`crosstune.selection.scores`) and pick the best.
+
+Features are extracted in batches under ``torch.inference_mode`` and kept in a feature store on disk
+(:data:`FEATURE_STORE`, keyed by candidate, weights, input size, the exact sample and the code that shapes
+the features), so adding one candidate scores only that one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from crosstune.config import BackboneParams
+from crosstune.errors import ConfigError
+from crosstune.selection.scores import SCORES
+
+logger = logging.getLogger(__name__)
+FEATURE_STORE = Path(".cache") / "crosstune" / "features"  # features of candidates, by content key
+BATCH_SIZE = 32
+
+
+@dataclass
+class SelectionResult:
+    """Scores per candidate (higher is better), the seconds each took, and the winner."""
+
+    score_name: str
+    scores: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> str:
+        return max(self.scores, key=self.scores.__getitem__)
+
+
+def sample_indices(size: int, cap: int, seed: int) -> np.ndarray:
+    """A seeded sample of at most ``cap`` row positions, in ascending order."""
+    if size <= cap:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).choice(size, size=cap, replace=False))
+
+
+def _text_features_by_depth(base: str, depths: Sequence[int | None], params: BackboneParams,
+                            texts: Sequence[str], train_texts: Sequence[str], seed: int) -> list[np.ndarray]:
+    """Mean-pooled features of ``base`` cut after each of ``depths`` blocks (None: all of them), from ONE
+    forward pass with every block's output: ``NAME@K`` candidates of one backbone cost no extra pass.
+    Block K's output is exactly what the model truncated to K blocks returns."""
+    import torch
+
+    from crosstune.backbones.text import load_backbone, transformer_blocks
+    from crosstune.heads.registry import mean_pooling
+
+    loaded = load_backbone(replace(params, name=base), train_texts, seed)
+    total = len(transformer_blocks(loaded.model))
+    for depth in depths:
+        if depth is not None and not 1 <= depth <= total:
+            raise ConfigError(f"params.yaml: backbone.candidates: {base}@{depth} asks for {depth} blocks but "
+                              f"{base} has {total}; use 1..{total}.")
+    loaded.model.eval()
+    # Tokenize once, then batch texts of similar length together: far fewer padding tokens to run.
+    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=params.max_length)["input_ids"]
+    order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
+    columns = [np.zeros((len(encoded), int(loaded.model.config.hidden_size)), dtype=np.float32) for _ in depths]
+    with torch.inference_mode():
+        for start in range(0, len(order), BATCH_SIZE):
+            rows = order[start : start + BATCH_SIZE]
+            batch = loaded.tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")
+            hidden_states = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                         output_hidden_states=True).hidden_states
+            for column, depth in zip(columns, depths):
+                pooled = mean_pooling(hidden_states[total if depth is None else depth], batch["attention_mask"])
+                column[rows] = pooled.float().numpy()
+    return columns
+
+
+def _image_features(spec: str, params: BackboneParams, images: Any, seed: int) -> np.ndarray:
+    import torch
+
+    from crosstune.backbones.vision import build_vision_backbone
+    from crosstune.data.images import ImageBatcher
+
+    backbone = build_vision_backbone(spec, params.weights, seed, params.image_size)
+    backbone.eval()
+    batcher = ImageBatcher(backbone.preprocessing)
+    with torch.inference_mode():
+        rows = [backbone.forward_features(batcher(images[start : start + BATCH_SIZE]))
+                for start in range(0, len(images), BATCH_SIZE)]
+    return torch.cat(rows).float().numpy()
+
+
+# Every file of the code that shapes the features: reading and encoding the sample (data), the backbones,
+# their pooling (heads) and this extraction. Features stored by another version of any of them are not
+# reused: they can differ (a pooling change) or differ in the last bits (batching changes summation
+# order), and a fresh clone would then not reproduce them.
+FEATURE_CODE = ("selection/candidates.py", "backbones", "heads", "data")
+
+
+def feature_code_digest() -> str:
+    """A digest of the source of :data:`FEATURE_CODE`, part of every stored feature file's key."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for entry in FEATURE_CODE:
+        path = package / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(package).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_CODE_DIGEST = feature_code_digest()
+
+
+def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_digest: str, seed: int) -> str:
+    """Everything the features depend on (the training texts too: tiny-bert learns its vocabulary there),
+    and the extraction code itself."""
+    identity = {"candidate": spec, "weights": params.weights, "image_size": params.image_size,
+                "max_length": params.max_length, "tiny": str(params.tiny), "sample": sample_digest,
+                "train": train_digest, "seed": seed, "code": _CODE_DIGEST}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def candidate_features(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
+                       train_texts: Sequence[str], seed: int,
+                       cache_dir: Path = FEATURE_STORE) -> tuple[dict[str, Path], dict[str, float]]:
+    """Each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor), extracted where
+    not cached yet. Returns the cache file of each and the seconds spent extracting (uncached ones)."""
+    raw = json.dumps(list(sample)) if modality == "text" else sample.numpy().tobytes()
+    digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
+    train_digest = hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {spec: cache_dir / f"{_cache_key(spec, params, digest, train_digest, seed)}.npy" for spec in candidates}
+    extraction = _extract_missing(params, [spec for spec in candidates if not paths[spec].is_file()], paths,
+                                  modality, sample, train_texts, seed)
+    return paths, extraction
+
+
+def score_candidates(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
+                     labels: np.ndarray, train_texts: Sequence[str], seed: int,
+                     cache_dir: Path = FEATURE_STORE, regression: bool = False) -> SelectionResult:
+    """Score each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor) against
+    ``labels`` with ``params.score`` (LogME in its regression form for numeric labels)."""
+    from crosstune.selection.scores import logme
+
+    score = (lambda features, targets: logme(features, targets, regression=True)) if regression \
+        else SCORES.get(params.score)
+    result = SelectionResult(params.score)
+    paths, extraction = candidate_features(params, candidates, modality, sample, train_texts, seed, cache_dir)
+    for spec in candidates:
+        started = time.perf_counter()
+        features = np.load(paths[spec], allow_pickle=False)
+        broken = ~np.isfinite(features).all(axis=1)
+        if broken.any():
+            message = (f"backbone candidate {spec!r} gives non-finite (NaN or infinite) features for {int(broken.sum())} "
+                       f"of {len(features)} sampled training examples: its weights are broken or overflow on this "
+                       f"input")
+            if len(candidates) == 1:
+                raise ConfigError(f"params.yaml: backbone: {message}; fine-tuning it would only produce NaN. Use "
+                                  f"other weights or another backbone (or another backbone.image_size).")
+            logger.warning("%s; it is ranked last.", message)
+            result.scores[spec] = float("-inf")
+            continue
+        result.scores[spec] = float(score(features, labels))
+        result.seconds[spec] = round(extraction.get(spec, 0.0) + time.perf_counter() - started, 3)
+        logger.info("candidate %s: %s = %.4f (%d x %d features%s, %.1f s)", spec, params.score, result.scores[spec],
+                    *features.shape, "" if spec in extraction else " from cache", result.seconds[spec])
+    return result
+
+
+def domain_gaps(params: BackboneParams, candidates: Sequence[str], modality: str, target_sample: Any,
+                source_sample: Any, train_texts: Sequence[str], seed: int,
+                cache_dir: Path = FEATURE_STORE) -> dict[str, dict[str, float]]:
+    """Proxy A-distance and linear MMD between each candidate's source and target features."""
+    from crosstune.selection.domain_gap import linear_mmd, proxy_a_distance
+
+    target_paths, _ = candidate_features(params, candidates, modality, target_sample, train_texts, seed, cache_dir)
+    source_paths, _ = candidate_features(params, candidates, modality, source_sample, train_texts, seed, cache_dir)
+    gaps = {}
+    for spec in candidates:
+        target = np.load(target_paths[spec], allow_pickle=False)
+        source = np.load(source_paths[spec], allow_pickle=False)
+        gaps[spec] = {"proxy_a_distance": proxy_a_distance(source, target, seed), "linear_mmd": linear_mmd(source, target)}
+        logger.info("candidate %s: domain gap %s", spec, gaps[spec])
+    return gaps
+
+
+def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict[str, Path], modality: str,
+                     sample: Any, train_texts: Sequence[str], seed: int) -> dict[str, float]:
+    """Extract and cache the features not cached yet; returns each candidate's share of the seconds."""
+    from collections import defaultdict
+
+    from crosstune.backbones.text import split_candidate
+
+    groups: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
+    for spec in missing:
+        base, depth = split_candidate(spec) if modality == "text" else (spec, None)
+        groups[base].append((spec, depth))
+    seconds: dict[str, float] = {}
+    for base, members in groups.items():
+        started = time.perf_counter()
+        if modality == "text":
+            features = _text_features_by_depth(base, [depth for _, depth in members], params, sample, train_texts, seed)
+        else:
+            features = [_image_features(base, params, sample, seed)]
+        for (spec, _), values in zip(members, features):
+            temporary = paths[spec].with_suffix(".tmp.npy")
+            np.save(temporary, values, allow_pickle=False)
+            temporary.replace(paths[spec])
+        for spec, _ in members:
+            seconds[spec] = (time.perf_counter() - started) / len(members)
+    return seconds

@@ -1,0 +1,151 @@
+"""dvc.yaml's deps and params cannot drift from the code: each stage runs on tiny data under a probe that
+records the crosstune modules it imported and the params keys it read, and every one must be covered by
+that stage's declared deps (a file, or a folder above it) and params (a section, or that key).
+
+Branches a scenario does not take are covered by folder-level deps: text and images, the frozen-prefix
+cache, selection by score, text augmentation, a source domain with DANN, the guard on.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import (
+    REPO_ROOT,
+    make_texts,
+    write_image_folder,
+    write_params,
+    write_table,
+)
+
+PROBE = REPO_ROOT / "tests" / "helpers" / "stage_probe.py"
+PACKAGE = REPO_ROOT / "src" / "crosstune"
+
+TEXT_SCENARIO = {
+    "backbone": {"select": "score", "candidates": ["tiny-bert@1", "tiny-bert"], "selection_samples": 20},
+    "freeze": {"depth": 1},
+    "finetune": {"epochs": 1},
+    "text_augment": {"copies": 1},
+    "evaluate": {"guard": "report"},
+}
+IMAGE_SCENARIO = {
+    "data": {"train": "data/images/train", "test": "data/images/test", "source": "data/images/source"},
+    "prepare": {"validation_fraction": 0.25, "target_labelled": 0.5},
+    "backbone": {"name": "tiny-cnn", "weights": "none"},
+    "freeze": {"depth": 1},
+    "finetune": {"epochs": 1, "lr": 0.01, "class_weights": "none", "adaptation": "dann"},
+    "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "fallback"},
+}
+
+
+def is_code_free(path: Path) -> bool:
+    """A module holding nothing but its docstring (the concept folders' ``__init__``): importing it runs
+    nothing, so it need not be a dependency."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+def uncovered_modules(module_files: list[Path], deps: list[str]) -> list[str]:
+    """The imported crosstune files (relative to the repo) that no declared dep covers."""
+    declared = [Path(dep) for dep in deps]
+    missing = []
+    for file in module_files:
+        relative = file.resolve().relative_to(REPO_ROOT)
+        if is_code_free(file):
+            continue
+        if not any(relative == dep or dep in relative.parents for dep in declared):
+            missing.append(str(relative))
+    return sorted(missing)
+
+
+def undeclared_params(read: dict[str, list[str]], declared: list[str]) -> list[str]:
+    """The ``section.key`` params a stage read that its dvc.yaml ``params`` do not list."""
+    return sorted(f"{section}.{key}" for section, keys in read.items() for key in keys
+                  if section not in declared and f"{section}.{key}" not in declared)
+
+
+def _resolve(text: str, params: dict) -> str:
+    """DVC's ``${section.key}`` templating, enough for dvc.yaml's cmd and deps."""
+    def value(match: re.Match) -> str:
+        section, key = match.group(1).split(".", 1)
+        return str(params[section][key])
+
+    return re.sub(r"\$\{([\w.]+)\}", value, text)
+
+
+def _probe_pipeline(root: Path) -> dict[str, dict]:
+    """Run every stage of dvc.yaml in order under the probe; return each stage's record and entry."""
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    results = {}
+    for name, stage in stages.items():
+        command = shlex.split(_resolve(" ".join(stage["cmd"].split()), params))
+        assert command[0] == "python", f"dvc.yaml stage {name}: cmd should start with python"
+        record = root / f"probe-{name}.json"
+        done = subprocess.run([sys.executable, str(PROBE), str(record), *command[1:]], cwd=root,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"stage {name} failed under the probe:\n{done.stderr[-3000:]}"
+        results[name] = {"record": json.loads(record.read_text(encoding="utf-8")),
+                         "deps": [_resolve(dep, params) for dep in stage.get("deps", [])],
+                         "params": [entry for entry in stage.get("params", []) if isinstance(entry, str)]}
+    return results
+
+
+def _project(root: Path, scenario: dict) -> Path:
+    shutil.copytree(REPO_ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    if "data" in scenario:
+        write_image_folder(root / "data" / "images" / "train", per_class=12, seed=1)
+        write_image_folder(root / "data" / "images" / "test", per_class=5, seed=2)
+        write_image_folder(root / "data" / "images" / "source", per_class=8, seed=3, side=24)
+    else:
+        write_table(root / "data" / "raw" / "train.csv", make_texts(20, seed=1))
+        write_table(root / "data" / "raw" / "test.csv", make_texts(6, seed=2))
+        (root / "data" / "source").mkdir(parents=True)
+    write_params(root / "params.yaml", scenario)
+    return root
+
+
+def _check(results: dict[str, dict]) -> list[str]:
+    problems = []
+    for name, result in results.items():
+        files = [Path(path) for path in result["record"]["modules"].values()
+                 if path and Path(path).resolve().is_relative_to(PACKAGE)]
+        for module in uncovered_modules(files, result["deps"]):
+            problems.append(f"dvc.yaml stage {name}: imports {module} but does not list it (or its folder) in deps")
+        for key in undeclared_params(result["record"]["params"], result["params"]):
+            problems.append(f"dvc.yaml stage {name}: reads params {key} but does not list it (or its section)")
+    return problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO], ids=["text", "image"])
+def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario: dict) -> None:
+    results = _probe_pipeline(_project(tmp_path, scenario))
+    problems = _check(results)
+    assert not problems, "\n".join(problems)
+    # the probe saw real work: the scenario took the branches it is meant to cover
+    if scenario is TEXT_SCENARIO:
+        assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
+        assert "crosstune.selection.candidates" in results["backbone"]["record"]["modules"]
+    else:
+        assert "crosstune.methods.adaptation" in results["finetune"]["record"]["modules"]
+    assert "crosstune.training.loop" in results["scratch"]["record"]["modules"]
+    assert "finetune" in results["scratch"]["record"]["params"]
+
+
+def test_a_missing_dependency_is_reported() -> None:
+    files = [PACKAGE / "training" / "loop.py", PACKAGE / "config.py", PACKAGE / "data" / "__init__.py"]
+    assert uncovered_modules(files, ["src/crosstune/training", "stages/finetune.py"]) == ["src/crosstune/config.py"]
+    assert uncovered_modules(files, ["src/crosstune/training", "src/crosstune/config.py"]) == []
+    read = {"finetune": ["lr", "max_length"], "base": ["seed"]}
+    assert undeclared_params(read, ["base", "finetune.lr"]) == ["finetune.max_length"]
+    assert undeclared_params(read, ["base", "finetune"]) == []
