@@ -1,30 +1,42 @@
-"""finetune and evaluate through the library on the tiny backbone: every optimizer and schedule,
-determinism, outputs, predict CLI and the regression path."""
+"""crosstune.training: optimisers and schedules, rates, losses, early stopping, clipping, resuming, data-parallel runs and source/target streams."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
-from conftest import write_params, write_table
+from conftest import REPO_ROOT, write_params
+from safetensors.torch import load_file
 
-from crosstune.config import load_section
+from crosstune.config import FinetuneParams, load_section
 from crosstune.data.batching import TextBatching
 from crosstune.data.text_encoding import load_split
 from crosstune.freezing.policy import apply_freeze
 from crosstune.model.transfer_model import load_transfer_model
-from crosstune.pipeline.evaluate import evaluate_stage
-from crosstune.pipeline.finetune import finetune_stage
-from crosstune.training.loop import train, validation_metrics
+from crosstune.training.checkpoints import Checkpointer, TrainState
+from crosstune.training.loop import (
+    FAULT_KILL_AT_STEP,
+    autocast_dtype,
+    train,
+    validation_metrics,
+)
 from crosstune.training.losses import build_loss, class_weight_tensor
-from crosstune.training.optimization import OPTIMIZERS, SCHEDULERS
+from crosstune.training.optimization import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+    stlr_factor,
+)
 
 
 def _splits(paths: dict[str, Path]):
@@ -64,83 +76,239 @@ def test_balanced_class_weights_follow_sklearn_rule() -> None:
         class_weight_tensor([1.0], torch.tensor([0, 1]), 2)
 
 
-def _finetune_and_evaluate(paths: dict[str, Path], root: Path) -> dict:
-    finetune_stage(str(paths["initial"]), str(paths["encoded"]), str(root / "finetuned"), str(root / "live"),
-                   str(paths["params"]))
-    return evaluate_stage(str(root / "finetuned"), str(paths["encoded"]), str(paths["prepared"]),
-                          str(root / "eval.json"), str(root / "predictions.csv"), str(root / "misclassified.png"),
-                          str(paths["params"]))
-
-
-def test_finetune_and_evaluate_outputs_are_complete_and_deterministic(attached: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
-    first = _finetune_and_evaluate(attached, tmp_path / "run1")
-    second = _finetune_and_evaluate(attached, tmp_path / "run2")
-    assert first == second
-    assert (tmp_path / "run1" / "finetuned" / "model.safetensors").read_bytes() == \
-        (tmp_path / "run2" / "finetuned" / "model.safetensors").read_bytes()
-
-    model_dir = tmp_path / "run1" / "finetuned"
-    assert {"config.json", "model.safetensors", "params.json", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
-    resolved = json.loads((model_dir / "params.json").read_text())
-    assert resolved["finetune"]["lr"] == pytest.approx(0.003) and resolved["base"]["seed"] == 7
-
-    metrics = json.loads((tmp_path / "run1" / "eval.json").read_text())
-    assert all(not isinstance(value, (dict, list)) for value in metrics.values()), "eval.json must be flat"
-    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "neutral_f1",
-                "baseline_majority_f1_macro", "baseline_tfidf_logreg_f1_macro", "gain_over_best_baseline_f1_macro"):
-        assert key in metrics, key
-    predictions = pd.read_csv(tmp_path / "run1" / "predictions.csv")
-    assert list(predictions.columns) == ["text", "label", "predicted", "confidence"]
-    assert set(predictions["predicted"]) <= {"negative", "neutral", "positive"}
-    live = tmp_path / "run1" / "live"
-    assert (live / "metrics.json").is_file()
-    assert (live / "plots" / "metrics" / "train" / "loss.tsv").is_file()
-    assert (live / "plots" / "metrics" / "validation" / "f1_macro.tsv").is_file()
-
-    output = tmp_path / "labelled.csv"
-    result = subprocess.run(
-        [sys.executable, "-m", "crosstune", "predict", "--model", str(model_dir), "--input",
-         str(attached["prepared"] / "test.csv"), "--output", str(output)],
-        capture_output=True, text=True, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    labelled = pd.read_csv(output)
-    assert labelled["predicted_label"].tolist() == predictions["predicted"].tolist()
-    assert ((labelled["predicted_score"] > 0) & (labelled["predicted_score"] <= 1)).all()
-
-
-def test_predict_cli_errors_clearly(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "crosstune", "predict", "--model", str(tmp_path / "nope"),
-                             "--input", "x.csv", "--output", "y.csv"], capture_output=True, text=True, check=False)
-    assert result.returncode == 2 and "no config.json" in result.stderr
-
-
-def test_regression_task_end_to_end(tmp_path: Path) -> None:
-    from crosstune.pipeline.attach_head import attach_head_stage
-    from crosstune.pipeline.backbone import backbone_stage
-    from crosstune.pipeline.prepare import prepare_stage
-
-    rows = [(f"review number {i} score {'high ' * (i % 5)}", str(float(i % 5))) for i in range(60)]
-    train_path = write_table(tmp_path / "train.csv", rows)
-    params = write_params(tmp_path / "params.yaml", {
-        "prepare": {"task": "regression"},
-        "finetune": {"loss": "mse", "select_metric": "r2", "class_weights": "none", "epochs": 2},
-        "evaluate": {"baselines": ["mean", "tfidf_ridge"]},
-    })
-    prepare_stage(str(train_path), None, str(tmp_path / "prepared"), str(params))
-    backbone_stage(str(tmp_path / "prepared"), str(tmp_path / "backbone"), str(tmp_path / "encoded"),
-                   str(tmp_path / "backbone.json"), str(tmp_path / "selection.json"), str(tmp_path / "selection.csv"),
-                   str(params))
-    attach_head_stage(str(tmp_path / "backbone"), str(tmp_path / "prepared"), str(tmp_path / "initial"),
-                      str(tmp_path / "freeze.json"), str(params))
-    paths = {"initial": tmp_path / "initial", "encoded": tmp_path / "encoded", "prepared": tmp_path / "prepared",
-             "params": params}
-    metrics = _finetune_and_evaluate(paths, tmp_path / "run")
-    assert {"mse", "mae", "r2", "baseline_mean_r2", "baseline_tfidf_ridge_mse"} <= set(metrics)
-    assert math.isfinite(metrics["mse"])
-
-
 def test_regression_rejects_classification_settings(attached: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match=r"finetune\.loss: 'mse' does not suit a classification task"):
         build_loss("mse", "classification", None)
+
+
+def test_domain_streams_pair_every_source_batch_with_a_target_batch() -> None:
+    from crosstune.data.batching import TextBatching
+    from crosstune.data.text_encoding import EncodedSplit
+    from crosstune.training.domain_streams import build_streams
+
+    def split(size: int, label: int) -> EncodedSplit:
+        return EncodedSplit(torch.ones((size, 4), dtype=torch.int32), torch.full((size,), 4),
+                            torch.full((size,), label))
+
+    streams = build_streams(split(10, 0), split(25, -1), TextBatching(4, 8), 4, adapting=True)
+    pairs = list(streams.epoch(torch.Generator().manual_seed(0)))
+    assert len(pairs) == streams.batches_per_epoch == 7  # the longer (target) stream sets the epoch
+    assert all(target is not None for _, target in pairs)
+    assert sum(len(source.indices) for source, _ in pairs) == 24  # 4+4+2, restarted: 4+4+2, 4
+    alone = build_streams(split(10, 0), split(25, -1), TextBatching(4, 8), 4, adapting=False)
+    assert alone.target is None  # source-only: no labelled target row, no adaptation loss
+    assert alone.batches_per_epoch == 7  # the same number of steps as the adaptation run
+    few_labels = split(25, -1)
+    few_labels.labels[:3] = 2
+    semi = build_streams(split(10, 0), few_labels, TextBatching(4, 8), 4, adapting=False)
+    assert semi.target is few_labels  # semi-supervised: the kept target labels train too
+
+
+def _finetune(paths: dict[str, Path], out: Path, params: Path, env: dict[str, str] | None = None,
+              checkpoints: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "stages" / "finetune.py"), "--initial", str(paths["initial"]),
+               "--encoded", str(paths["encoded"]), "--model", str(out / "model"), "--live", str(out / "live"),
+               "--params", str(params)]
+    if checkpoints:
+        command += ["--checkpoints", str(out / "checkpoints")]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_kill_mid_epoch_then_resume_matches_an_uninterrupted_run(attached: dict[str, Path], tmp_path: Path) -> None:
+    params = write_params(tmp_path / "resume.yaml", {"finetune": {"epochs": 3}})
+    reference = _finetune(attached, tmp_path / "reference", params)
+    assert reference.returncode == 0, reference.stderr
+    assert len(json.loads((tmp_path / "reference" / "model" / "train_history.json").read_text())) == 3
+
+    run = tmp_path / "interrupted"
+    killed = _finetune(attached, run, params, {FAULT_KILL_AT_STEP: "13"})  # 9 steps an epoch: mid epoch 2
+    assert killed.returncode == -signal.SIGKILL
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert not (run / "model").exists()
+
+    resumed = _finetune(attached, run, params)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "after epoch 1" in resumed.stderr
+    expected, actual = _weights(tmp_path / "reference" / "model"), _weights(run / "model")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert json.loads((run / "live" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "reference" / "live" / "metrics.json").read_text())
+    assert (run / "model" / "train_history.json").read_text() == \
+        (tmp_path / "reference" / "model" / "train_history.json").read_text()
+
+
+def test_finished_or_changed_runs_start_from_scratch(attached: dict[str, Path], tmp_path: Path) -> None:
+    params = write_params(tmp_path / "p.yaml", {"finetune": {"epochs": 2}})
+    first = _finetune(attached, tmp_path / "run", params)
+    assert first.returncode == 0, first.stderr
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # a finished run leaves nothing to resume
+    again = _finetune(attached, tmp_path / "run", params)
+    assert again.returncode == 0 and "resuming" not in again.stderr
+
+    # an unfinished checkpoint of other params is not resumed either
+    killed = _finetune(attached, tmp_path / "run", params, {FAULT_KILL_AT_STEP: "11"})
+    assert killed.returncode == -signal.SIGKILL
+    changed = write_params(tmp_path / "p.yaml", {"finetune": {"epochs": 2, "lr": 0.001}})
+    after_change = _finetune(attached, tmp_path / "run", changed)
+    assert after_change.returncode == 0, after_change.stderr
+    assert "other params or data: starting from scratch" in after_change.stderr
+    assert "resuming" not in after_change.stderr
+
+
+def test_checkpointer_ignores_other_fingerprints(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    generator = torch.Generator().manual_seed(0)
+    Checkpointer(tmp_path / "ckpt", "aaa").save(TrainState(epoch=1, step=3), model, model.state_dict(), optimizer,
+                                                scheduler, None, generator)
+    assert Checkpointer(tmp_path / "ckpt", "aaa").resumable().epoch == 1
+    assert Checkpointer(tmp_path / "ckpt", "bbb").resumable() is None
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_path: Path) -> None:
+    from crosstune.data.batching import TextBatching
+    from crosstune.data.text_encoding import load_split
+    from crosstune.inference.outputs import predict_outputs
+    from crosstune.model.transfer_model import load_transfer_model
+
+    single = write_params(tmp_path / "one.yaml", {"finetune": {"epochs": 3}})
+    double = write_params(tmp_path / "two.yaml", {"finetune": {"epochs": 3, "num_processes": 2}})
+    one = _finetune(attached, tmp_path / "one", single, checkpoints=False)
+    assert one.returncode == 0, one.stderr
+    two = _finetune(attached, tmp_path / "two", double)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "data-parallel process 1 of 2 on cpu" in two.stderr
+    test = load_split(attached["encoded"] / "test.safetensors")
+    accuracies = []
+    for run in ("one", "two"):
+        model, _ = load_transfer_model(tmp_path / run / "model")
+        predicted = predict_outputs(model, test, TextBatching(16, 32), "cpu").argmax(-1)
+        accuracies.append(float((predicted == test.labels).float().mean()))
+    assert accuracies[1] > 0.6  # well above the 1/3 of guessing
+    assert abs(accuracies[0] - accuracies[1]) <= 0.1
+
+
+def _model(paths: dict[str, Path], depth: object = 0):
+    model, _ = load_transfer_model(paths["initial"])
+    apply_freeze(model, depth)
+    return model
+
+
+def test_layer_wise_decay_and_head_rate_give_each_group_its_rate(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    params = FinetuneParams(lr=1e-3, head_lr=1e-2, layer_decay=0.5)
+    groups = parameter_groups(model, params)
+    rate = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
+    for name, parameter in model.named_parameters():
+        if name.startswith("head."):
+            expected = 1e-2
+        elif name.startswith("backbone.encoder.layer.1."):
+            expected = 1e-3
+        elif name.startswith("backbone.encoder.layer.0."):
+            expected = 5e-4
+        else:
+            assert name.startswith("backbone.embeddings."), name
+            expected = 2.5e-4
+        assert rate[id(parameter)] == pytest.approx(expected), name
+    optimizer = build_optimizer(model, params)
+    build_scheduler(optimizer, dataclasses.replace(params, scheduler="constant", warmup_ratio=0.0), 10)
+    assert sorted({group["lr"] for group in optimizer.param_groups}) == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-2])
+
+
+def test_l2sp_switches_weight_decay_off_for_the_backbone_only(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    groups = parameter_groups(model, FinetuneParams(weight_decay=0.1, l2sp=0.01))
+    head_ids = {id(p) for p in model.head.parameters()}
+    decayed = [group for group in groups if group["weight_decay"] > 0]
+    backbone = [group for group in groups if not all(id(p) in head_ids for p in group["params"])]
+    assert decayed and all(id(p) in head_ids for group in decayed for p in group["params"])
+    assert backbone and all(group["weight_decay"] == 0 for group in backbone)
+
+
+def test_slanted_triangular_rises_then_decays() -> None:
+    total, cut, ratio = 100, 10, 32.0
+    factors = [stlr_factor(step, cut, total, ratio) for step in range(total + 1)]
+    assert factors[0] == pytest.approx(1 / ratio)
+    assert factors[cut] == pytest.approx(1.0)
+    assert factors[total] == pytest.approx(1 / ratio)
+    assert all(a < b for a, b in zip(factors[:cut], factors[1 : cut + 1]))
+    assert all(a > b for a, b in zip(factors[cut:total], factors[cut + 1 :]))
+
+
+def test_training_with_every_regularizer_and_schedule_stays_finite(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=2, l2sp=0.01, bss=0.001,
+                                 label_smoothing=0.1, layer_decay=0.8, head_lr=1e-2, scheduler="slanted_triangular",
+                                 unfreeze="gradual", unfreeze_every=2, max_grad_norm=1.0, grad_accumulation=2)
+    train_split, validation_split = _splits(attached)
+    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    assert result.steps == 2 * math.ceil(math.ceil(len(train_split) / params.batch_size) / 2)
+    assert all(math.isfinite(value) for value in result.best_metrics.values())
+
+
+def test_label_smoothing_penalises_confident_correct_predictions() -> None:
+    logits, targets = torch.tensor([[8.0, 0.0, 0.0]]), torch.tensor([0])
+    plain = build_loss("cross_entropy", "classification", None)(logits, targets)
+    smoothed = build_loss("cross_entropy", "classification", None, 0.2)(logits, targets)
+    assert float(smoothed) > float(plain) + 0.5
+    with pytest.raises(ValueError, match="label_smoothing"):
+        build_loss("mse", "regression", None, 0.1)
+
+
+def test_early_stopping_stops_after_patience_epochs(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=6, lr=1e-12, head_lr=1e-12,
+                                 early_stopping_patience=2, select_metric="loss")
+    train_split, validation_split = _splits(attached)
+    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    assert result.stopped_early
+    assert len(result.history) < 6
+
+
+def test_gradient_clipping_bounds_each_update(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    head = model.head
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(False)
+    before = torch.cat([p.detach().flatten().clone() for p in head.parameters()])
+    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=1, optimizer="sgd", momentum=0.0,
+                                 lr=1.0, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0, max_grad_norm=1e-3,
+                                 select_metric="loss")
+    train_split, validation_split = _splits(attached)
+    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    moved = torch.cat([p.detach().flatten() for p in head.parameters()]) - before
+    assert 0 < float(moved.norm()) <= 1e-3 * result.steps + 1e-7
+
+
+def test_mixed_precision_is_off_on_cpu() -> None:
+    assert autocast_dtype("auto", "cpu") is None
+    assert autocast_dtype("bf16", "cpu") is None
+    assert autocast_dtype("off", "cuda") is None
+
+
+def test_finetune_params_reject_bad_values() -> None:
+    from crosstune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.unfreeze"):
+        FinetuneParams(unfreeze="sometimes")
+    with pytest.raises(ConfigError, match="finetune.layer_decay"):
+        FinetuneParams(layer_decay=0.0)
+    with pytest.raises(ConfigError, match="num_processes"):
+        FinetuneParams(num_processes=2, unfreeze="gradual")
+
+
+def test_zero_processes_means_one_per_gpu() -> None:
+    from crosstune.training.distributed import resolve_num_processes
+
+    assert resolve_num_processes(3) == 3
+    assert resolve_num_processes(0) == max(torch.cuda.device_count(), 1)

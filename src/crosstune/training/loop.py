@@ -138,35 +138,79 @@ def _target_loss(runner: Any, batch: Any, source_features: torch.Tensor, source_
     return loss
 
 
-def train(model: TransferModel, train_split: Any, validation_split: Any, params: FinetuneParams, seed: int,
-          device: str, live: Any | None = None, batching: Any | None = None, level: PrefixLevel | None = None,
-          checkpoint: Checkpointer | None = None, distributed: Distributed | None = None,
-          source_split: Any | None = None) -> TrainResult:
-    """Fine-tune ``model`` in place and leave it holding the best epoch's weights.
+@dataclass
+class Objective:
+    """What one batch (or source + target pair) costs: task loss, adaptation loss and the regularisers.
 
-    Args:
-        model: a model whose freeze policy is already applied.
-        train_split: the target training split; with a source domain its rows labelled -1 are the
-            unlabelled target pool.
-        live: a ``dvclive.Live`` to log to, or None (and on ranks other than 0).
-        batching: how splits become batches; default: text batches from ``params``.
-        level: the splits hold cached frozen-prefix outputs at this level (:mod:`crosstune.prefix_cache.store`).
-        checkpoint: save after every ``checkpoint_every`` epochs and resume a matching unfinished run.
-        distributed: this process's rank in a data-parallel run.
-        source_split: the labelled source domain: every step then takes a source batch and a target batch
-            (:mod:`crosstune.training.domain_streams`) and adds ``finetune.adaptation``'s loss on their features.
+    loss = L_task(f(x_s), y_s) [+ L_task on labelled target rows + w_a * L_adapt(h_s, h_t)]
+           + sum_r w_r * Omega_r(model, h_s)
     """
-    batching = batching or TextBatching(params.batch_size, params.max_length)
+
+    model: TransferModel
+    runner: Any
+    loss_fn: torch.nn.Module
+    regularizers: list[tuple[str, float, torch.nn.Module]]
+    adaptation: torch.nn.Module | None
+    adaptation_weight: float
+    distributed: Distributed | None
+
+    def __call__(self, batch: Any, target_batch: Any | None, progress: float) -> torch.Tensor:
+        features, outputs = self.runner(return_features=True, **batch.inputs)
+        loss = self.loss_fn(outputs.float(), batch.labels)
+        if target_batch is not None:
+            loss = loss + _target_loss(self.runner, target_batch, features, outputs, self.loss_fn, self.adaptation,
+                                       self.adaptation_weight, progress)
+        for _, weight, regularizer in self.regularizers:
+            loss = loss + weight * regularizer(self.model, features)
+        return loss
+
+
+@dataclass
+class TrainingRun:
+    """Everything built once from the params before the first epoch: the objective, the optimiser and its
+    schedule, the batch streams, mixed precision and gradual unfreezing."""
+
+    model: TransferModel
+    forward: ModelForward
+    objective: Objective
+    batching: Batching
+    streams: Any | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any | None
+    amp_dtype: torch.dtype | None
+    unfreezing: GradualUnfreezing | None
+    generator: torch.Generator
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    task: str
+    labels: list[str]
+
+    @property
+    def adaptation(self) -> torch.nn.Module | None:
+        return self.objective.adaptation
+
+
+def _class_weights(params: FinetuneParams, train_split: Any, source_split: Any | None, task: str,
+                   num_labels: int) -> torch.Tensor | None:
+    """``finetune.class_weights`` over every labelled training row (target and source domain)."""
+    if task != "classification":
+        return None
+    known = train_split.labels if source_split is None else torch.cat([source_split.labels, train_split.labels])
+    return class_weight_tensor(params.class_weights, known[known >= 0], num_labels)
+
+
+def build_run(model: TransferModel, train_split: Any, source_split: Any | None, params: FinetuneParams, seed: int,
+              device: str, batching: Batching, level: PrefixLevel | None,
+              distributed: Distributed | None) -> TrainingRun:
+    """Set up a run (seeds first, in a fixed order: the same params give the same run)."""
     task, labels = model.spec["task"], model.spec["labels"]
-    is_main = distributed is None or distributed.is_main
     check_select_metric(params.select_metric, task)
     if source_split is None and params.adaptation != NO_ADAPTATION:
         raise ValueError(f"finetune.adaptation: {params.adaptation} needs a labelled source domain; set data.source "
                          f"(prepare) to one, or finetune.adaptation: none.")
-    known = train_split.labels if source_split is None else torch.cat([source_split.labels, train_split.labels])
-    if task == "classification":
-        known = known[known >= 0]
-    weights = class_weight_tensor(params.class_weights, known, len(labels)) if task == "classification" else None
+    weights = _class_weights(params, train_split, source_split, task, len(labels))
     loss_fn = build_loss(params.loss, task, weights.to(device) if weights is not None else None,
                          params.label_smoothing)
     model.to(device)
@@ -193,109 +237,162 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
     scheduler = build_scheduler(optimizer, params, total_steps)
     amp_dtype = autocast_dtype(params.mixed_precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    objective = Objective(model, runner, loss_fn, regularizers, adaptation, params.adaptation_weight, distributed)
+    return TrainingRun(model, forward, objective, batching, streams, optimizer, scheduler, scaler, amp_dtype,
+                       unfreezing, generator, batches_per_epoch, steps_per_epoch, total_steps, task, labels)
 
+
+def _optimizer_step(run: TrainingRun, params: FinetuneParams, trainable: list[torch.nn.Parameter]) -> None:
+    """Unscale (fp16), clip, step the optimiser and the schedule, clear the gradients."""
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    if params.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in trainable if p.grad is not None], params.max_grad_norm)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def train_epoch(run: TrainingRun, train_split: Any, params: FinetuneParams, state: TrainState, epoch: int,
+                device: str, distributed: Distributed | None, progress: Any, metrics_log: _Logger,
+                trainable: list[torch.nn.Parameter], kill_at: int = 0) -> None:
+    """One pass over the training batches: forward, loss, backward, and an optimiser step every
+    ``grad_accumulation`` batches; the training loss is logged every ``log_every`` steps."""
+    set_train_mode(run.model)
+    if run.adaptation is not None:
+        run.adaptation.train()
+    running, counted = 0.0, 0
+    pairs = run.streams.epoch(run.generator) if run.streams is not None else \
+        ((batch, None) for batch in run.batching.train(train_split, run.generator))
+    for index, (batch, target_batch) in enumerate(pairs):
+        batch = batch.to(device)
+        if distributed is not None:
+            batch = distributed.shard(batch)
+        if target_batch is not None:
+            target_batch = target_batch.to(device)
+            if distributed is not None:
+                target_batch = distributed.shard(target_batch)
+        with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            loss = run.objective(batch, target_batch, state.step / max(run.total_steps, 1))
+        scaled = loss / params.grad_accumulation
+        (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        running, counted = running + float(loss.item()), counted + 1
+        if (index + 1) % params.grad_accumulation and index + 1 < run.batches_per_epoch:
+            continue
+        _optimizer_step(run, params, trainable)
+        state.step += 1
+        progress.update(1)
+        if run.unfreezing is not None:
+            run.unfreezing.apply(state.step)
+        if state.step % params.log_every == 0:
+            progress.set_postfix(epoch=epoch, loss=f"{running / counted:.4f}")
+            metrics_log.log(state.step, {"train/loss": running / counted,
+                                         "train/lr": run.scheduler.get_last_lr()[0]})
+            running, counted = 0.0, 0
+        if kill_at and state.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, state: TrainState, epoch: int,
+              device: str, metrics_log: _Logger, is_main: bool,
+              best_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validate, keep the best weights by ``select_metric``, decide early stopping; returns the best
+    weights so far."""
+    metrics = validation_metrics(run.forward, validation_split, run.objective.loss_fn, run.task, run.labels,
+                                 run.batching, device)
+    metrics["epoch"] = epoch
+    state.history.append(metrics)
+    state.epoch = epoch
+    value = metrics[params.select_metric]
+    if is_main:
+        logger.info("epoch %d: validation %s", epoch,
+                    ", ".join(f"{key}={val:.4f}" for key, val in metrics.items() if key != "epoch"))
+    metrics_log.log(state.step, {f"validation/{key}": metrics[key]
+                                 for key in ("loss", params.select_metric, "accuracy", "f1_macro", "r2", "mae")
+                                 if key in metrics})
+    if is_better(params.select_metric, value, state.best_value):
+        state.best_value, state.best_epoch, state.best_metrics = value, epoch, dict(metrics)
+        state.bad_epochs = 0
+        return _snapshot(run.model)
+    state.bad_epochs += 1
+    if params.early_stopping_patience and state.bad_epochs >= params.early_stopping_patience:
+        state.stopped_early = True
+        if is_main:
+            logger.info("early stopping: no better validation %s for %d epochs", params.select_metric,
+                        state.bad_epochs)
+    return best_state
+
+
+def train(model: TransferModel, train_split: Any, validation_split: Any, params: FinetuneParams, seed: int,
+          device: str, live: Any | None = None, batching: Any | None = None, level: PrefixLevel | None = None,
+          checkpoint: Checkpointer | None = None, distributed: Distributed | None = None,
+          source_split: Any | None = None) -> TrainResult:
+    """Fine-tune ``model`` in place and leave it holding the best epoch's weights.
+
+    Args:
+        model: a model whose freeze policy is already applied.
+        train_split: the target training split; with a source domain its rows labelled -1 are the
+            unlabelled target pool.
+        live: a ``dvclive.Live`` to log to, or None (and on ranks other than 0).
+        batching: how splits become batches; default: text batches from ``params``.
+        level: the splits hold cached frozen-prefix outputs at this level (:mod:`crosstune.prefix_cache.store`).
+        checkpoint: save after every ``checkpoint_every`` epochs and resume a matching unfinished run.
+        distributed: this process's rank in a data-parallel run.
+        source_split: the labelled source domain: every step then takes a source batch and a target batch
+            (:mod:`crosstune.training.domain_streams`) and adds ``finetune.adaptation``'s loss on their features.
+    """
+    batching = batching or TextBatching(params.batch_size, params.max_length)
+    is_main = distributed is None or distributed.is_main
+    run = build_run(model, train_split, source_split, params, seed, device, batching, level, distributed)
     state = TrainState()
     best_state = _snapshot(model)
     resumed = checkpoint.resumable() if checkpoint is not None else None
     if resumed is not None:
         state = resumed
-        best_state = checkpoint.restore(model, optimizer, scheduler, scaler, generator, adaptation)
+        best_state = checkpoint.restore(model, run.optimizer, run.scheduler, run.scaler, run.generator,
+                                        run.adaptation)
         logger.info("resuming from %s after epoch %d (step %d)", checkpoint.directory, state.epoch, state.step)
     metrics_log = _Logger(live if is_main else None, state)
     metrics_log.replay()
-    if unfreezing is not None:
-        unfreezing.apply(state.step)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    if run.unfreezing is not None:
+        run.unfreezing.apply(state.step)
+    trainable = [p for group in run.optimizer.param_groups for p in group["params"]]
     kill_at = int(os.environ.get(FAULT_KILL_AT_STEP, "0"))
 
     result = TrainResult(best_epoch=state.best_epoch, best_metrics=dict(state.best_metrics),
                          resumed_from_epoch=state.epoch)
     started = time.perf_counter()
-    progress = tqdm(total=steps_per_epoch * params.epochs, initial=state.step, desc="finetune", unit="step",
+    progress = tqdm(total=run.steps_per_epoch * params.epochs, initial=state.step, desc="finetune", unit="step",
                     mininterval=2.0, disable=not is_main)
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if state.stopped_early:
             break
-        set_train_mode(model)
-        if adaptation is not None:
-            adaptation.train()
-        running, counted = 0.0, 0
         epoch_started = time.perf_counter()
-        pairs = streams.epoch(generator) if streams is not None else \
-            ((batch, None) for batch in batching.train(train_split, generator))
-        for index, (batch, target_batch) in enumerate(pairs):
-            batch = batch.to(device)
-            if distributed is not None:
-                batch = distributed.shard(batch)
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
-                features, outputs = runner(return_features=True, **batch.inputs)
-                loss = loss_fn(outputs.float(), batch.labels)
-                if target_batch is not None:
-                    target_batch = target_batch.to(device)
-                    if distributed is not None:
-                        target_batch = distributed.shard(target_batch)
-                    loss = loss + _target_loss(runner, target_batch, features, outputs, loss_fn, adaptation,
-                                               params.adaptation_weight, state.step / max(total_steps, 1))
-                for _, weight, regularizer in regularizers:
-                    loss = loss + weight * regularizer(model, features)
-            scaled = loss / params.grad_accumulation
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            running, counted = running + float(loss.item()), counted + 1
-            if (index + 1) % params.grad_accumulation and index + 1 < batches_per_epoch:
-                continue
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if params.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in trainable if p.grad is not None], params.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            progress.update(1)
-            if unfreezing is not None:
-                unfreezing.apply(state.step)
-            if state.step % params.log_every == 0:
-                progress.set_postfix(epoch=epoch, loss=f"{running / counted:.4f}")
-                metrics_log.log(state.step, {"train/loss": running / counted, "train/lr": scheduler.get_last_lr()[0]})
-                running, counted = 0.0, 0
-            if kill_at and state.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+        train_epoch(run, train_split, params, state, epoch, device, distributed, progress, metrics_log, trainable,
+                    kill_at)
         result.epoch_seconds.append(time.perf_counter() - epoch_started)
-        metrics = validation_metrics(forward, validation_split, loss_fn, task, labels, batching, device)
-        metrics["epoch"] = epoch
+        best_state = end_epoch(run, validation_split, params, state, epoch, device, metrics_log, is_main,
+                               best_state)
         result.elapsed_at_epoch.append(time.perf_counter() - started)
-        state.history.append(metrics)
-        state.epoch = epoch
-        value = metrics[params.select_metric]
-        if is_main:
-            logger.info("epoch %d: validation %s", epoch,
-                        ", ".join(f"{key}={val:.4f}" for key, val in metrics.items() if key != "epoch"))
-        metrics_log.log(state.step, {f"validation/{key}": metrics[key]
-                                     for key in ("loss", params.select_metric, "accuracy", "f1_macro", "r2", "mae")
-                                     if key in metrics})
-        if is_better(params.select_metric, value, state.best_value):
-            state.best_value, state.best_epoch, state.best_metrics = value, epoch, dict(metrics)
-            state.bad_epochs = 0
-            best_state = _snapshot(model)
-        else:
-            state.bad_epochs += 1
-            if params.early_stopping_patience and state.bad_epochs >= params.early_stopping_patience:
-                state.stopped_early = True
-                if is_main:
-                    logger.info("early stopping: no better validation %s for %d epochs", params.select_metric,
-                                state.bad_epochs)
         last = epoch == params.epochs or state.stopped_early
         if checkpoint is not None and is_main and (epoch % params.checkpoint_every == 0 or last):
-            checkpoint.save(state, model, best_state, optimizer, scheduler, scaler, generator, adaptation)
+            checkpoint.save(state, model, best_state, run.optimizer, run.scheduler, run.scaler, run.generator,
+                            run.adaptation)
     progress.close()
     if checkpoint is not None and is_main:
         checkpoint.finish()
-    if unfreezing is not None:
-        unfreezing.release()
+    if run.unfreezing is not None:
+        run.unfreezing.release()
+    return _finish(result, state, model, best_state, params, train_split, started, is_main)
+
+
+def _finish(result: TrainResult, state: TrainState, model: TransferModel, best_state: dict[str, torch.Tensor],
+            params: FinetuneParams, train_split: Any, started: float, is_main: bool) -> TrainResult:
+    """Load the best epoch's weights and fill in the result."""
     result.train_seconds = time.perf_counter() - started
     result.steps = state.step
     result.history = list(state.history)

@@ -1,4 +1,4 @@
-"""Report tables and the offline template (the browser check is in test_pipeline_dvc.py)."""
+"""crosstune.reporting: the offline report template and its tables."""
 
 from __future__ import annotations
 

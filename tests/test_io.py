@@ -1,7 +1,4 @@
-"""Damaged pipeline outputs: a truncated model.safetensors, a missing or broken config.json, a corrupt
-encoded split. Each stage and `crosstune.load`/`crosstune predict` answer with one line naming the file and
-the fix (`dvc checkout`, or `dvc repro -f` of the stage that writes it), never a loader's traceback, and
-nothing already written is touched."""
+"""crosstune.io: atomic outputs, interrupted replacements undone, and damaged artifacts named with their fix."""
 
 from __future__ import annotations
 
@@ -15,6 +12,19 @@ import pytest
 from conftest import REPO_ROOT
 
 from crosstune.errors import ArtifactError
+
+
+def test_a_replacement_killed_between_its_renames_is_undone(tmp_path: Path) -> None:
+    from crosstune.io import restore_interrupted_directory
+
+    target = tmp_path / "finetune"
+    retired = tmp_path / ".finetune.old"  # where atomic_directory parks the previous directory
+    retired.mkdir()
+    (retired / "state.json").write_text("{}")
+    restore_interrupted_directory(target)
+    assert (target / "state.json").is_file() and not retired.exists()
+    restore_interrupted_directory(target)  # nothing to undo: a no-op
+    assert (target / "state.json").is_file()
 
 
 def _truncate(path: Path) -> None:

@@ -1,12 +1,13 @@
-"""The frozen-prefix cache: same batches, same trained weights as the uncached path; falls back
-when caching is invalid."""
+"""crosstune.prefix_cache: when the frozen prefix is cached, and that training on it matches training without it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_image_folder, write_params
 
 from crosstune.config import AugmentParams, CacheParams, FinetuneParams
 from crosstune.prefix_cache.plan import plan_cache
@@ -16,7 +17,6 @@ from crosstune.prefix_cache.store import (
     load_cached_split,
     save_cached_split,
 )
-from tests.conftest import write_image_folder, write_params
 
 
 def _finetune(epochs: int = 2) -> FinetuneParams:
@@ -128,7 +128,6 @@ def test_cache_levels() -> None:
 
 
 def test_gpu_benchmark_runs_in_cpu_smoke_mode(tmp_path: Path) -> None:
-    import json
     import subprocess
     import sys
 
@@ -142,3 +141,16 @@ def test_gpu_benchmark_runs_in_cpu_smoke_mode(tmp_path: Path) -> None:
     assert set(runs) == {"full_finetuning", "half_frozen_cached"}
     assert all(run["samples_per_second"] > 0 and run["model_tflops_per_second"] > 0 for run in runs.values())
     assert runs["half_frozen_cached"]["frozen_blocks"] == 1 and runs["full_finetuning"]["mfu"] is None
+
+
+def test_cache_plan_refuses_adaptation_and_source_training() -> None:
+    from crosstune.config import AugmentParams, CacheParams, FinetuneParams
+    from crosstune.prefix_cache.plan import plan_cache
+
+    config = {"modality": "text", "freeze": {"depth": 1}, "backbone_config": {"num_hidden_layers": 2}}
+    plain = plan_cache(config, CacheParams(), AugmentParams(), FinetuneParams())
+    assert plain.cached
+    adapting = plan_cache(config, CacheParams(), AugmentParams(), FinetuneParams(adaptation="coral"))
+    assert not adapting.cached and "finetune.adaptation: coral" in adapting.reason
+    with_source = plan_cache(config, CacheParams(), AugmentParams(), FinetuneParams(), has_source=True)
+    assert not with_source.cached and "source domain" in with_source.reason

@@ -1,10 +1,14 @@
-"""Domain-adaptation loss modules: gradient reversal, CORAL, MMD, DANN and CDAN behave as their papers say."""
+"""crosstune.methods: domain-adaptation losses and regularisers towards the pretrained model."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from crosstune.config import FinetuneParams
+from crosstune.freezing.policy import apply_freeze
 from crosstune.methods.adaptation import (
     CDANLoss,
     CORALLoss,
@@ -14,6 +18,12 @@ from crosstune.methods.adaptation import (
     dann_lambda,
 )
 from crosstune.methods.registry import ADAPTATIONS
+from crosstune.methods.regularizers import (
+    L2SP,
+    BatchSpectralShrinkage,
+    build_regularizers,
+)
+from crosstune.model.transfer_model import load_transfer_model
 
 
 @pytest.mark.parametrize("coefficient", [0.0, 0.3, 1.0, 2.5])
@@ -109,3 +119,53 @@ def test_training_with_mmd_removes_a_domain_shift_the_task_ignores() -> None:
 
     assert gap(adapt=False) > 1.8
     assert gap(adapt=True) < 1.0
+
+
+def _model(paths: dict[str, Path], depth: object = 0):
+    model, _ = load_transfer_model(paths["initial"])
+    apply_freeze(model, depth)
+    return model
+
+
+def test_l2sp_is_zero_at_the_pretrained_weights_and_grows_with_distance(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    penalty = L2SP(model)
+    features = torch.zeros(2, 4)
+    assert float(penalty(model, features).detach()) == 0.0
+    values = []
+    for scale in (1e-3, 2e-3):
+        with torch.no_grad():
+            for name, parameter in model.backbone.named_parameters():
+                parameter.copy_(penalty.reference[name] + scale)
+        values.append(float(penalty(model, features).detach()))
+    count = sum(p.numel() for p in model.backbone.parameters())
+    assert values[0] == pytest.approx(count * 1e-6, rel=1e-3)
+    assert values[1] == pytest.approx(4 * values[0], rel=1e-3)
+    with torch.no_grad():  # the head has no starting point: moving it costs nothing
+        for parameter in model.head.parameters():
+            parameter.add_(1.0)
+    assert float(penalty(model, features).detach()) == pytest.approx(values[1], rel=1e-6)
+
+
+def test_bss_shrinks_the_smallest_singular_values() -> None:
+    torch.manual_seed(0)
+    base = torch.randn(16, 8) @ torch.diag(torch.tensor([5.0, 4, 3, 2, 1, 0.8, 0.6, 0.5]))
+    features = torch.nn.Parameter(base.clone())
+    bss = BatchSpectralShrinkage(k=2)
+    optimizer = torch.optim.SGD([features], lr=0.05)
+    before = torch.linalg.svdvals(base)
+    for _ in range(50):
+        optimizer.zero_grad()
+        bss(None, features).backward()
+        optimizer.step()
+    after = torch.linalg.svdvals(features.detach())
+    assert float(bss(None, features.detach())) < float(bss(None, base)) * 0.5
+    assert torch.all(after[-2:] < before[-2:] * 0.7)
+    torch.testing.assert_close(after[:3], before[:3], rtol=1e-4, atol=1e-4)
+
+
+def test_regularizers_are_built_from_their_weights(attached: dict[str, Path]) -> None:
+    model = _model(attached)
+    assert build_regularizers(model, FinetuneParams()) == []
+    names = [name for name, _, _ in build_regularizers(model, FinetuneParams(l2sp=0.1, bss=0.01))]
+    assert names == ["bss", "l2sp"]
