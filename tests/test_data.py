@@ -14,6 +14,7 @@ from conftest import (
     make_texts,
     write_image_folder,
     write_params,
+    write_source,
     write_table,
 )
 
@@ -142,18 +143,11 @@ def test_stage_script_exits_nonzero_with_clear_message(raw_data: dict[str, Path]
     assert not (tmp_path / "out").exists()
 
 
-def _source(tmp_path: Path, labels: dict[str, str] | None = None, per_class: int = 20) -> Path:
-    """Source reviews: the same kind of texts, with a domain marker word in every one."""
-    rows = [(f"gardening {text} gardening", (labels or {}).get(label, label))
-            for text, label in make_texts(per_class, seed=5)]
-    return write_table(tmp_path / "source" / "source.csv", rows)
-
-
 def test_prepare_reads_the_source_domain_and_maps_its_labels(tmp_path: Path, raw_data) -> None:
     from crosstune.pipeline.prepare import prepare_stage
 
     renamed = {"negative": "bad", "neutral": "meh", "positive": "good"}
-    _source(tmp_path, renamed)
+    write_source(tmp_path, renamed)
     params = write_params(tmp_path / "params.yaml", {"prepare": {"source_label_map": {
         "bad": "negative", "meh": "drop", "good": "positive"}}})
     summary = prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(tmp_path / "prepared"), str(params),
@@ -166,7 +160,7 @@ def test_prepare_reads_the_source_domain_and_maps_its_labels(tmp_path: Path, raw
 def test_source_labels_outside_the_target_set_need_a_mapping(tmp_path: Path, raw_data) -> None:
     from crosstune.pipeline.prepare import prepare_stage
 
-    _source(tmp_path, {"neutral": "mixed"})
+    write_source(tmp_path, {"neutral": "mixed"})
     params = write_params(tmp_path / "params.yaml")
     with pytest.raises(DataError, match=r"\['mixed'\].*source_label_map"):
         prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(tmp_path / "prepared"), str(params),
@@ -182,7 +176,7 @@ def test_target_labelled_hides_the_rest_of_the_target_labels(tmp_path: Path, raw
                                                              expected: int) -> None:
     from crosstune.pipeline.prepare import prepare_stage
 
-    _source(tmp_path)
+    write_source(tmp_path)
     params = write_params(tmp_path / "params.yaml", {"prepare": {"target_labelled": fraction}})
     summary = prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(tmp_path / "prepared"), str(params),
                             str(tmp_path / "source"))
@@ -205,7 +199,7 @@ def test_hidden_target_labels_need_a_source_domain(tmp_path: Path, raw_data) -> 
 def test_validation_from_the_source_domain(tmp_path: Path, raw_data) -> None:
     from crosstune.pipeline.prepare import prepare_stage
 
-    _source(tmp_path)
+    write_source(tmp_path)
     params = write_params(tmp_path / "params.yaml", {"prepare": {"validation_domain": "source",
                                                                 "target_labelled": 0.0}})
     summary = prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(tmp_path / "prepared"), str(params),
@@ -249,7 +243,7 @@ def test_backbone_stage_adds_augmented_copies_to_the_named_splits(tmp_path: Path
     from crosstune.pipeline.backbone import backbone_stage
     from crosstune.pipeline.prepare import prepare_stage
 
-    _source(tmp_path)
+    write_source(tmp_path)
     params = write_params(tmp_path / "params.yaml", {"text_augment": {"copies": 2, "splits": ["source"]}})
     summary = prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(tmp_path / "prepared"), str(params),
                             str(tmp_path / "source"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_texts, write_params, write_table
+from conftest import adaptation_run, write_params
 
 
 def _evaluate(paths: dict, model_dir: Path, guard: str, out: Path) -> dict:
@@ -138,46 +138,6 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
     assert "freeze.depth" in results["shuffled"]["negative_transfer_advice"]
 
 
-def _source(tmp_path: Path, labels: dict[str, str] | None = None, per_class: int = 20) -> Path:
-    """Source reviews: the same kind of texts, with a domain marker word in every one."""
-    rows = [(f"gardening {text} gardening", (labels or {}).get(label, label))
-            for text, label in make_texts(per_class, seed=5)]
-    return write_table(tmp_path / "source" / "source.csv", rows)
-
-
-def _adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | None = None,
-                    evaluate: dict | None = None) -> dict:
-    """prepare (with a source) -> backbone -> attach -> cache -> finetune -> evaluate on tiny-bert."""
-    from crosstune.pipeline.attach_head import attach_head_stage
-    from crosstune.pipeline.backbone import backbone_stage
-    from crosstune.pipeline.cache import cache_stage
-    from crosstune.pipeline.evaluate import evaluate_stage
-    from crosstune.pipeline.finetune import finetune_stage
-    from crosstune.pipeline.prepare import prepare_stage
-    from crosstune.pipeline.scratch import scratch_stage
-
-    _source(tmp_path)
-    params = write_params(tmp_path / "params.yaml", {"prepare": {"target_labelled": 0.0, **(prepare or {})},
-                                                     "freeze": {"depth": 1}, "finetune": finetune,
-                                                     "evaluate": evaluate or {}})
-    paths = {name: str(tmp_path / name) for name in ("prepared", "backbone", "encoded", "initial", "features",
-                                                      "finetuned")}
-    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), paths["prepared"], str(params),
-                  str(tmp_path / "source"))
-    backbone_stage(paths["prepared"], paths["backbone"], paths["encoded"], str(tmp_path / "backbone.json"),
-                   str(tmp_path / "selection.json"), str(tmp_path / "selection.csv"), str(params))
-    attach_head_stage(paths["backbone"], paths["prepared"], paths["initial"], str(tmp_path / "freeze.json"),
-                      str(params))
-    cache = cache_stage(paths["initial"], paths["encoded"], paths["features"], str(params))
-    finetune_stage(paths["initial"], paths["encoded"], paths["finetuned"], str(tmp_path / "live"), str(params),
-                   paths["features"])
-    scratch_stage(paths["initial"], paths["encoded"], str(tmp_path / "scratch"), str(params))
-    metrics = evaluate_stage(paths["finetuned"], paths["encoded"], paths["prepared"], str(tmp_path / "eval.json"),
-                             str(tmp_path / "predictions.csv"), str(tmp_path / "misclassified.png"), str(params),
-                             paths["initial"], str(tmp_path / "scratch"))
-    return {"cache": cache, "metrics": metrics, "paths": paths}
-
-
 def test_evaluate_extracts_each_feature_set_once_for_probe_and_domain_gap(tmp_path: Path, raw_data,
                                                                          monkeypatch) -> None:
     """The guard's linear probe and the domain gap both read the pretrained model's train and source
@@ -192,6 +152,6 @@ def test_evaluate_extracts_each_feature_set_once_for_probe_and_domain_gap(tmp_pa
         return extract(model, split, batching, device)
 
     monkeypatch.setattr(features, "pooled_features", counting)
-    metrics = _adaptation_run(tmp_path, raw_data, {"epochs": 1}, evaluate={"guard": "report"})["metrics"]
+    metrics = adaptation_run(tmp_path, raw_data, {"epochs": 1}, evaluate={"guard": "report"})["metrics"]
     assert "probe_f1_macro" in metrics and "proxy_a_distance_before" in metrics
     assert len(passes) == len(set(passes)) == 5  # pretrained: train, source, test; fine-tuned: source, train

@@ -7,46 +7,31 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_texts
+from conftest import (
+    attached_model,
+    image_model,
+    load_splits,
+    tiny_model,
+    token_batch,
+)
 
 from crosstune.backbones.text import (
-    load_backbone,
     transformer_blocks,
 )
 from crosstune.backbones.vision import (
     VISION_BACKBONES,
-    build_vision_backbone,
 )
 from crosstune.config import (
-    BackboneParams,
-    TinyBertParams,
     load_section,
 )
-from crosstune.data.text_encoding import load_split
 from crosstune.errors import ConfigError
 from crosstune.freezing.gradual import GradualUnfreezing
 from crosstune.freezing.policy import apply_freeze, set_train_mode
 from crosstune.model.transfer_model import (
-    build_transfer_model,
     load_transfer_model,
     save_transfer_model,
 )
 from crosstune.training.loop import train
-
-TEXTS = [text for text, _ in make_texts(10, seed=0)]
-TINY = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
-
-
-def tiny_model(head_type: str = "linear", pooling: str = "mean", seed: int = 0):
-    loaded = load_backbone(TINY, TEXTS, seed)
-    model = build_transfer_model(loaded.model, task="classification", labels=["a", "b", "c"], head_type=head_type,
-                                 pooling=pooling, dropout=0.1, hidden_dim=8, seed=seed)
-    return model, loaded.tokenizer
-
-
-def batch(tokenizer, texts=TEXTS[:4]):
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    return encoded["input_ids"], encoded["attention_mask"]
 
 
 def _parameter_count(module: torch.nn.Module) -> int:
@@ -71,7 +56,7 @@ def test_freezing_is_exact_after_one_step(depth) -> None:
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     set_train_mode(model)
-    input_ids, mask = batch(tokenizer)
+    input_ids, mask = token_batch(tokenizer)
     loss = torch.nn.functional.cross_entropy(model(input_ids, mask), torch.tensor([0, 1, 2, 0]))
     loss.backward()
     optimizer.step()
@@ -99,17 +84,6 @@ def test_freeze_errors_name_the_fix() -> None:
         apply_freeze(model, 0, ["nothing.*"])
 
 
-def _model(paths: dict[str, Path], depth: object = 0):
-    model, _ = load_transfer_model(paths["initial"])
-    apply_freeze(model, depth)
-    return model
-
-
-def _splits(paths: dict[str, Path]):
-    return (load_split(paths["encoded"] / "train.safetensors"),
-            load_split(paths["encoded"] / "validation.safetensors"))
-
-
 def _trainable_units(model) -> set[str]:
     """Which of head / block0 / block1 / embeddings have trainable parameters."""
     units = set()
@@ -125,7 +99,7 @@ def _trainable_units(model) -> set[str]:
 
 
 def test_gradual_unfreezing_unlocks_one_block_at_a_time_from_the_top(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     unfreezing = GradualUnfreezing(model, every=3)
     expected = {0: {"head"}, 2: {"head"}, 3: {"head", "block1"}, 6: {"head", "block1", "block0"},
                 9: {"head", "block1", "block0", "embeddings"}, 100: {"head", "block1", "block0", "embeddings"}}
@@ -136,7 +110,7 @@ def test_gradual_unfreezing_unlocks_one_block_at_a_time_from_the_top(attached: d
 
 
 def test_gradual_unfreezing_never_touches_what_the_policy_froze(attached: dict[str, Path]) -> None:
-    model = _model(attached, depth=1)
+    model = attached_model(attached, depth=1)
     unfreezing = GradualUnfreezing(model, every=1)
     unfreezing.apply(0)
     assert _trainable_units(model) == {"head"}
@@ -147,11 +121,11 @@ def test_gradual_unfreezing_never_touches_what_the_policy_froze(attached: dict[s
 
 def test_gradual_unfreezing_in_training_leaves_lower_blocks_at_their_start(attached: dict[str, Path]) -> None:
     """Per-epoch unfreezing over 2 epochs: epoch 1 trains the head, epoch 2 adds the top block only."""
-    model = _model(attached)
+    model = attached_model(attached)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=2, unfreeze="gradual",
                                  select_metric="loss", lr=1e-2)
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -163,7 +137,7 @@ def test_gradual_unfreezing_in_training_leaves_lower_blocks_at_their_start(attac
 def test_lora_trains_only_adapters_and_head_and_merges_back(attached: dict[str, Path], tmp_path: Path) -> None:
     from crosstune.freezing.lora import apply_lora, merge_lora
 
-    model = _model(attached)
+    model = attached_model(attached)
     original = {name: value.clone() for name, value in model.state_dict().items()}
     count = apply_lora(model, r=2, alpha=4.0, dropout=0.0, targets=["query", "value"], seed=0)
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
@@ -172,7 +146,7 @@ def test_lora_trains_only_adapters_and_head_and_merges_back(attached: dict[str, 
     assert any(name.startswith("head.") for name in trainable)
     params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=1, lr=1e-2,
                                  select_metric="loss")
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     train(model, train_split, validation_split, params, seed=0, device="cpu")
     base_weights = {name.replace(".base_layer", ""): value for name, value in model.state_dict().items()
                     if "lora_" not in name}
@@ -199,13 +173,7 @@ def test_lora_names_the_valid_targets(attached: dict[str, Path]) -> None:
     from crosstune.freezing.lora import apply_lora
 
     with pytest.raises(ConfigError, match="query"):
-        apply_lora(_model(attached), r=2, alpha=4.0, dropout=0.0, targets=["q_proj"], seed=0)
-
-
-def image_model(name: str, seed: int = 0):
-    backbone = build_vision_backbone(name, "none", seed)
-    return build_transfer_model(backbone, task="classification", labels=["a", "b", "c"], head_type="linear",
-                                pooling="mean", dropout=0.0, hidden_dim=8, seed=seed)
+        apply_lora(attached_model(attached), r=2, alpha=4.0, dropout=0.0, targets=["q_proj"], seed=0)
 
 
 def _batchnorms(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:

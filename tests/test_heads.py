@@ -4,38 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_texts
+from conftest import tiny_model, token_batch
 
-from crosstune.backbones.text import (
-    load_backbone,
-)
-from crosstune.config import BackboneParams, TinyBertParams
 from crosstune.heads.registry import HEADS, POOLINGS, build_head
-from crosstune.model.transfer_model import (
-    build_transfer_model,
-)
-
-TEXTS = [text for text, _ in make_texts(10, seed=0)]
-TINY = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
-
-
-def tiny_model(head_type: str = "linear", pooling: str = "mean", seed: int = 0):
-    loaded = load_backbone(TINY, TEXTS, seed)
-    model = build_transfer_model(loaded.model, task="classification", labels=["a", "b", "c"], head_type=head_type,
-                                 pooling=pooling, dropout=0.1, hidden_dim=8, seed=seed)
-    return model, loaded.tokenizer
-
-
-def batch(tokenizer, texts=TEXTS[:4]):
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
-    return encoded["input_ids"], encoded["attention_mask"]
 
 
 @pytest.mark.parametrize("head_type", HEADS.names())
 @pytest.mark.parametrize("pooling", POOLINGS.names())
 def test_every_head_and_pooling_gives_finite_outputs(head_type: str, pooling: str) -> None:
     model, tokenizer = tiny_model(head_type, pooling)
-    input_ids, mask = batch(tokenizer)
+    input_ids, mask = token_batch(tokenizer)
     outputs = model(input_ids, mask)
     assert outputs.shape == (4, 3)
     assert torch.isfinite(outputs).all()

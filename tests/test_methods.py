@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import attached_model
 
 from crosstune.config import FinetuneParams
-from crosstune.freezing.policy import apply_freeze
 from crosstune.methods.adaptation import (
     CDANLoss,
     CORALLoss,
@@ -23,7 +23,6 @@ from crosstune.methods.regularizers import (
     BatchSpectralShrinkage,
     build_regularizers,
 )
-from crosstune.model.transfer_model import load_transfer_model
 
 
 @pytest.mark.parametrize("coefficient", [0.0, 0.3, 1.0, 2.5])
@@ -121,14 +120,8 @@ def test_training_with_mmd_removes_a_domain_shift_the_task_ignores() -> None:
     assert gap(adapt=True) < 1.0
 
 
-def _model(paths: dict[str, Path], depth: object = 0):
-    model, _ = load_transfer_model(paths["initial"])
-    apply_freeze(model, depth)
-    return model
-
-
 def test_l2sp_is_zero_at_the_pretrained_weights_and_grows_with_distance(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     penalty = L2SP(model)
     features = torch.zeros(2, 4)
     assert float(penalty(model, features).detach()) == 0.0
@@ -165,7 +158,7 @@ def test_bss_shrinks_the_smallest_singular_values() -> None:
 
 
 def test_regularizers_are_built_from_their_weights(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     assert build_regularizers(model, FinetuneParams()) == []
     names = [name for name, _, _ in build_regularizers(model, FinetuneParams(l2sp=0.1, bss=0.01))]
     assert names == ["bss", "l2sp"]

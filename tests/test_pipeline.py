@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_texts, write_params, write_table
+from conftest import adaptation_run, write_params, write_table
 
 from crosstune.pipeline.evaluate import evaluate_stage
 from crosstune.pipeline.finetune import finetune_stage
@@ -87,49 +87,9 @@ def test_regression_task_end_to_end(tmp_path: Path) -> None:
     assert math.isfinite(metrics["mse"])
 
 
-def _source(tmp_path: Path, labels: dict[str, str] | None = None, per_class: int = 20) -> Path:
-    """Source reviews: the same kind of texts, with a domain marker word in every one."""
-    rows = [(f"gardening {text} gardening", (labels or {}).get(label, label))
-            for text, label in make_texts(per_class, seed=5)]
-    return write_table(tmp_path / "source" / "source.csv", rows)
-
-
-def _adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | None = None,
-                    evaluate: dict | None = None) -> dict:
-    """prepare (with a source) -> backbone -> attach -> cache -> finetune -> evaluate on tiny-bert."""
-    from crosstune.pipeline.attach_head import attach_head_stage
-    from crosstune.pipeline.backbone import backbone_stage
-    from crosstune.pipeline.cache import cache_stage
-    from crosstune.pipeline.evaluate import evaluate_stage
-    from crosstune.pipeline.finetune import finetune_stage
-    from crosstune.pipeline.prepare import prepare_stage
-    from crosstune.pipeline.scratch import scratch_stage
-
-    _source(tmp_path)
-    params = write_params(tmp_path / "params.yaml", {"prepare": {"target_labelled": 0.0, **(prepare or {})},
-                                                     "freeze": {"depth": 1}, "finetune": finetune,
-                                                     "evaluate": evaluate or {}})
-    paths = {name: str(tmp_path / name) for name in ("prepared", "backbone", "encoded", "initial", "features",
-                                                      "finetuned")}
-    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), paths["prepared"], str(params),
-                  str(tmp_path / "source"))
-    backbone_stage(paths["prepared"], paths["backbone"], paths["encoded"], str(tmp_path / "backbone.json"),
-                   str(tmp_path / "selection.json"), str(tmp_path / "selection.csv"), str(params))
-    attach_head_stage(paths["backbone"], paths["prepared"], paths["initial"], str(tmp_path / "freeze.json"),
-                      str(params))
-    cache = cache_stage(paths["initial"], paths["encoded"], paths["features"], str(params))
-    finetune_stage(paths["initial"], paths["encoded"], paths["finetuned"], str(tmp_path / "live"), str(params),
-                   paths["features"])
-    scratch_stage(paths["initial"], paths["encoded"], str(tmp_path / "scratch"), str(params))
-    metrics = evaluate_stage(paths["finetuned"], paths["encoded"], paths["prepared"], str(tmp_path / "eval.json"),
-                             str(tmp_path / "predictions.csv"), str(tmp_path / "misclassified.png"), str(params),
-                             paths["initial"], str(tmp_path / "scratch"))
-    return {"cache": cache, "metrics": metrics, "paths": paths}
-
-
 @pytest.mark.parametrize("method", ["none", "dann", "cdan", "coral", "mmd"])
 def test_every_adaptation_method_trains_through_the_pipeline(tmp_path: Path, raw_data, method: str) -> None:
-    run = _adaptation_run(tmp_path, raw_data, {"adaptation": method, "epochs": 2})
+    run = adaptation_run(tmp_path, raw_data, {"adaptation": method, "epochs": 2})
     reason = run["cache"]["reason"]
     assert run["cache"]["cached"] is False
     assert (f"finetune.adaptation: {method}" in reason) if method != "none" else ("source domain" in reason)
@@ -151,6 +111,6 @@ def test_adaptation_without_a_source_domain_is_a_config_error(attached) -> None:
 
 
 def test_semi_supervised_adaptation_runs_with_a_few_target_labels(tmp_path: Path, raw_data) -> None:
-    run = _adaptation_run(tmp_path, raw_data, {"adaptation": "coral", "epochs": 1}, {"target_labelled": 0.1})
+    run = adaptation_run(tmp_path, raw_data, {"adaptation": "coral", "epochs": 1}, {"target_labelled": 0.1})
     summary = json.loads((Path(run["paths"]["prepared"]) / "summary.json").read_text())
     assert summary["train_labelled"] == 7 and "proxy_a_distance_after" in run["metrics"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, write_params
+from conftest import REPO_ROOT, attached_model, load_splits, write_params
 from safetensors.torch import load_file
 
 from crosstune.config import FinetuneParams, load_section
@@ -39,11 +39,6 @@ from crosstune.training.optimization import (
 )
 
 
-def _splits(paths: dict[str, Path]):
-    return (load_split(paths["encoded"] / "train.safetensors"),
-            load_split(paths["encoded"] / "validation.safetensors"))
-
-
 @pytest.mark.parametrize("optimizer", OPTIMIZERS.names())
 @pytest.mark.parametrize("scheduler", SCHEDULERS.names())
 def test_every_optimizer_and_schedule_trains(attached: dict[str, Path], optimizer: str, scheduler: str) -> None:
@@ -51,7 +46,7 @@ def test_every_optimizer_and_schedule_trains(attached: dict[str, Path], optimize
                                  scheduler=scheduler, epochs=1, lr=1e-3)
     model, _ = load_transfer_model(attached["initial"])
     apply_freeze(model, 0)
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     assert result.steps == math.ceil(len(train_split) / params.batch_size)
     assert all(math.isfinite(value) for value in result.best_metrics.values())
@@ -61,7 +56,7 @@ def test_training_lowers_validation_loss(attached: dict[str, Path]) -> None:
     params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=4, select_metric="loss")
     model, _ = load_transfer_model(attached["initial"])
     apply_freeze(model, 0)
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     loss_fn = build_loss("cross_entropy", "classification", None)
     before = validation_metrics(model, validation_split, loss_fn, "classification", ["a", "b", "c"],
                                 TextBatching(8, 32), "cpu")
@@ -177,7 +172,6 @@ def test_checkpointer_ignores_other_fingerprints(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_path: Path) -> None:
     from crosstune.data.batching import TextBatching
-    from crosstune.data.text_encoding import load_split
     from crosstune.inference.outputs import predict_outputs
     from crosstune.model.transfer_model import load_transfer_model
 
@@ -198,14 +192,8 @@ def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_pat
     assert abs(accuracies[0] - accuracies[1]) <= 0.1
 
 
-def _model(paths: dict[str, Path], depth: object = 0):
-    model, _ = load_transfer_model(paths["initial"])
-    apply_freeze(model, depth)
-    return model
-
-
 def test_layer_wise_decay_and_head_rate_give_each_group_its_rate(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     params = FinetuneParams(lr=1e-3, head_lr=1e-2, layer_decay=0.5)
     groups = parameter_groups(model, params)
     rate = {id(parameter): group["lr"] for group in groups for parameter in group["params"]}
@@ -226,7 +214,7 @@ def test_layer_wise_decay_and_head_rate_give_each_group_its_rate(attached: dict[
 
 
 def test_l2sp_switches_weight_decay_off_for_the_backbone_only(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     groups = parameter_groups(model, FinetuneParams(weight_decay=0.1, l2sp=0.01))
     head_ids = {id(p) for p in model.head.parameters()}
     decayed = [group for group in groups if group["weight_decay"] > 0]
@@ -246,11 +234,11 @@ def test_slanted_triangular_rises_then_decays() -> None:
 
 
 def test_training_with_every_regularizer_and_schedule_stays_finite(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=2, l2sp=0.01, bss=0.001,
                                  label_smoothing=0.1, layer_decay=0.8, head_lr=1e-2, scheduler="slanted_triangular",
                                  unfreeze="gradual", unfreeze_every=2, max_grad_norm=1.0, grad_accumulation=2)
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     assert result.steps == 2 * math.ceil(math.ceil(len(train_split) / params.batch_size) / 2)
     assert all(math.isfinite(value) for value in result.best_metrics.values())
@@ -266,17 +254,17 @@ def test_label_smoothing_penalises_confident_correct_predictions() -> None:
 
 
 def test_early_stopping_stops_after_patience_epochs(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=6, lr=1e-12, head_lr=1e-12,
                                  early_stopping_patience=2, select_metric="loss")
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     assert result.stopped_early
     assert len(result.history) < 6
 
 
 def test_gradient_clipping_bounds_each_update(attached: dict[str, Path]) -> None:
-    model = _model(attached)
+    model = attached_model(attached)
     head = model.head
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(False)
@@ -284,7 +272,7 @@ def test_gradient_clipping_bounds_each_update(attached: dict[str, Path]) -> None
     params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=1, optimizer="sgd", momentum=0.0,
                                  lr=1.0, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0, max_grad_norm=1e-3,
                                  select_metric="loss")
-    train_split, validation_split = _splits(attached)
+    train_split, validation_split = load_splits(attached)
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     moved = torch.cat([p.detach().flatten() for p in head.parameters()]) - before
     assert 0 < float(moved.norm()) <= 1e-3 * result.steps + 1e-7
