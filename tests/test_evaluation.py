@@ -155,3 +155,27 @@ def test_evaluate_extracts_each_feature_set_once_for_probe_and_domain_gap(tmp_pa
     metrics = adaptation_run(tmp_path, raw_data, {"epochs": 1}, evaluate={"guard": "report"})["metrics"]
     assert "probe_f1_macro" in metrics and "proxy_a_distance_before" in metrics
     assert len(passes) == len(set(passes)) == 5  # pretrained: train, source, test; fine-tuned: source, train
+
+
+def test_mfcc_baseline_hears_pitch_and_the_spectrogram_figure_is_written(tmp_path: Path) -> None:
+    from conftest import write_audio_folder
+
+    from crosstune.data.audio import decode_audio
+    from crosstune.evaluation.baselines import audio_mfcc, run_baseline
+    from crosstune.reporting.figures import misclassified_figure
+
+    paths = sorted(write_audio_folder(tmp_path / "audio", per_class=8, seed=0).rglob("*.wav"))
+    labels = [path.parent.name for path in paths]
+    waveforms = decode_audio([str(path) for path in paths], 8000, 4000, "center")
+    features = audio_mfcc(waveforms, 8000)
+    assert features.shape == (len(paths), 52) and bool((features == features).all())
+    train, test = list(range(0, len(paths), 2)), list(range(1, len(paths), 2))
+    predicted = run_baseline("mfcc_logreg", "classification", features[train], [labels[i] for i in train],
+                             features[test], seed=0, modality="audio")
+    assert predicted == [labels[i] for i in test]
+    with pytest.raises(ValueError, match=r"'tfidf_logreg' does not suit a classification task on audio data; "
+                                         r"use \['majority', 'mfcc_logreg'\]"):
+        run_baseline("tfidf_logreg", "classification", [], [], [], seed=0, modality="audio")
+    wrong = ["mid" if label == "low" else label for label in labels]
+    count = misclassified_figure(tmp_path / "wrong.png", labels, wrong, waveforms=waveforms, sample_rate=8000)
+    assert count == labels.count("low") and (tmp_path / "wrong.png").stat().st_size > 5000

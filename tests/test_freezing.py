@@ -9,12 +9,14 @@ import pytest
 import torch
 from conftest import (
     attached_model,
+    audio_model,
     image_model,
     load_splits,
     tiny_model,
     token_batch,
 )
 
+from crosstune.backbones.audio import AUDIO_BACKBONES
 from crosstune.backbones.text import (
     transformer_blocks,
 )
@@ -218,3 +220,18 @@ def test_frozen_batchnorm_statistics_do_not_move(train_batchnorm: bool) -> None:
         assert bn.training == train_batchnorm
     for index in range(len(frozen_bns), len(before)):
         assert not torch.equal(before[index], after[index]), "trainable blocks' BN statistics should update"
+
+
+@pytest.mark.parametrize("name", AUDIO_BACKBONES.names())
+def test_audio_freezing_counts_stem_and_blocks_exactly(name: str) -> None:
+    model = audio_model(name)
+    blocks, stem = model.block_modules(), model.stem_modules()
+    total = sum(p.numel() for p in model.parameters())
+
+    def count(modules: list[torch.nn.Module]) -> int:
+        return sum(p.numel() for module in modules for p in module.parameters())
+
+    assert apply_freeze(model, 0).trainable_parameters == total
+    assert apply_freeze(model, 1).frozen_parameters == count(stem) + count(blocks[0])
+    assert apply_freeze(model, len(blocks)).frozen_parameters == count(stem) + count([m for b in blocks for m in b])
+    assert apply_freeze(model, "all").trainable_parameters == sum(p.numel() for p in model.head.parameters())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 from conftest import (
+    audio_batch,
+    audio_model,
     image_model,
     tiny_model,
     token_batch,
@@ -39,3 +41,15 @@ def test_image_model_save_load_round_trip(tmp_path: Path) -> None:
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixels), model(pixels), rtol=0, atol=0)
+
+
+def test_audio_model_save_load_round_trip(tmp_path: Path) -> None:
+    model = audio_model("tiny-audio-cnn", seed=3).eval()
+    save_transfer_model(model, tmp_path / "model")
+    loaded, config = load_transfer_model(tmp_path / "model")
+    assert config["modality"] == "audio" and config["model_type"] == "crosstune-audio"
+    assert config["backbone"]["preprocessing"] == {"sample_rate": 8000, "clip_samples": 8000, "align": "center",
+                                                   "features": "log-mel-32"}
+    inputs = audio_batch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), model(inputs), rtol=0, atol=0)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from conftest import write_image_folder, write_params
+from conftest import write_audio_folder, write_image_folder, write_params
 
 from crosstune.config import AugmentParams, CacheParams, FinetuneParams
 from crosstune.prefix_cache.plan import plan_cache
@@ -66,16 +67,18 @@ def test_cached_text_training_matches_uncached(attached: dict[str, Path], tmp_pa
     assert plain_result.best_metrics["f1_macro"] == pytest.approx(cached_result.best_metrics["f1_macro"], abs=1e-6)
 
 
-def test_cached_image_training_matches_uncached(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("write_folder", "backbone"), [(write_image_folder, "tiny-cnn"),
+                                                      (write_audio_folder, "tiny-audio-cnn")])
+def test_cached_image_and_audio_training_matches_uncached(tmp_path: Path, write_folder: Any, backbone: str) -> None:
     from crosstune.pipeline.attach_head import attach_head_stage
     from crosstune.pipeline.backbone import backbone_stage
     from crosstune.pipeline.prepare import prepare_stage
 
-    write_image_folder(tmp_path / "images" / "train", 12, seed=1)
-    write_image_folder(tmp_path / "images" / "test", 4, seed=2)
-    params = write_params(tmp_path / "params.yaml", {"backbone": {"name": "tiny-cnn", "weights": "none"},
+    write_folder(tmp_path / "inputs" / "train", 12, seed=1)
+    write_folder(tmp_path / "inputs" / "test", 4, seed=2)
+    params = write_params(tmp_path / "params.yaml", {"backbone": {"name": backbone, "weights": "none"},
                                                      "evaluate": {"baselines": ["majority"]}})
-    prepare_stage(str(tmp_path / "images" / "train"), str(tmp_path / "images" / "test"), str(tmp_path / "prepared"),
+    prepare_stage(str(tmp_path / "inputs" / "train"), str(tmp_path / "inputs" / "test"), str(tmp_path / "prepared"),
                   str(params))
     backbone_stage(str(tmp_path / "prepared"), str(tmp_path / "backbone"), str(tmp_path / "encoded"),
                    str(tmp_path / "b.json"), str(tmp_path / "s.json"), str(tmp_path / "s.csv"), str(params))

@@ -81,6 +81,8 @@ class PrepareParams:
     min_text_chars: int = 1  # texts shorter than this after normalising are an error
     image_column: str = "image"  # for a table of image paths (a directory input is read as ImageFolder)
     min_image_size: int = 8  # images with a side shorter than this many pixels are an error
+    audio_column: str = "audio"  # for a table of audio paths (a directory of wav/flac files is read per class)
+    min_audio_seconds: float = 0.05  # recordings shorter than this are an error
     # a labelled source domain (data.source in dvc.yaml) to adapt from
     source_label_map: dict[str, str] = field(default_factory=dict)  # source label -> target label or "drop"
     target_labelled: float = 1.0  # fraction of target training examples whose labels are used; 0 = unsupervised
@@ -95,6 +97,7 @@ class PrepareParams:
         _check_range("prepare.min_examples_per_class", self.min_examples_per_class, low=2)
         _check_range("prepare.min_text_chars", self.min_text_chars, low=1)
         _check_range("prepare.min_image_size", self.min_image_size, low=1)
+        _check_range("prepare.min_audio_seconds", self.min_audio_seconds, low=0.0)
         if self.text_column == self.label_column:
             _fail("prepare.label_column", "must differ from prepare.text_column.")
 
@@ -125,6 +128,8 @@ class BackboneParams:
     max_length: int = 256  # text: tokens kept per text when encoding; finetune may cut further
     weights: str = "DEFAULT"  # images: DEFAULT, a torchvision weights name, none, or a .pth/.safetensors file
     image_size: int = 0  # images: input side in pixels; 0 = what the weights were trained at
+    clip_seconds: float = 0.0  # audio: every clip cut or zero-padded to this; 0 = the longest training clip
+    clip_align: str = "center"  # audio: center keeps the middle of long clips and centres short ones; start
     tiny: TinyBertParams = field(default_factory=TinyBertParams)
     select: str = "name"  # name: use backbone.name; score: the best of backbone.candidates by backbone.score
     candidates: tuple[str, ...] = ()  # names, directories or hub ids; "NAME@K" = the first K blocks of NAME
@@ -143,6 +148,8 @@ class BackboneParams:
             _fail("backbone.candidates", "is empty but backbone.select is 'score'; list the backbones to rank.")
         _check_range("backbone.max_length", self.max_length, low=8)
         _check_range("backbone.image_size", self.image_size, low=0)
+        _check_range("backbone.clip_seconds", self.clip_seconds, low=0.0)
+        _check_choice("backbone.clip_align", self.clip_align, ("center", "start"))
 
 
 @dataclass(frozen=True)

@@ -196,3 +196,14 @@ def load_weights(module: Any, path: str | Path) -> None:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ArtifactError(f"{path}: does not match its config.json ({first_line}); "
                             f"{artifact_fix(path)}") from error
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (model weights are large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

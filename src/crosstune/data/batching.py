@@ -2,7 +2,7 @@
 
 Text: length-bucketed dynamic padding (:mod:`crosstune.data.text_encoding`). Images: per-batch resize and
 normalisation from the backbone's preprocessing, with ``augment`` transforms on training batches only
-(:mod:`crosstune.data.images`).
+(:mod:`crosstune.data.images`). Audio: the backbone's own feature extraction per batch (:mod:`crosstune.data.audio`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Union
 
+from crosstune.data.audio import AudioBatcher, AudioSplit, iterate_audio_batches
 from crosstune.data.images import (
     ImageBatcher,
     ImageSplit,
@@ -27,10 +28,11 @@ from crosstune.data.text_encoding import (
 if TYPE_CHECKING:
     import torch
 
+    from crosstune.backbones.audio_features import AudioPreprocessing
     from crosstune.backbones.vision import Preprocessing
     from crosstune.config import AugmentParams
 
-Split = Union[EncodedSplit, ImageSplit]
+Split = Union[EncodedSplit, ImageSplit, AudioSplit]
 
 
 @dataclass
@@ -63,7 +65,21 @@ class ImageBatching:
         return iterate_image_batches(split, batch_size or self.batch_size, ImageBatcher(self.preprocessing))
 
 
-Batching = Union[TextBatching, ImageBatching]
+@dataclass
+class AudioBatching:
+    """Feature batches in the backbone's own feature extraction (no augmentation)."""
+
+    batch_size: int
+    preprocessing: "AudioPreprocessing"
+
+    def train(self, split: AudioSplit, generator: "torch.Generator") -> Iterator[Batch]:
+        return iterate_audio_batches(split, self.batch_size, AudioBatcher(self.preprocessing), generator)
+
+    def evaluate(self, split: AudioSplit, batch_size: int | None = None) -> Iterator[Batch]:
+        return iterate_audio_batches(split, batch_size or self.batch_size, AudioBatcher(self.preprocessing))
+
+
+Batching = Union[TextBatching, ImageBatching, AudioBatching]
 
 
 def batching_for(config: dict[str, Any], batch_size: int, max_length: int,
@@ -76,14 +92,20 @@ def batching_for(config: dict[str, Any], batch_size: int, max_length: int,
         preprocessing = Preprocessing(int(raw["image_size"]), tuple(raw["mean"]), tuple(raw["std"]))
         augmentation = build_augmentation(augment, preprocessing.image_size) if augment is not None else None
         return ImageBatching(batch_size, preprocessing, augmentation)
+    if config.get("modality") == "audio":
+        from crosstune.backbones.audio_features import AudioPreprocessing
+
+        return AudioBatching(batch_size, AudioPreprocessing.from_dict(config["backbone"]["preprocessing"]))
     return TextBatching(batch_size, max_length)
 
 
 def load_any_split(path: str | Path) -> Split:
-    """A text or image split, whichever the file holds."""
+    """A text, image or audio split, whichever the file holds."""
     from crosstune.io import load_tensors
 
     tensors = load_tensors(path)
     if "images" in tensors:
         return ImageSplit(tensors["images"], tensors["labels"])
+    if "waveforms" in tensors:
+        return AudioSplit(tensors["waveforms"], tensors["labels"])
     return split_from_tensors(tensors, path)

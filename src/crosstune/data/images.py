@@ -150,19 +150,3 @@ def save_image_split(split: ImageSplit, path: str | Path) -> None:
 
     save_file({"images": split.images.contiguous(), "labels": split.labels}, str(path))
 
-
-def list_image_folder(directory: Path, min_size: int) -> list[tuple[str, str]]:
-    """``(path, label)`` for every image of an ImageFolder layout (one sub-folder per class)."""
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no such directory; point data.train / data.test in params.yaml at it.")
-    classes = sorted(child for child in directory.iterdir() if child.is_dir() and not child.name.startswith("."))
-    if not classes:
-        raise DataError(f"{directory}: no class sub-folders; put each class's images in {directory}/<class name>/.")
-    rows = []
-    for class_dir in classes:
-        files = sorted(path for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{class_dir}: empty class folder (no {', '.join(IMAGE_SUFFIXES)} files); "
-                            f"add images or remove the folder.")
-        rows.extend((str(path), class_dir.name) for path in files)
-    return rows

@@ -1,7 +1,7 @@
 """prepare-target-data: read, validate, normalise, deduplicate and split the target-domain table.
 
 Outputs (in ``out_dir``): ``train.csv``, ``validation.csv``, ``test.csv`` with columns
-``text`` and ``label``, ``labels.json`` (sorted label names: index i is class i) and
+``text`` (or ``image`` / ``audio``: file paths) and ``label``, ``labels.json`` (sorted label names: index i is class i) and
 ``summary.json``. Tokenising waits for the backbone stage, which knows the tokenizer.
 """
 
@@ -81,26 +81,35 @@ def _require_values(frame: pd.DataFrame, column: str, what: str, fix: str, path:
 
 
 def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
-    """Read one input and return a clean frame (``text`` or ``image``, and ``label``), or raise `DataError`.
+    """Read one input and return a clean frame (``text``, ``image`` or ``audio``, and ``label``), or raise
+    `DataError`.
 
-    A directory is an ImageFolder layout (one sub-folder per class); a table holds either a text column
-    (``prepare.text_column``) or a column of image paths (``prepare.image_column``, relative to the table).
+    A directory holds one sub-folder per class, of images (ImageFolder) or of recordings (wav, flac, ogg); a
+    table holds a text column (``prepare.text_column``), or a column of image paths (``prepare.image_column``)
+    or of recording paths (``prepare.audio_column``), relative to the table's folder.
     """
     path = Path(path)
     if path.is_dir():
-        from crosstune.data.images import list_image_folder
+        from crosstune.data.audio import AUDIO_SUFFIXES, is_audio_folder
+        from crosstune.data.images import IMAGE_SUFFIXES
 
-        return _check_images(pd.DataFrame(list_image_folder(path, params.min_image_size), columns=["image", "label"]),
-                             path, params)
+        if not any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
+            raise DataError(f"{path}: no class sub-folders; put each class's images or recordings in "
+                            f"{path}/<class name>/.")
+        if is_audio_folder(path):
+            return _check_files(list_class_folder(path, AUDIO_SUFFIXES, "audio"), "audio", path, params)
+        return _check_files(list_class_folder(path, IMAGE_SUFFIXES, "image"), "image", path, params)
     frame = read_table(path).reset_index(drop=True)
-    if params.text_column not in frame.columns and params.image_column in frame.columns:
-        return _load_image_table(frame, path, params)
+    if params.text_column not in frame.columns:
+        for kind, column in (("image", params.image_column), ("audio", params.audio_column)):
+            if column in frame.columns:
+                return _load_path_table(frame, path, params, kind, column)
     missing = [column for column in (params.text_column, params.label_column) if column not in frame.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {missing}; the file has {list(frame.columns)}. "
-            f"Set prepare.text_column (or prepare.image_column for image paths) / prepare.label_column in "
-            f"params.yaml to the right names."
+            f"Set prepare.text_column (or prepare.image_column / prepare.audio_column for file paths) / "
+            f"prepare.label_column in params.yaml to the right names."
         )
     texts = _require_values(frame, params.text_column, "text", "remove those rows or fill in their text", path)
     labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
@@ -125,47 +134,74 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
     return clean
 
 
-def _load_image_table(frame: pd.DataFrame, path: Path, params: PrepareParams) -> pd.DataFrame:
-    """A table of image paths (relative to the table's folder, or absolute) and labels."""
+def list_class_folder(directory: Path, suffixes: tuple[str, ...], kind: str) -> pd.DataFrame:
+    """``kind`` (file path) and ``label`` for every file of a folder-per-class layout (ImageFolder style)."""
+    classes = sorted(child for child in directory.iterdir() if child.is_dir() and not child.name.startswith("."))
+    rows = []
+    for class_dir in classes:
+        files = sorted(path for path in class_dir.iterdir() if path.suffix.lower() in suffixes)
+        if not files:
+            raise DataError(f"{class_dir}: empty class folder (no {', '.join(suffixes)} files); "
+                            f"add {kind} files or remove the folder.")
+        rows.extend((str(path), class_dir.name) for path in files)
+    return pd.DataFrame(rows, columns=[kind, "label"])
+
+
+def _load_path_table(frame: pd.DataFrame, path: Path, params: PrepareParams, kind: str, column: str) -> pd.DataFrame:
+    """A table of image or recording paths (relative to the table's folder, or absolute) and labels."""
     if params.label_column not in frame.columns:
         raise DataError(f"{path}: missing column {params.label_column!r}; the file has {list(frame.columns)}. "
                         f"Set prepare.label_column.")
-    paths = _require_values(frame, params.image_column, "image path", "remove those rows or fill in the path", path)
+    paths = _require_values(frame, column, f"{kind} path", "remove those rows or fill in the path", path)
     labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
     resolved = [str(candidate if candidate.is_absolute() else path.parent / candidate)
                 for candidate in map(Path, paths.astype(str).str.strip())]
     missing = [index for index, candidate in enumerate(resolved) if not Path(candidate).is_file()]
     if missing:
-        raise DataError(f"{path}: image file(s) not found at row(s) {', '.join(str(i + 1) for i in missing[:5])} "
+        raise DataError(f"{path}: {kind} file(s) not found at row(s) {', '.join(str(i + 1) for i in missing[:5])} "
                         f"(e.g. {resolved[missing[0]]}); paths are relative to the table's folder.")
-    clean = pd.DataFrame({"image": resolved, "label": labels.astype(str).str.strip()})
-    return _check_images(clean, path, params)
+    clean = pd.DataFrame({kind: resolved, "label": labels.astype(str).str.strip()})
+    return _check_files(clean, kind, path, params)
 
 
-def _check_images(frame: pd.DataFrame, source: Path, params: PrepareParams) -> pd.DataFrame:
-    """Decode every image once (corrupt or too small ones are errors) and keep paths relative to the
-    working directory, so the prepared tables stay valid in a teammate's clone."""
+def _check_files(frame: pd.DataFrame, kind: str, source: Path, params: PrepareParams) -> pd.DataFrame:
+    """Decode every image or recording once (corrupt, empty, silent, too small or too short ones are errors)
+    and keep paths relative to the working directory, so the prepared tables stay valid in a teammate's clone."""
     import os
 
-    from crosstune.data.images import check_image
+    if kind == "image":
+        from crosstune.data.images import check_image
 
-    for image_path in frame["image"]:
-        check_image(Path(image_path), params.min_image_size)
+        for image_path in frame["image"]:
+            check_image(Path(image_path), params.min_image_size)
+    else:
+        from crosstune.data.audio import check_audio
+
+        for audio_path in frame["audio"]:
+            check_audio(Path(audio_path), params.min_audio_seconds)
     frame = frame.copy()
-    frame["image"] = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd()) else str(Path(p).resolve())
-                      for p in frame["image"]]
+    frame[kind] = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd()) else str(Path(p).resolve())
+                   for p in frame[kind]]
     if params.task == "regression":
-        raise DataError(f"{source}: image inputs support prepare.task: classification only.")
+        raise DataError(f"{source}: {kind} inputs support prepare.task: classification only.")
     return frame
 
 
 def _content_keys(frame: pd.DataFrame) -> pd.Series:
-    """What makes two examples the same: the text, or the image file's bytes."""
+    """What makes two examples the same: the text, or the image or recording file's bytes."""
     if "text" in frame:
         return frame["text"]
     import hashlib
 
-    return frame["image"].map(lambda image: hashlib.sha1(Path(image).read_bytes()).hexdigest())
+    return frame[modality_of(frame)].map(lambda file: hashlib.sha1(Path(file).read_bytes()).hexdigest())
+
+
+MODALITIES = ("text", "image", "audio")  # each prepared table's input column is named after its modality
+
+
+def modality_of(frame: pd.DataFrame) -> str:
+    """``text``, ``image`` or ``audio``: the input column a clean frame holds."""
+    return next(column for column in MODALITIES if column in frame)
 
 
 def deduplicate(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -335,11 +371,11 @@ def prepare_target_data(
     if source is not None:
         train = hide_target_labels(train, params.target_labelled, seed)
     splits = {"train": train, "validation": validation, "test": test}
-    modality = "image" if "image" in train else "text"
+    modality = modality_of(train)
     for other, path in ((test, test_path), (source, source_file)):
-        if other is not None and ("image" in other) != (modality == "image"):
-            raise DataError(f"{path}: holds {'images' if 'image' in other else 'texts'} but {train_path} holds "
-                            f"{modality}s; give both in the same kind.")
+        if other is not None and modality_of(other) != modality:
+            raise DataError(f"{path}: holds {modality_of(other)} inputs but {train_path} holds {modality} inputs; "
+                            f"give both in the same kind.")
     summary: dict[str, Any] = {"task": params.task, "modality": modality, "num_labels": len(labels), **dedup_counts}
     if source is not None:
         splits["source"] = source

@@ -32,7 +32,7 @@ def read_split(prepared_dir: str | Path, split: str) -> pd.DataFrame:
         raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare).")
     task, _ = read_label_info(prepared_dir)
     label_dtype = "float64" if task == "regression" else str
-    return pd.read_csv(path, dtype={"text": str, "image": str, "label": label_dtype}, keep_default_na=False)
+    return pd.read_csv(path, dtype={"text": str, "image": str, "audio": str, "label": label_dtype}, keep_default_na=False)
 
 
 def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:
@@ -42,7 +42,7 @@ def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:
 
 
 def read_modality(prepared_dir: str | Path) -> str:
-    """``text`` or ``image``: what the prepared data holds."""
+    """``text``, ``image`` or ``audio``: what the prepared data holds."""
     return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")
 
 

@@ -22,7 +22,7 @@ def _register(name: str, task: str, modalities: tuple[str, ...] = ("text",)) -> 
     return BASELINES.register(name)
 
 
-@_register("majority", "classification", ("text", "image"))
+@_register("majority", "classification", ("text", "image", "audio"))
 def majority(seed: int) -> Any:
     """Always the most frequent training label."""
     from sklearn.dummy import DummyClassifier
@@ -43,7 +43,7 @@ def tfidf_logreg(seed: int) -> Any:
     )
 
 
-@_register("mean", "regression", ("text", "image"))
+@_register("mean", "regression", ("text", "image", "audio"))
 def mean(seed: int) -> Any:
     """Always the mean training target."""
     from sklearn.dummy import DummyRegressor
@@ -72,6 +72,22 @@ def pixels_logreg(seed: int) -> Any:
                                                               random_state=seed))
 
 
+@_register("mfcc_logreg", "classification", ("audio",))
+def mfcc_logreg(seed: int) -> Any:
+    """Class-balanced logistic regression on standardised MFCC statistics (mean and standard deviation of 13
+    coefficients and their deltas over voiced frames): the classic speech baseline without pretraining."""
+    return pixels_logreg(seed)
+
+
+def audio_mfcc(waveforms: Any, sample_rate: int) -> Any:
+    """Shape: (N, S) int16 tensor -> (N, 52) float array of MFCC statistics
+    (:func:`crosstune.backbones.audio_features.mfcc_statistics`)."""
+    from crosstune.backbones.audio_features import mfcc_statistics
+    from crosstune.data.audio import waveforms_to_float
+
+    return mfcc_statistics(waveforms_to_float(waveforms), sample_rate)
+
+
 def image_pixels(images: Any) -> Any:
     """Shape: (N, C, H, W) uint8 tensor -> (N, 16*16) float array of grey pixels."""
     from torchvision.transforms.v2 import functional as F
@@ -82,7 +98,8 @@ def image_pixels(images: Any) -> Any:
 
 def run_baseline(name: str, task: str, train_texts: Sequence[Any], train_targets: Sequence[Any],
                  test_texts: Sequence[Any], seed: int, modality: str = "text") -> list[Any]:
-    """Fit baseline ``name`` on the training inputs (texts, or pixel rows for images) and predict the test ones."""
+    """Fit baseline ``name`` on the training inputs (texts, or feature rows: pixels for images, MFCC statistics
+    for audio) and predict the test ones."""
     if BASELINE_TASKS[name] != task or modality not in BASELINE_MODALITIES[name]:
         suitable = sorted(key for key, kind in BASELINE_TASKS.items()
                           if kind == task and modality in BASELINE_MODALITIES[key])

@@ -11,7 +11,6 @@ revision, and a stage output that changed with every commit would never be up to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -49,14 +48,6 @@ def dvc_locked_hash(repo_dir: Path, output: str) -> str:
     return "unknown (not in dvc.lock)"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _rows(mapping: dict[str, Any]) -> str:
     lines = ["| key | value |", "| --- | --- |"]
     for key, value in mapping.items():
@@ -69,7 +60,8 @@ def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str
                data: dict[str, Any], revision: str, locked_hash: str, weights_sha256: str) -> str:
     """The Markdown model card."""
     task, labels = config["task"], config["labels"]
-    example = '["shoe.png"]  # image paths' if config.get("modality") == "image" else '["a new text"]'
+    example = {"image": '["shoe.png"]  # image paths', "audio": '["recording.wav"]  # wav/flac paths'}.get(
+        config.get("modality"), '["a new text"]')
 
     headline = {key: value for key, value in metrics.items()
                 if key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mse", "mae", "r2")}
@@ -141,7 +133,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
                  backbone_summary: str | Path = "metrics/backbone.json",
                  data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".") -> Path:
     """Copy ``model_dir`` to ``out_dir`` (atomically) and add the model card; returns ``out_dir``."""
-    from crosstune.io import atomic_directory, read_json
+    from crosstune.io import atomic_directory, file_sha256, read_json
 
     model_dir, repo_dir, out_dir = Path(model_dir), Path(repo_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
@@ -152,7 +144,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
         config=read_json(model_dir / "config.json"), params=read_json(model_dir / "params.json"),
         metrics=read_json(eval_metrics), backbone=read_json(backbone_summary), data=read_json(data_summary),
         revision=git_revision(repo_dir), locked_hash=dvc_locked_hash(repo_dir, relative),
-        weights_sha256=_sha256(model_dir / "model.safetensors"),
+        weights_sha256=file_sha256(model_dir / "model.safetensors"),
     )
     with atomic_directory(out_dir) as staging:
         for item in model_dir.iterdir():

@@ -44,7 +44,7 @@ class Predictor:
         return str(self.config.get("modality", "text"))
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 64) -> list[dict[str, Any]]:
-        """Label each input (texts, or image paths for an image model): ``{"label", "score"}``
+        """Label each input (texts, or image or recording paths for an image or audio model): ``{"label", "score"}``
         (classification) or ``{"value"}`` (regression)."""
         import torch
 
@@ -58,6 +58,13 @@ class Predictor:
 
             size = int(self.config["backbone"]["preprocessing"]["image_size"])
             split: Any = ImageSplit(decode_images([str(path) for path in inputs], size), torch.zeros(len(inputs)))
+        elif self.modality == "audio":
+            from crosstune.backbones.audio_features import AudioPreprocessing
+            from crosstune.data.audio import AudioSplit, decode_audio
+
+            clip = AudioPreprocessing.from_dict(self.config["backbone"]["preprocessing"])
+            waveforms = decode_audio([str(path) for path in inputs], clip.sample_rate, clip.clip_samples, clip.align)
+            split = AudioSplit(waveforms, torch.zeros(len(inputs)))
         else:
             from crosstune.data.preparation import normalise_text
             from crosstune.data.text_encoding import encode_texts
@@ -72,8 +79,8 @@ class Predictor:
         return [{"value": value} for value in predicted]
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str = "text") -> int:
-        """Label every row of a CSV/TSV/Parquet file (``text_column`` holds texts, or image paths relative
-        to the file for an image model); writes its columns plus the predictions as CSV."""
+        """Label every row of a CSV/TSV/Parquet file (``text_column`` holds texts, or image or recording paths
+        relative to the file for an image or audio model); writes its columns plus the predictions as CSV."""
         import pandas as pd
 
         from crosstune.data.preparation import read_table
@@ -89,7 +96,7 @@ class Predictor:
             rows = [int(i) + 1 for i in empty[empty].index[:5]]
             raise DataError(f"{input_path}: empty text at row(s) {rows}; fill or remove them.")
         values = frame[text_column].astype(str).tolist()
-        if self.modality == "image":
+        if self.modality in ("image", "audio"):
             values = [str(Path(value) if Path(value).is_absolute() else Path(input_path).parent / value)
                       for value in values]
         results = pd.DataFrame(self.predict(values))

@@ -33,8 +33,8 @@ def saved_head(config: dict[str, Any]) -> HeadParams:
 
 def saved_max_length(config: dict[str, Any], directory: str | Path) -> int:
     """Tokens per text the model was trained with (written by the finetune and scratch stages)."""
-    if config.get("modality") == "image":
-        return 0
+    if config.get("modality") in ("image", "audio"):
+        return 0  # no tokens
     if "max_length" not in config:
         raise ArtifactError(f"{Path(directory) / 'config.json'}: has no max_length, so it is not a trained model "
                             f"(finetune and scratch write one); point at models/finetuned or rerun `dvc repro`.")

@@ -18,12 +18,15 @@ def random_init_model(attached: Any, config: dict[str, Any], seed: int) -> Any:
     """The ``attached`` model's architecture and head (as attached, before training), with a randomly
     initialised (seeded) backbone and nothing frozen: the no-transfer alternative. ``config`` is the
     attached model's ``config.json``."""
-    from crosstune.backbones.vision import rebuild_vision_backbone
-    from crosstune.model.transfer_model import build_transfer_model
+    from crosstune.model.transfer_model import (
+        STAGED_MODALITIES,
+        build_transfer_model,
+        rebuild_staged_backbone,
+    )
 
     torch.manual_seed(seed)
-    if attached.modality == "image":
-        backbone: torch.nn.Module = rebuild_vision_backbone(config["backbone"])
+    if attached.modality in STAGED_MODALITIES:
+        backbone: torch.nn.Module = rebuild_staged_backbone(config["backbone"])
     else:
         from transformers import AutoModel
 

@@ -15,6 +15,12 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from crosstune.backbones.audio import (
+    AudioBackbone,
+    audio_config,
+    rebuild_audio_backbone,
+)
+from crosstune.backbones.staged import StagedBackbone
 from crosstune.backbones.text import (
     block_path,
     drop_unused_pooler,
@@ -24,11 +30,7 @@ from crosstune.backbones.text import (
     swapped_module,
     transformer_blocks,
 )
-from crosstune.backbones.vision import (
-    VisionBackbone,
-    rebuild_vision_backbone,
-    vision_config,
-)
+from crosstune.backbones.vision import rebuild_vision_backbone, vision_config
 from crosstune.errors import ArtifactError
 from crosstune.heads.registry import POOLINGS, build_head
 from crosstune.io import (
@@ -42,7 +44,8 @@ from crosstune.model.saved import saved_head
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = {"text": "crosstune-text", "image": "crosstune-image"}
+MODEL_TYPES = {"text": "crosstune-text", "image": "crosstune-image", "audio": "crosstune-audio"}
+STAGED_MODALITIES = ("image", "audio")  # backbones cut into stem + blocks (StagedBackbone), not Hugging Face encoders
 PrefixLevel = Union[int, str]  # N = stem + bottom N blocks; "all" = pooled features of the whole backbone
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -164,30 +167,31 @@ class TextTransferModel(TransferModel):
         return swapped_module(self.backbone, block_path(self.backbone), nn.ModuleList(list(blocks)[start:stop]))
 
 
-class ImageTransferModel(TransferModel):
-    """A CNN with global average pooling.
+class StagedTransferModel(TransferModel):
+    """A staged backbone (:class:`~crosstune.backbones.staged.StagedBackbone`: image or audio) with its pooling.
 
     Shape:
-        pixel_values (B, 3, S, S) -> (B, num_outputs)
+        <input_name> (the backbone's input batch) -> (B, num_outputs)
     """
 
-    modality = "image"
+    input_name = ""
 
     @property
     def feature_dim(self) -> int:
         return int(self.backbone.feature_dim)
 
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(pixel_values)
+    def features(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the input batch, given by position or by its name (``input_name``)."""
+        return self.backbone.forward_features(args[0] if args else inputs[self.input_name])
 
     def stem_modules(self) -> list[nn.Module]:
         return self.backbone.stem
 
-    def prefix_outputs(self, level: PrefixLevel, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Shape: -> features (B, C) for "all"; else feature_maps (B, C, H, W) after block ``level``."""
+    def prefix_outputs(self, level: PrefixLevel, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape: -> features (B, D) for "all"; else feature_maps (the stage output) after block ``level``."""
         if level == "all":
-            return {"features": self.features(pixel_values)}
-        return {"feature_maps": self.backbone.forward_stages(pixel_values, 0, int(level) + 1)}
+            return {"features": self.features(**inputs)}
+        return {"feature_maps": self.backbone.forward_stages(inputs[self.input_name], 0, int(level) + 1)}
 
     def features_from_prefix(self, level: PrefixLevel, features: torch.Tensor | None = None,
                              feature_maps: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,6 +202,20 @@ class ImageTransferModel(TransferModel):
 
     def block_modules(self) -> list[list[nn.Module]]:
         return self.backbone.blocks
+
+
+class ImageTransferModel(StagedTransferModel):
+    """A CNN with global average pooling. Shape: pixel_values (B, 3, S, S) -> (B, num_outputs)."""
+
+    modality = "image"
+    input_name = "pixel_values"
+
+
+class AudioTransferModel(StagedTransferModel):
+    """A speech encoder mean-pooled over time. Shape: input_features (B, ...) -> (B, num_outputs)."""
+
+    modality = "audio"
+    input_name = "input_features"
 
 
 class ModelForward(nn.Module):
@@ -231,19 +249,40 @@ def build_transfer_model(
     backbone: nn.Module, *, task: str, labels: list[str], head_type: str, pooling: str,
     dropout: float, hidden_dim: int, seed: int,
 ) -> TransferModel:
-    """Put a freshly initialised head (seeded) on ``backbone`` (a Hugging Face encoder or a VisionBackbone)."""
-    image = isinstance(backbone, VisionBackbone)
-    if not image:
+    """Put a freshly initialised head (seeded) on ``backbone`` (a Hugging Face encoder, or a vision or audio
+    :class:`~crosstune.backbones.staged.StagedBackbone`)."""
+    staged = isinstance(backbone, StagedBackbone)
+    if not staged:
         backbone = drop_unused_pooler(backbone)
-    feature_dim = backbone.feature_dim if image else int(backbone.config.hidden_size)
+    feature_dim = backbone.feature_dim if staged else int(backbone.config.hidden_size)
     num_outputs = len(labels) if task == "classification" else 1
     torch.manual_seed(seed)
     head = build_head(head_type, feature_dim, num_outputs, dropout, hidden_dim)
     spec = {
-        "task": task, "labels": list(labels), "pooling": "global_average" if image else pooling,
+        "task": task, "labels": list(labels), "pooling": _staged_pooling(backbone) if staged else pooling,
         "head": {"type": head_type, "dropout": dropout, "hidden_dim": hidden_dim, "num_outputs": num_outputs},
     }
-    return (ImageTransferModel if image else TextTransferModel)(backbone, head, spec)
+    kind = AudioTransferModel if isinstance(backbone, AudioBackbone) else ImageTransferModel
+    return (kind if staged else TextTransferModel)(backbone, head, spec)
+
+
+def _staged_pooling(backbone: StagedBackbone) -> str:
+    return "time_average" if isinstance(backbone, AudioBackbone) else "global_average"
+
+
+def staged_config(model: TransferModel) -> dict[str, Any]:
+    """The ``backbone`` entry of an image or audio model's config.json."""
+    if model.modality == "audio":
+        return audio_config(model.backbone.name, "none", model.backbone)
+    return vision_config(model.backbone.name, "none", model.backbone)
+
+
+def rebuild_staged_backbone(config: dict[str, Any]) -> StagedBackbone:
+    """The architecture of a saved image or audio backbone (``config`` its ``backbone`` entry, or the backbone
+    stage's config.json), randomly initialised: weights are loaded after."""
+    if config.get("modality") == "audio":
+        return rebuild_audio_backbone(config)
+    return rebuild_vision_backbone(config)
 
 
 def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: Any = None,
@@ -253,8 +292,8 @@ def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: 
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if model.modality == "image":
-        backbone_entry = {"backbone": vision_config(model.backbone.name, "none", model.backbone)}
+    if model.modality in STAGED_MODALITIES:
+        backbone_entry = {"backbone": staged_config(model)}
     else:
         # _name_or_path is where the backbone was loaded from on this machine: not part of the model.
         backbone_entry = {"backbone_config": {key: value for key, value in model.backbone.config.to_dict().items()
@@ -286,8 +325,8 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
             f"finetune stage to make one)."
         )
     try:
-        if config["model_type"] == MODEL_TYPES["image"]:
-            backbone: nn.Module = rebuild_vision_backbone(config["backbone"])
+        if config["model_type"] in (MODEL_TYPES[modality] for modality in STAGED_MODALITIES):
+            backbone: nn.Module = rebuild_staged_backbone(config["backbone"])
         else:
             backbone = AutoModel.from_config(_backbone_config(config))
         head = saved_head(config)

@@ -21,12 +21,15 @@ logger = logging.getLogger(__name__)
 
 
 def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
-    """The backbone stage's directory: a Hugging Face encoder + tokenizer, or a vision backbone."""
-    config = read_artifact_json(directory / "config.json")
-    if config.get("modality") == "image":
-        from crosstune.backbones.vision import rebuild_vision_backbone
+    """The backbone stage's directory: a Hugging Face encoder + tokenizer, or a vision or audio backbone."""
+    from crosstune.model.transfer_model import (
+        STAGED_MODALITIES,
+        rebuild_staged_backbone,
+    )
 
-        backbone = rebuild_vision_backbone(config)
+    config = read_artifact_json(directory / "config.json")
+    if config.get("modality") in STAGED_MODALITIES:
+        backbone = rebuild_staged_backbone(config)
         load_weights(backbone, directory / "model.safetensors")
         return backbone, None
     from transformers import AutoModel, AutoTokenizer

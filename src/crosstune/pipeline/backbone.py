@@ -68,6 +68,8 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
     params = dataclasses.replace(params, name=chosen)
     if modality == "image":
         summary = _image_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
+    elif modality == "audio":
+        summary = _audio_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
     else:
         summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir, text_augment)
     summary[f"{selection.score_name}"] = selection.scores[chosen]
@@ -78,14 +80,17 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
 
 
 def _check_backbone_modality(candidate: str, modality: str) -> None:
+    from crosstune.backbones.audio import AUDIO_BACKBONES
     from crosstune.backbones.text import BACKBONES, split_candidate
     from crosstune.backbones.vision import VISION_BACKBONES
 
-    backbone_modality = "image" if split_candidate(candidate)[0] in VISION_BACKBONES else "text"
+    name = split_candidate(candidate)[0]
+    backbone_modality = "image" if name in VISION_BACKBONES else "audio" if name in AUDIO_BACKBONES else "text"
     if backbone_modality != modality:
-        choices = VISION_BACKBONES.names() if modality == "image" else BACKBONES.names() + ["<local dir>", "<hub id>"]
+        choices = {"image": VISION_BACKBONES.names(), "audio": AUDIO_BACKBONES.names()}.get(
+            modality, BACKBONES.names() + ["<local dir>", "<hub id>"])
         raise ConfigError(f"params.yaml: backbone: {candidate!r} is a {backbone_modality} backbone but the "
-                          f"prepared data holds {modality}s; use one of {choices}.")
+                          f"prepared data holds {modality} inputs; use one of {choices}.")
 
 
 def _select(params: Any, candidates: list[str], modality: str, train: Any, task: str, seed: int,
@@ -121,8 +126,8 @@ def _select(params: Any, candidates: list[str], modality: str, train: Any, task:
         sample: Any = decode_images(labelled["image"].iloc[rows].tolist(), 256)  # each candidate resizes further
         if source is not None:
             source, target_sample = decode_images(source, 256), decode_images(target_sample, 256)
-    else:
-        sample = labelled["text"].iloc[rows].tolist()
+    else:  # texts, or recording paths: each audio candidate decodes them at its own sample rate
+        sample = labelled[modality].iloc[rows].tolist()
     train_texts = train["text"].tolist() if modality == "text" else []
     selection = score_candidates(params, candidates, modality, sample, labels, train_texts, seed,
                                  regression=task == "regression")
@@ -206,3 +211,40 @@ def _image_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any
         write_json(staging / "meta.json", {"modality": "image", "backbone": params.name, "image_size": size,
                                            "source": bool(len(splits["source"]))})
     return summary
+
+
+def _audio_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
+                    encoded_dir: str) -> dict[str, Any]:
+    """Save the audio backbone with its clip length fixed from the training recordings
+    (``backbone.clip_seconds``), and decode every split once at its sample rate."""
+    from safetensors.torch import save_model
+
+    from crosstune.backbones.audio import audio_config, build_audio_backbone
+    from crosstune.data.audio import (
+        AudioSplit,
+        clip_length,
+        decode_audio,
+        save_audio_split,
+    )
+
+    backbone = build_audio_backbone(params.name, params.weights, seed)
+    rate = backbone.preprocessing.sample_rate
+    length = clip_length(splits["train"]["audio"].tolist(), rate, params.clip_seconds, backbone.max_seconds)
+    backbone.set_clip(length, params.clip_align)
+    summary: dict[str, Any] = {
+        "name": params.name, "source": f"weights {params.weights}", "architecture": type(backbone.body).__name__,
+        "num_parameters": sum(parameter.numel() for parameter in backbone.parameters()),
+        "num_blocks": len(backbone.blocks), "hidden_size": backbone.feature_dim, "sample_rate": rate,
+        "clip_seconds": round(length / rate, 4),
+    }
+    with atomic_directory(model_dir) as staging:
+        write_json(staging / "config.json", audio_config(params.name, params.weights, backbone))
+        save_model(backbone, str(staging / "model.safetensors"))
+    with atomic_directory(encoded_dir) as staging:
+        for name, frame in splits.items():
+            waveforms = decode_audio(frame["audio"].tolist(), rate, length, params.clip_align)
+            save_audio_split(AudioSplit(waveforms, targets(frame)), staging / f"{name}.safetensors")
+        write_json(staging / "meta.json", {"modality": "audio", "backbone": params.name, "sample_rate": rate,
+                                           "clip_samples": length, "source": bool(len(splits["source"]))})
+    return summary
+

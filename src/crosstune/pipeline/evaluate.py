@@ -32,7 +32,7 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     model.to(device)
-    task, labels, modality = config["task"], config["labels"], model.modality
+    task, labels = config["task"], config["labels"]
     headline = "f1_macro" if task == "classification" else "r2"
     splits = {name: load_any_split(Path(encoded_dir) / f"{name}.safetensors")
               for name in ("train", "validation", "test", "source")}
@@ -62,8 +62,8 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     if has_source and pretrained is not None:
         metrics.update(_domain_gaps(pretrained, PooledFeatures(model, batching, device), splits, base.seed))
     metrics["test_size"] = len(splits["test"])
-    _write_evaluation(exported_outputs, splits, prepared_dir, task, labels, modality, params, base.seed, headline,
-                      metrics, metrics_path, predictions_path, examples_path)
+    _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, headline, metrics,
+                      metrics_path, predictions_path, examples_path)
     return metrics
 
 
@@ -94,16 +94,17 @@ def _domain_gaps(before: Any, after: Any, splits: dict[str, Any], seed: int) -> 
     return gaps
 
 
-def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, task: str, labels: list[str],
-                      modality: str, params: Any, seed: int, headline: str, metrics: dict[str, Any],
-                      metrics_path: str, predictions_path: str, examples_path: str) -> None:
-    """Predictions table, misclassified figure, baselines and the metrics file."""
+def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, config: dict[str, Any], params: Any,
+                      seed: int, headline: str, metrics: dict[str, Any], metrics_path: str, predictions_path: str,
+                      examples_path: str) -> None:
+    """Predictions table, misclassified figure, baselines and the metrics file (``config``: the model's)."""
     import pandas as pd
 
     from crosstune.data.prepared import has_source, read_split
     from crosstune.inference.outputs import outputs_to_predictions
     from crosstune.reporting.figures import misclassified_figure
 
+    task, labels, modality = config["task"], config["labels"], config["modality"]
     predicted, confidence = outputs_to_predictions(outputs, task)
     test_split = splits["test"]
     test_frame = read_split(prepared_dir, "test")
@@ -113,23 +114,29 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, t
         table["confidence"] = confidence
         misclassified_figure(examples_path, table["label"].tolist(), table["predicted"].tolist(),
                              images=test_split.images if modality == "image" else None,
-                             texts=table[modality].tolist() if modality == "text" else None)
+                             texts=table[modality].tolist() if modality == "text" else None,
+                             waveforms=test_split.waveforms if modality == "audio" else None,
+                             sample_rate=_sample_rate(config) if modality == "audio" else 0)
     else:
         table["predicted"] = predicted
         misclassified_figure(examples_path, [], [], texts=[])
     # Baselines learn from every labelled training row: the target's, and the source domain's.
     frames = [read_split(prepared_dir, "train")] + ([read_split(prepared_dir, "source")] if has_source(prepared_dir)
                                                     else [])
-    if modality == "image":
+    if modality in ("image", "audio"):
         import numpy as np
 
-        from crosstune.evaluation.baselines import image_pixels
+        from crosstune.evaluation.baselines import audio_mfcc, image_pixels
+
+        def rows(part: Any) -> Any:
+            return image_pixels(part) if modality == "image" else audio_mfcc(part, _sample_rate(config))
 
         parts = [splits["train"]] + ([splits["source"]] if len(splits["source"]) else [])
         masks = [part.labels >= 0 for part in parts]
-        train_inputs = np.concatenate([image_pixels(part.images[mask]) for part, mask in zip(parts, masks)])
+        inputs = [part.images if modality == "image" else part.waveforms for part in parts]
+        train_inputs = np.concatenate([rows(values[mask]) for values, mask in zip(inputs, masks)])
         train_targets = [labels[int(i)] for part, mask in zip(parts, masks) for i in part.labels[mask]]
-        test_inputs = image_pixels(test_split.images)
+        test_inputs = rows(test_split.images if modality == "image" else test_split.waveforms)
     else:
         training = pd.concat(frames, ignore_index=True)
         if task == "classification":
@@ -141,6 +148,10 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, t
     write_metrics_csv(predictions_path, table)
     logger.info("test %s", {key: round(value, 4) for key, value in metrics.items()
                             if isinstance(value, float) and not key.startswith(tuple(labels))})
+
+
+def _sample_rate(config: dict[str, Any]) -> int:
+    return int(config["backbone"]["preprocessing"]["sample_rate"])
 
 
 def _baseline_metrics(names: Any, task: str, modality: str, labels: list[str], targets: list[Any],

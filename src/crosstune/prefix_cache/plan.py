@@ -53,7 +53,7 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
         reasons.append("freeze.depth is 0: nothing at the bottom of the model is frozen")
     if image and augment.enabled:
         reasons.append("augment.* transforms training images before the frozen blocks see them")
-    if image and freeze.train_batchnorm and depth != 0:
+    if model_config.get("modality") in ("image", "audio") and freeze.train_batchnorm and depth != 0:
         reasons.append("freeze.train_batchnorm lets BatchNorm statistics of the frozen blocks change")
     if finetune.unfreeze != "none":
         reasons.append(f"finetune.unfreeze: {finetune.unfreeze} trains frozen blocks later on")
@@ -71,7 +71,7 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
 
 
 def _num_blocks(model_config: dict[str, Any]) -> int | None:
-    if model_config.get("modality") == "image":
+    if model_config.get("modality") in ("image", "audio"):
         return int(model_config["backbone"]["num_blocks"])
     backbone = model_config.get("backbone_config", {})
     for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):

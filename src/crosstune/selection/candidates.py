@@ -95,6 +95,26 @@ def _image_features(spec: str, params: BackboneParams, images: Any, seed: int) -
     return torch.cat(rows).float().numpy()
 
 
+def _audio_features(spec: str, params: BackboneParams, paths: Sequence[str], seed: int) -> np.ndarray:
+    """Pooled features of recordings, decoded at the candidate's own sample rate and clip length."""
+    import torch
+
+    from crosstune.backbones.audio import build_audio_backbone
+    from crosstune.data.audio import AudioBatcher, clip_length, decode_audio
+
+    backbone = build_audio_backbone(spec, params.weights, seed)
+    rate = backbone.preprocessing.sample_rate
+    length = clip_length(paths, rate, params.clip_seconds, backbone.max_seconds)
+    backbone.set_clip(length, params.clip_align)
+    backbone.eval()
+    waveforms = decode_audio(paths, rate, length, params.clip_align)
+    batcher = AudioBatcher(backbone.preprocessing)
+    with torch.inference_mode():
+        rows = [backbone.forward_features(batcher(waveforms[start : start + BATCH_SIZE]))
+                for start in range(0, len(waveforms), BATCH_SIZE)]
+    return torch.cat(rows).float().numpy()
+
+
 # Every file of the code that shapes the features: reading and encoding the sample (data), the backbones,
 # their pooling (heads) and this extraction. Features stored by another version of any of them are not
 # reused: they can differ (a pooling change) or differ in the last bits (batching changes summation
@@ -121,6 +141,7 @@ def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_dige
     """Everything the features depend on (the training texts too: tiny-bert learns its vocabulary there),
     and the extraction code itself."""
     identity = {"candidate": spec, "weights": params.weights, "image_size": params.image_size,
+                "clip_seconds": params.clip_seconds, "clip_align": params.clip_align,
                 "max_length": params.max_length, "tiny": str(params.tiny), "sample": sample_digest,
                 "train": train_digest, "seed": seed, "code": _CODE_DIGEST}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -131,7 +152,12 @@ def candidate_features(params: BackboneParams, candidates: Sequence[str], modali
                        cache_dir: Path = FEATURE_STORE) -> tuple[dict[str, Path], dict[str, float]]:
     """Each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor), extracted where
     not cached yet. Returns the cache file of each and the seconds spent extracting (uncached ones)."""
-    raw = json.dumps(list(sample)) if modality == "text" else sample.numpy().tobytes()
+    if modality == "text":
+        raw: str | bytes = json.dumps(list(sample))
+    elif modality == "audio":  # recording paths: their bytes are the sample
+        raw = b"".join(hashlib.sha256(Path(path).read_bytes()).digest() for path in sample)
+    else:
+        raw = sample.numpy().tobytes()
     digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
     train_digest = hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +232,8 @@ def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict
         started = time.perf_counter()
         if modality == "text":
             features = _text_features_by_depth(base, [depth for _, depth in members], params, sample, train_texts, seed)
+        elif modality == "audio":
+            features = [_audio_features(base, params, sample, seed)]
         else:
             features = [_image_features(base, params, sample, seed)]
         for (spec, _), values in zip(members, features):
