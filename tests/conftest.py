@@ -253,11 +253,11 @@ def write_audio_folder(root: Path, per_class: int, seed: int, rate: int = 8000, 
 
 def audio_model(name: str, weights: str = "none", seed: int = 0, clip_samples: int = 0):
     """An audio backbone of the registry with a new linear head; clips of one second by default."""
-    from crosstune.backbones.audio import AUDIO_BACKBONES, build_audio_backbone
+    from crosstune.backbones.audio import build_audio_backbone
     from crosstune.model.transfer_model import build_transfer_model
 
-    rate = AUDIO_BACKBONES.get(name)("none", seed).preprocessing.sample_rate
-    backbone = build_audio_backbone(name, weights, seed, clip_samples or rate, "center")
+    backbone = build_audio_backbone(name, weights, seed)
+    backbone.set_clip(clip_samples or backbone.preprocessing.sample_rate, "center")
     return build_transfer_model(backbone, task="classification", labels=["a", "b", "c"], head_type="linear",
                                 pooling="mean", dropout=0.0, hidden_dim=8, seed=seed)
 
