@@ -33,6 +33,7 @@ repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: im
 ifdef EXAMPLE
 	$(BIN)/crosstune example examples/$(EXAMPLE).yaml
 else
+	$(BIN)/crosstune check
 	$(BIN)/dvc repro
 endif
 	@echo "Test-split metrics (metrics/eval.json; all runs: dvc metrics show, dvc exp show):"

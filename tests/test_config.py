@@ -50,7 +50,7 @@ def test_unknown_key_names_key_and_valid_keys() -> None:
         ("finetune", {"lr": -1.0}, r"finetune\.lr"),
         ("finetune", {"epochs": 2.5}, r"finetune\.epochs.*whole number"),
         ("finetune", {"class_weights": "auto"}, r"finetune\.class_weights"),
-        ("head", {"type": "transformer"}, r"head\.type.*\['linear', 'mlp'\]"),
+        ("head", {"type": "transformer"}, r"head\.type.*\['hf', 'linear', 'mlp'\]"),
         ("head", {"pooling": "max"}, r"head\.pooling.*\['cls', 'mean'\]"),
         ("freeze", {"depth": "most"}, r"freeze\.depth.*'all'"),
         ("freeze", {"depth": -1}, r"freeze\.depth.*negative"),

@@ -89,8 +89,8 @@ def test_malformed_train_file(tmp_path: Path, make_bad, message: str) -> None:
 
 
 def test_unsupported_suffix_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"unsupported file type '\.xlsx'"):
-        read_table(tmp_path / "data.xlsx")
+    with pytest.raises(DataError, match=r"unsupported file type '\.xls'"):
+        read_table(tmp_path / "data.xls")
     with pytest.raises(DataError, match="no such file"):
         read_table(tmp_path / "absent.csv")
 

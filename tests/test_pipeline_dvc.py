@@ -285,6 +285,90 @@ def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:
     assert repo.metrics() == resumed
 
 
+def _experiments_from_dvc(repo: Repo) -> dict[str, tuple[dict, dict]]:
+    """name -> (params.yaml, metrics files) of HEAD's experiments, read from `dvc exp show --json` directly."""
+    found = {}
+    for baseline in json.loads(repo.dvc("exp", "show", "--json")):
+        for group in baseline.get("experiments") or []:
+            for revision in group["revs"]:
+                data = revision["data"]
+                found[revision["name"]] = (data["params"]["params.yaml"]["data"],
+                                           {path: value["data"] for path, value in data["metrics"].items()})
+    return found
+
+
+def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> None:
+    """`crosstune sweep` over 2 x 2 values: four queued DVC experiments, ranked as `dvc exp show` has them;
+    the same sweep again runs nothing; a failing trial is reported with how to re-queue it."""
+    repo.baseline({"evaluate": {"guard": "off"}, "finetune": {"epochs": 1}})
+    sweep = [sys.executable, "-m", "crosstune", "sweep", "finetune.lr=0.01,0.002", "finetune.head_lr=0,0.01"]
+    result = subprocess.run(sweep, cwd=repo.root, env=repo.env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    experiments = _experiments_from_dvc(repo)
+    assert set(experiments) >= {row[1] for row in rows}
+    validation = {}
+    for row in rows:
+        params, metrics = experiments[row[1]]
+        assert [f"finetune.lr={params['finetune']['lr']}", f"finetune.head_lr={params['finetune']['head_lr']}"] == \
+            row[2:4]
+        validation[row[1]] = metrics["metrics/finetune/metrics.json"]["best_validation"]["f1_macro"]
+        assert float(row[4]) == pytest.approx(validation[row[1]], abs=5e-5)
+        assert float(row[5]) == pytest.approx(metrics["metrics/eval.json"]["f1_macro"], abs=5e-5)
+    assert [row[1] for row in rows] == sorted(validation, key=lambda name: -validation[name])
+    assert len({tuple(row[2:4]) for row in rows}) == 4
+    assert f"dvc exp apply {rows[0][1]}" in result.stdout
+
+    again = subprocess.run(sweep, cwd=repo.root, env=repo.env, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "4 already done on this commit, 0 queued" in again.stderr
+    assert [line.split()[:2] for line in again.stdout.splitlines() if line[:1].isdigit()] == \
+        [row[:2] for row in rows]
+
+    failing = subprocess.run([*sweep[:4], "finetune.lr=-1"], cwd=repo.root, env=repo.env, capture_output=True,
+                             text=True, check=False)
+    assert failing.returncode == 2
+    assert "1 of 1 trial(s) failed" in failing.stderr and "run the same `crosstune sweep` again" in failing.stderr
+    assert "dvc queue logs sweep-" in failing.stdout
+    assert repo.git("status", "--porcelain", "--", "params.yaml", "dvc.lock") == ""
+
+
+def test_two_tune_workers_share_one_sqlite_study_of_dvc_experiments(repo: Repo, tmp_path: Path) -> None:
+    """Two `crosstune tune` processes on one SQLite study: every trial is one study entry, each completed one
+    a DVC experiment holding the sampled params and the validation value the study was told."""
+    import optuna
+
+    repo.baseline({"evaluate": {"guard": "off"}, "finetune": {"epochs": 2}})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"finetune": {"lr": {"low": 1e-3, "high": 3e-2, "log": True},
+                                                  "head_lr": [0.0, 0.01]}}), encoding="utf-8")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    workers = [subprocess.Popen([sys.executable, "-m", "crosstune", "tune", str(space), "--trials", "2", "--study",
+                                 "pair", "--storage", storage, "--seed", str(seed)], cwd=repo.root, env=repo.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    outputs = [worker.communicate(timeout=900) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="pair", storage=storage)
+    states = [trial.state.name for trial in study.trials]
+    assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    experiments = _experiments_from_dvc(repo)
+    for trial in study.trials:
+        if trial.state.name != "COMPLETE":
+            assert trial.user_attrs["experiment"] not in experiments
+            continue
+        params, metrics = experiments[trial.user_attrs["experiment"]]
+        assert params["finetune"]["lr"] == pytest.approx(trial.params["finetune.lr"])
+        assert params["finetune"]["head_lr"] == trial.params["finetune.head_lr"]
+        assert metrics["metrics/finetune/metrics.json"]["best_validation"]["f1_macro"] == pytest.approx(trial.value)
+        assert sorted(trial.intermediate_values) == [1, 2]
+    from crosstune.experiments.tune import study_table
+
+    table = study_table(study, repo.root).splitlines()
+    assert table[0].startswith("| trial | state | validation | epochs | finetune.lr | finetune.head_lr |")
+    assert len([line for line in table if re.match(r"\| \d+ \| (complete|pruned) \|", line)]) == 4
+    assert repo.git("status", "--porcelain", "--", "params.yaml", "dvc.lock") == ""
+
+
 @pytest.fixture(scope="module")
 def image_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return Repo(tmp_path_factory.mktemp("images"), images=True)

@@ -36,7 +36,7 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
 def _predict(args: argparse.Namespace) -> None:
     from crosstune.inference.predictor import Predictor
 
-    predictor = Predictor.from_directory(args.model)
+    predictor = Predictor.from_directory(args.model, runtime="onnx" if args.onnx else "torch")
     count = predictor.predict_file(args.input, args.output, args.text_column)
     logger.info("labelled %d rows of %s into %s", count, args.input, args.output)
 
@@ -55,8 +55,11 @@ def _export(args: argparse.Namespace) -> None:
         from crosstune.inference.export import exported_model_dir
 
         args.model = exported_model_dir(args.metrics)
-    path = export_model(args.model, args.out, args.metrics, args.backbone_summary, args.data_summary, args.repo)
+    path = export_model(args.model, args.out, args.metrics, args.backbone_summary, args.data_summary, args.repo,
+                        format=args.format)
     print(f"exported {args.model} with its model card to {path}; load it with crosstune.load({str(path)!r})")
+    if args.format == "onnx":
+        print(f"run {path / 'model.onnx'} with ONNX Runtime: crosstune predict --onnx --model {path} --input ...")
 
 
 def preset_overrides(path: str) -> list[str]:
@@ -80,10 +83,51 @@ def preset_overrides(path: str) -> list[str]:
     return arguments
 
 
+def _check(args: argparse.Namespace) -> None:
+    from crosstune.checks import run_check
+
+    run_check(args.params, args.overrides)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from crosstune.experiments.sweep import format_ranking, sweep
+
+    results, metric = sweep(args.grid, args.jobs, args.repo, args.metric, args.timeout)
+    print(format_ranking(results, metric))
+    failed = [result.name for result in results if result.validation is None]
+    if failed:
+        raise CrosstuneError(f"{len(failed)} of {len(results)} trial(s) failed ({', '.join(failed)}); run the same "
+                             f"`crosstune sweep` again to re-queue only those.")
+    print(f"best: {results[0].name}; bring it into the workspace with `dvc exp apply {results[0].name}`")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from crosstune.experiments.tune import DEFAULT_STORAGE, study_table, tune
+
+    study = tune(args.space, args.trials, args.study, args.storage or DEFAULT_STORAGE, args.repo, args.metric,
+                 args.seed)
+    table = study_table(study, args.repo)
+    print(table)
+    if args.table:
+        from crosstune.io import atomic_path
+
+        with atomic_path(args.table) as temporary:
+            temporary.write_text(table + "\n", encoding="utf-8")
+    completed = [trial for trial in study.trials if trial.value is not None]
+    if completed:
+        best = study.best_trial
+        print(f"best: trial {best.number} ({best.user_attrs.get('experiment')}); bring it into the workspace with "
+              f"`dvc exp apply {best.user_attrs.get('experiment')}`")
+
+
 def _example(args: argparse.Namespace) -> None:
     import subprocess
 
-    command = [sys.executable, "-m", "dvc", "exp", "run", *preset_overrides(args.preset), *args.dvc_args]
+    from crosstune.checks import run_check
+
+    overrides = preset_overrides(args.preset)
+    run_check("params.yaml", overrides[1::2])
+    command = [sys.executable, "-m", "dvc", "exp", "run", *overrides, *args.dvc_args]
     logger.info("running %s", " ".join(command[2:]))
     completed = subprocess.run(command, check=False)
     if completed.returncode:
@@ -98,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="file of new texts")
     predict.add_argument("--output", required=True, help="CSV to write: the input columns plus predictions")
     predict.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    predict.add_argument("--onnx", action="store_true", help="run the model directory's model.onnx with ONNX Runtime "
+                                                             "(made by `crosstune export --format onnx`)")
     predict.set_defaults(handler=_predict)
     report = commands.add_parser("report", help="write one self-contained HTML page of metrics, params and plots")
     report.add_argument("--compare", metavar="REV", help="git revision, branch or experiment to compare against")
@@ -112,11 +158,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--backbone-summary", default="metrics/backbone.json")
     export.add_argument("--data-summary", default="data/prepared/summary.json")
     export.add_argument("--repo", default=".", help="the git/DVC repository (default: current directory)")
+    export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                        help="safetensors: the model directory as is (default); onnx: also model.onnx for ONNX Runtime")
     export.set_defaults(handler=_export)
     example = commands.add_parser("example", help="run a params preset (e.g. examples/fashion.yaml) as a DVC experiment")
     example.add_argument("preset", help="YAML file of params.yaml keys to override")
     example.add_argument("dvc_args", nargs=argparse.REMAINDER, help="extra arguments for `dvc exp run`")
     example.set_defaults(handler=_example)
+    check = commands.add_parser("check", help="validate every params section and the data paths at once, before "
+                                              "any stage runs; lists all problems")
+    check.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    check.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param as `dvc exp run -S` would (repeatable)")
+    check.set_defaults(handler=_check)
+    sweep = commands.add_parser("sweep", help="run a grid of params as queued DVC experiments and rank them by the "
+                                              "validation metric")
+    sweep.add_argument("grid", nargs="+", metavar="KEY=V1,V2", help="a params key and its values, e.g. "
+                                                                   "finetune.lr=1e-4,5e-5 freeze.depth=0,3")
+    sweep.add_argument("-j", "--jobs", type=int, help="trials at once (default: the cores / base.num_threads; "
+                                                      "one per GPU)")
+    sweep.add_argument("--metric", help="validation metric to rank by (default: finetune.select_metric)")
+    sweep.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    sweep.add_argument("--repo", default=".", help="the DVC repository (default: current directory)")
+    sweep.set_defaults(handler=_sweep)
+    tune = commands.add_parser("tune", help="Optuna (TPE, median pruning) over a search space; every trial a DVC "
+                                            "experiment")
+    tune.add_argument("space", help="params-like YAML of the keys to tune (e.g. examples/tune/text.yaml)")
+    tune.add_argument("--trials", type=int, default=8, help="trials this worker runs (default: 8)")
+    tune.add_argument("--study", help="study name (default: the space file's name); workers with the same name and "
+                                      "storage share one study")
+    tune.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///.dvc/tmp/"
+                                                      "crosstune-tune.db; a database URL for several machines)")
+    tune.add_argument("--metric", help="validation metric to optimise (default: finetune.select_metric)")
+    tune.add_argument("--seed", type=int, help="TPE's seed (default: base.seed; give each worker its own)")
+    tune.add_argument("--table", help="also write the study's trials as a Markdown table to this file")
+    tune.add_argument("--repo", default=".", help="the DVC repository (default: current directory)")
+    tune.set_defaults(handler=_tune)
     return parser
 
 

@@ -27,9 +27,14 @@ T = TypeVar("T")
 
 DEFAULT_PARAMS_PATH = "params.yaml"
 
+# prepare.separator's names (besides auto) for the characters; a literal tab ("\t" in YAML) means tab too
+TABLE_SEPARATORS = {",": ",", ";": ";", "tab": "\t", "|": "|"}
+
 
 def _fail(key: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"params.yaml: {key}: {message}")
+    error = ConfigError(f"params.yaml: {key}: {message}")
+    error.key = key  # lets `crosstune check` set the key aside and go on to find the section's next problem
+    raise error
 
 
 def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -72,6 +77,7 @@ class PrepareParams:
 
     text_column: str = "review"  # the embedded drug reviews' columns; set your table's
     label_column: str = "rating"
+    separator: str = "auto"  # CSV/TSV/TXT: auto sniffs , ; tab | from the file's start; or force one of them
     task: str = "classification"  # or regression (numeric labels, MSE loss)
     validation_fraction: float = 0.15  # held out of the training file, stratified
     test_fraction: float = 0.2  # used only when no test file is given
@@ -90,6 +96,8 @@ class PrepareParams:
 
     def __post_init__(self) -> None:
         _check_choice("prepare.task", self.task, ("classification", "regression"))
+        separator = "tab" if self.separator == "\t" else self.separator
+        _check_choice("prepare.separator", separator, ("auto", *TABLE_SEPARATORS))
         _check_range("prepare.target_labelled", self.target_labelled, 0.0, 1.0)
         _check_choice("prepare.validation_domain", self.validation_domain, ("target", "source"))
         _check_range("prepare.validation_fraction", self.validation_fraction, 0.0, 0.5, False, False)
@@ -180,16 +188,20 @@ class FreezeParams:
 class HeadParams:
     """The new task head put on top of the pooled backbone features."""
 
-    type: str = "linear"
-    pooling: str = "mean"  # mean suits sentence-transformer backbones; cls suits BERT-style ones
+    type: str = "linear"  # linear | mlp | hf (the stock Hugging Face classification model, text only)
+    pooling: str = "mean"  # mean suits sentence-transformer backbones; cls suits BERT-style ones (and hf)
     dropout: float = 0.1
     hidden_dim: int = 256  # mlp head only
 
     def __post_init__(self) -> None:
-        from crosstune.heads.registry import HEADS, POOLINGS
+        from crosstune.heads.registry import HEADS, HF_HEAD, HF_POOLING, POOLINGS
 
         _check_registered("head.type", self.type, HEADS)
         _check_registered("head.pooling", self.pooling, POOLINGS)
+        if self.type == HF_HEAD and self.pooling != HF_POOLING:
+            _fail("head.pooling", f"{self.pooling!r} does not apply to head.type: {HF_HEAD}, which classifies from "
+                                  f"the first token's state as the stock Hugging Face model does; set head.pooling: "
+                                  f"{HF_POOLING}, or keep {self.pooling} with head.type: linear or mlp.")
         _check_range("head.dropout", self.dropout, 0.0, 1.0, True, False)
         _check_range("head.hidden_dim", self.hidden_dim, low=1)
 
@@ -415,6 +427,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             _fail(key, f"expected a number, got {value!r}.")
         return float(value)
     if annotation is str:
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `off` / `on` (our choice names: `guard: off`, `mixed_precision: off`) as a
+            # boolean, and `dvc exp run -S` rewrites params.yaml without the quotes that kept them strings
+            value = "on" if value else "off"
         if not isinstance(value, str):
             _fail(key, f"expected a string, got {value!r}.")
         return value
@@ -434,6 +450,48 @@ def from_mapping(cls: type[T], data: Any, section: str) -> T:
         _fail(f"{section}.{unknown[0]}", f"unknown key; valid keys in '{section}': {sorted(names)}")
     values = {name: _coerce(f"{section}.{name}", data[name], hints[name]) for name in names if name in data}
     return cls(**values)
+
+
+def section_problems(section: str, data: Any) -> list[str]:
+    """Every problem in one section, not only the first: unknown keys (with the nearest valid one), wrong
+    types, then the value checks of ``__post_init__``, each failing key set back to its default so the
+    next check can run. What `crosstune check` reports before any stage starts."""
+    import difflib
+
+    cls = SECTIONS[section]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return [f"params.yaml: {section}: expected a mapping of keys to values, got {type(data).__name__}."]
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    problems = []
+    for key in sorted(set(data) - set(names)):
+        near = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        problems.append(f"params.yaml: {section}.{key}: unknown key; {hint}valid keys in '{section}': {sorted(names)}")
+    values = {}
+    for name in names:
+        if name in data:
+            try:
+                values[name] = _coerce(f"{section}.{name}", data[name], hints[name])
+            except (ConfigError, TypeError, ValueError) as error:
+                problems.append(str(error))
+    while True:
+        try:
+            cls(**values)
+            return problems
+        except ConfigError as error:
+            problems.append(str(error))
+            name = getattr(error, "key", "").removeprefix(f"{section}.")
+            if name not in values:  # a check across keys, or one whose key is not this section's own
+                return problems
+            del values[name]
+
+
+def params_problems(params: dict[str, Any]) -> list[str]:
+    """Every problem of every section of a parsed params file (sections absent from it take defaults)."""
+    return [problem for section in SECTIONS for problem in section_problems(section, params.get(section))]
 
 
 def read_params_file(path: str | Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:

@@ -19,37 +19,14 @@ import pandas as pd
 
 from crosstune.config import PrepareParams
 from crosstune.data.prepared import SPLITS
+from crosstune.data.tables import READERS, read_table
 from crosstune.errors import DataError
 from crosstune.io import atomic_directory, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
-READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 _WHITESPACE = re.compile(r"\s+")
 _MAX_ROWS_IN_ERROR = 5
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, TSV or Parquet file into a DataFrame, with errors naming the file and the fix."""
-    path = Path(path)
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}.")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; check the path given to the prepare stage in dvc.yaml.")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty; it needs a header row and at least one example.")
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
-                                na_values=[""])
-    except (ValueError, OSError, pd.errors.ParserError) as error:
-        raise DataError(f"{path}: cannot be parsed as {kind} ({error}); fix the file's format.") from error
-    if frame.empty:
-        raise DataError(f"{path}: has a header but no rows; add examples.")
-    return frame
 
 
 def normalise_text(text: str, lowercase: bool = False) -> str:
@@ -99,7 +76,7 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
         if is_audio_folder(path):
             return _check_files(list_class_folder(path, AUDIO_SUFFIXES, "audio"), "audio", path, params)
         return _check_files(list_class_folder(path, IMAGE_SUFFIXES, "image"), "image", path, params)
-    frame = read_table(path).reset_index(drop=True)
+    frame = read_table(path, params.separator).reset_index(drop=True)
     if params.text_column not in frame.columns:
         for kind, column in (("image", params.image_column), ("audio", params.audio_column)):
             if column in frame.columns:
@@ -261,12 +238,12 @@ class PreparedData:
     source: pd.DataFrame | None = None
 
 
-SOURCE_TABLES = ("source.csv", "source.tsv", "source.parquet")
+SOURCE_TABLES = tuple(f"source{suffix}" for suffix in READERS)  # source.csv, source.jsonl, ...
 
 
 def find_source(path: str | Path) -> Path | None:
-    """What ``data.source`` names: a table, an ImageFolder, or a folder holding ``source.csv`` (``.tsv``,
-    ``.parquet``) or an ImageFolder ``images/``. None for a folder with none of those (as shipped:
+    """What ``data.source`` names: a table, an ImageFolder, or a folder holding ``source.csv`` (or
+    ``source`` with any table suffix: ``.tsv``, ``.jsonl``, ``.xlsx``, ...) or an ImageFolder ``images/``. None for a folder with none of those (as shipped:
     ``data/source/`` with only its README), meaning no source domain."""
     path = Path(path)
     if path.is_file():

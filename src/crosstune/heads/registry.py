@@ -20,6 +20,9 @@ HeadFactory = Callable[..., "nn.Module"]
 POOLINGS: Registry[Pooling] = Registry("pooling")
 HEADS: Registry[HeadFactory] = Registry("head")
 
+HF_HEAD = "hf"  # the stock Hugging Face classification model (crosstune.heads.hf)
+HF_POOLING = "cls"  # what it classifies from: the first token's state
+
 
 @POOLINGS.register("cls")
 def cls_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
@@ -43,7 +46,8 @@ def mean_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") 
 
 
 @HEADS.register("linear")
-def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0) -> "nn.Module":
+def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0,
+                backbone: "nn.Module | None" = None) -> "nn.Module":
     """Dropout then one linear layer: the standard fine-tuning head."""
     from crosstune.heads.modules import LinearHead
 
@@ -51,13 +55,25 @@ def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden
 
 
 @HEADS.register("mlp")
-def mlp_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 256) -> "nn.Module":
+def mlp_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 256,
+             backbone: "nn.Module | None" = None) -> "nn.Module":
     """Two layers with a GELU between: more capacity when the backbone stays frozen."""
     from crosstune.heads.modules import MLPHead
 
     return MLPHead(feature_dim, num_outputs, dropout, hidden_dim)
 
 
-def build_head(name: str, feature_dim: int, num_outputs: int, dropout: float, hidden_dim: int) -> "nn.Module":
-    """Instantiate the registered head ``name``."""
-    return HEADS.get(name)(feature_dim, num_outputs, dropout=dropout, hidden_dim=hidden_dim)
+@HEADS.register(HF_HEAD)
+def hf_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0,
+            backbone: "nn.Module | None" = None) -> "nn.Module":
+    """The stock Hugging Face ``AutoModelForSequenceClassification`` head of the backbone's architecture (for
+    BERT: pooler, dropout, linear classifier on the [CLS] state), saved so ``transformers.pipeline`` loads it."""
+    from crosstune.heads.hf import build_hf_head
+
+    return build_hf_head(backbone, feature_dim, num_outputs, dropout)
+
+
+def build_head(name: str, feature_dim: int, num_outputs: int, dropout: float, hidden_dim: int,
+               backbone: "nn.Module | None" = None) -> "nn.Module":
+    """Instantiate the registered head ``name``; ``backbone`` (what it goes on) matters to the hf head only."""
+    return HEADS.get(name)(feature_dim, num_outputs, dropout=dropout, hidden_dim=hidden_dim, backbone=backbone)

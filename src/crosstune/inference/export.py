@@ -3,7 +3,8 @@
 The exported directory is the finetune stage's directory (``config.json``, ``model.safetensors``,
 tokenizer, ``params.json``) with a ``README.md`` model card that records the backbone, the data,
 the params, the test metrics, the git revision and the DVC hash of the model. Load it with
-``crosstune.load(DIR)``.
+``crosstune.load(DIR)``. ``--format onnx`` adds ``model.onnx`` for ONNX Runtime
+(:mod:`crosstune.inference.onnx_export`; run it with ``crosstune predict --onnx``).
 
 Export is a command run when handing a model over, not a pipeline stage: the card names the git
 revision, and a stage output that changed with every commit would never be up to date.
@@ -118,6 +119,7 @@ or `crosstune predict --model path/to/this/directory --input new.csv --text-colu
 
 
 EXPORTED_DIRS = {"finetuned": "models/finetuned", "scratch": "models/scratch"}
+EXPORT_FORMATS = ("safetensors", "onnx")  # the model directory as it is, or with model.onnx added
 
 
 def exported_model_dir(eval_metrics: str | Path = "metrics/eval.json") -> str:
@@ -131,17 +133,26 @@ def exported_model_dir(eval_metrics: str | Path = "metrics/eval.json") -> str:
 
 def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = "metrics/eval.json",
                  backbone_summary: str | Path = "metrics/backbone.json",
-                 data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".") -> Path:
-    """Copy ``model_dir`` to ``out_dir`` (atomically) and add the model card; returns ``out_dir``."""
-    from crosstune.io import atomic_directory, file_sha256, read_json
+                 data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".",
+                 format: str = "safetensors") -> Path:
+    """Copy ``model_dir`` to ``out_dir`` (atomically) and add the model card; returns ``out_dir``.
 
+    ``format="onnx"`` also traces the model into ``model.onnx`` (:mod:`crosstune.inference.onnx_export`) inside
+    the same temporary directory, so a failed export leaves no half-written graph and an existing ``out_dir``
+    survives until the new one is whole.
+    """
+    from crosstune.io import atomic_directory, file_sha256, read_json
+    from crosstune.model.saved import model_settings
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"export format {format!r}; valid: {list(EXPORT_FORMATS)}")
     model_dir, repo_dir, out_dir = Path(model_dir), Path(repo_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; run `dvc repro` first, or pass --model.")
     relative = model_dir.resolve().relative_to(repo_dir.resolve()).as_posix() \
         if model_dir.resolve().is_relative_to(repo_dir.resolve()) else str(model_dir)
     card = model_card(
-        config=read_json(model_dir / "config.json"), params=read_json(model_dir / "params.json"),
+        config=model_settings(read_json(model_dir / "config.json")), params=read_json(model_dir / "params.json"),
         metrics=read_json(eval_metrics), backbone=read_json(backbone_summary), data=read_json(data_summary),
         revision=git_revision(repo_dir), locked_hash=dvc_locked_hash(repo_dir, relative),
         weights_sha256=file_sha256(model_dir / "model.safetensors"),
@@ -150,5 +161,14 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
         for item in model_dir.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
+        if format == "onnx":
+            from crosstune.inference.onnx_export import (
+                ONNX_NAME,
+                onnx_card_section,
+                write_onnx,
+            )
+
+            write_onnx(model_dir, staging / ONNX_NAME)
+            card += onnx_card_section(staging / ONNX_NAME)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
     return out_dir

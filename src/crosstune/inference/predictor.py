@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 logger = logging.getLogger(__name__)
+RUNTIMES = ("torch", "onnx")  # model.safetensors in PyTorch, or model.onnx in ONNX Runtime
 
 
 @dataclass
 class Predictor:
-    """A loaded model, its tokenizer and the settings it was trained with."""
+    """A loaded model (a PyTorch module, or an :class:`~crosstune.inference.onnx_runtime.OnnxModel`), its
+    tokenizer and the settings it was trained with."""
 
     model: Any
     tokenizer: Any
@@ -21,19 +23,37 @@ class Predictor:
     source: str = "."  # the directory it was loaded from, named in errors
 
     @classmethod
-    def from_directory(cls, directory: str | Path, device: str = "cpu") -> "Predictor":
-        """Load ``config.json`` + ``model.safetensors`` + tokenizer from ``directory``."""
-        from crosstune.model.transfer_model import load_tokenizer, load_transfer_model
+    def from_directory(cls, directory: str | Path, device: str = "cpu", runtime: str = "torch") -> "Predictor":
+        """Load ``config.json`` + tokenizer from ``directory``, and the model: ``model.safetensors`` in PyTorch
+        (``runtime="torch"``), or ``model.onnx`` in ONNX Runtime (``runtime="onnx"``, written by
+        ``crosstune export --format onnx``). Preprocessing and batching are the same for both."""
+        from crosstune.io import read_artifact_json
+        from crosstune.model.transfer_model import (
+            CONFIG_NAME,
+            load_tokenizer,
+            load_transfer_model,
+        )
 
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}; valid: {list(RUNTIMES)}")
         directory = Path(directory)
-        if not (directory / "config.json").is_file():
+        if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"{directory}: no config.json; pass a crosstune model directory such as models/finetuned "
                 f"(made by `dvc repro`)."
             )
-        model, config = load_transfer_model(directory)
+        if runtime == "onnx":
+            from crosstune.inference.onnx_runtime import load_onnx_model
+            from crosstune.model.saved import model_settings
+
+            model: Any = load_onnx_model(directory, device)
+            config = model_settings(read_artifact_json(directory / CONFIG_NAME))  # either config.json form
+            device = "cpu"  # ONNX Runtime is fed numpy arrays, which live in host memory
+        else:
+            model, config = load_transfer_model(directory)
+            model = model.to(device)
         tokenizer = load_tokenizer(directory) if config.get("modality", "text") == "text" else None
-        return cls(model.to(device), tokenizer, config, device, str(directory))
+        return cls(model, tokenizer, config, device, str(directory))
 
     @property
     def labels(self) -> list[str]:
@@ -83,7 +103,7 @@ class Predictor:
         relative to the file for an image or audio model); writes its columns plus the predictions as CSV."""
         import pandas as pd
 
-        from crosstune.data.preparation import read_table
+        from crosstune.data.tables import read_table
         from crosstune.errors import DataError
         from crosstune.io import write_csv
 

@@ -4,6 +4,10 @@ Saved as a Hugging Face-style directory: ``config.json`` (everything needed to r
 modules: backbone config, head, pooling, labels, freeze policy), ``model.safetensors`` and the
 tokenizer files. Loading never unpickles code: the modules are rebuilt from the JSON config and
 the tensors come from safetensors.
+
+A ``head.type: hf`` model (:mod:`crosstune.heads.hf`) is saved in the Hugging Face form instead: a stock
+``...ForSequenceClassification`` directory (Hugging Face config and tensor names) with crosstune's fields
+under ``config.json``'s ``crosstune`` key, so ``transformers`` and :func:`load_transfer_model` both load it.
 """
 
 from __future__ import annotations
@@ -32,15 +36,16 @@ from crosstune.backbones.text import (
 )
 from crosstune.backbones.vision import rebuild_vision_backbone, vision_config
 from crosstune.errors import ArtifactError
-from crosstune.heads.registry import POOLINGS, build_head
+from crosstune.heads.registry import HF_HEAD, HF_POOLING, POOLINGS, build_head
 from crosstune.io import (
     artifact_fix,
+    load_tensors,
     load_weights,
     read_artifact_json,
     read_json,
     write_json,
 )
-from crosstune.model.saved import saved_head
+from crosstune.model.saved import HF_SECTION, is_hf_form, model_settings, saved_head
 
 logger = logging.getLogger(__name__)
 
@@ -250,14 +255,22 @@ def build_transfer_model(
     dropout: float, hidden_dim: int, seed: int,
 ) -> TransferModel:
     """Put a freshly initialised head (seeded) on ``backbone`` (a Hugging Face encoder, or a vision or audio
-    :class:`~crosstune.backbones.staged.StagedBackbone`)."""
+    :class:`~crosstune.backbones.staged.StagedBackbone`).
+
+    The hf head classifies from the first token as the stock Hugging Face model does, whatever ``pooling``
+    says (``params.yaml`` must say ``cls``: :class:`~crosstune.config.HeadParams`), and takes the encoder's
+    pretrained pooler where its architecture has one.
+    """
     staged = isinstance(backbone, StagedBackbone)
-    if not staged:
-        backbone = drop_unused_pooler(backbone)
     feature_dim = backbone.feature_dim if staged else int(backbone.config.hidden_size)
     num_outputs = len(labels) if task == "classification" else 1
+    if head_type == HF_HEAD and pooling != HF_POOLING:
+        logger.warning("head.type hf classifies from the first token; pooling %r does not apply", pooling)
+        pooling = HF_POOLING
     torch.manual_seed(seed)
-    head = build_head(head_type, feature_dim, num_outputs, dropout, hidden_dim)
+    head = build_head(head_type, feature_dim, num_outputs, dropout, hidden_dim, backbone=backbone)
+    if not staged:
+        backbone = drop_unused_pooler(backbone)  # after the hf head took the pooler it uses
     spec = {
         "task": task, "labels": list(labels), "pooling": _staged_pooling(backbone) if staged else pooling,
         "head": {"type": head_type, "dropout": dropout, "hidden_dim": hidden_dim, "num_outputs": num_outputs},
@@ -287,23 +300,49 @@ def rebuild_staged_backbone(config: dict[str, Any]) -> StagedBackbone:
 
 def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: Any = None,
                         extra: dict[str, Any] | None = None) -> None:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer for text) into ``directory``."""
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer for text) into ``directory``; in the Hugging
+    Face form (see the module docstring) for an hf head."""
     from safetensors.torch import save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if model.modality in STAGED_MODALITIES:
-        backbone_entry = {"backbone": staged_config(model)}
+    if model.spec["head"]["type"] == HF_HEAD:
+        _save_hf_form(model, directory, extra)
     else:
-        # _name_or_path is where the backbone was loaded from on this machine: not part of the model.
-        backbone_entry = {"backbone_config": {key: value for key, value in model.backbone.config.to_dict().items()
-                                              if key != "_name_or_path"}}
-    config = {"model_type": MODEL_TYPES[model.modality], "modality": model.modality, **model.spec,
-              **backbone_entry, **(extra or {})}
-    write_json(directory / CONFIG_NAME, config)
-    save_model(model, str(directory / WEIGHTS_NAME))
+        if model.modality in STAGED_MODALITIES:
+            backbone_entry = {"backbone": staged_config(model)}
+        else:
+            backbone_entry = {"backbone_config": _portable_config(model.backbone.config)}
+        config = {"model_type": MODEL_TYPES[model.modality], "modality": model.modality, **model.spec,
+                  **backbone_entry, **(extra or {})}
+        write_json(directory / CONFIG_NAME, config)
+        save_model(model, str(directory / WEIGHTS_NAME))
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory)
+
+
+def _portable_config(config: Any) -> dict[str, Any]:
+    """A Hugging Face config as a dict, without ``_name_or_path`` (where the backbone was loaded from on this
+    machine: not part of the model)."""
+    return {key: value for key, value in config.to_dict().items() if key != "_name_or_path"}
+
+
+def _save_hf_form(model: TransferModel, directory: Path, extra: dict[str, Any] | None) -> None:
+    """The stock Hugging Face classification directory: its config (label maps from crosstune's labels) with
+    crosstune's fields under ``crosstune``, and the tensors under the Hugging Face names."""
+    from safetensors.torch import save_file
+
+    from crosstune.heads.hf import classification_config, hf_state_dict
+
+    spec = model.spec
+    config = classification_config(model.backbone.config, spec["head"]["num_outputs"], spec["head"]["dropout"],
+                                   spec["labels"], spec["task"])
+    config.architectures = [type(model.head.model).__name__]
+    hf_config = {key: value for key, value in _portable_config(config).items() if key != HF_SECTION}
+    write_json(directory / CONFIG_NAME, {**hf_config, HF_SECTION: {"modality": model.modality, **spec,
+                                                                   **(extra or {})}})
+    # "format": "pt" is what transformers' from_pretrained checks a safetensors file for.
+    save_file(hf_state_dict(model.backbone, model.head), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
 
 
 def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str, Any]]:
@@ -312,20 +351,22 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     The freeze policy in the config is *not* applied here (``requires_grad`` is not saved with the
     weights): callers that train apply the saved one (:func:`crosstune.model.saved.saved_freeze`,
     :func:`crosstune.freezing.policy.apply_policy`). A missing, truncated or corrupt file is an
-    :class:`~crosstune.errors.ArtifactError` naming the file and the fix.
+    :class:`~crosstune.errors.ArtifactError` naming the file and the fix. The config returned has crosstune's
+    fields at the top level in either form (:func:`crosstune.model.saved.model_settings`).
     """
     from transformers import AutoModel
 
     directory = Path(directory)
-    config = read_artifact_json(directory / CONFIG_NAME)
-    if config.get("model_type") not in MODEL_TYPES.values():
+    raw = read_artifact_json(directory / CONFIG_NAME)
+    config = model_settings(raw)
+    if not is_hf_form(raw) and config.get("model_type") not in MODEL_TYPES.values():
         raise ArtifactError(
             f"{directory / CONFIG_NAME}: model_type is {config.get('model_type')!r}, not one of "
-            f"{sorted(MODEL_TYPES.values())}; this is not a crosstune model directory (run the attach-head or "
-            f"finetune stage to make one)."
+            f"{sorted(MODEL_TYPES.values())} and it has no {HF_SECTION!r} section; this is not a crosstune model "
+            f"directory (run the attach-head or finetune stage to make one)."
         )
     try:
-        if config["model_type"] in (MODEL_TYPES[modality] for modality in STAGED_MODALITIES):
+        if config.get("model_type") in (MODEL_TYPES[modality] for modality in STAGED_MODALITIES):
             backbone: nn.Module = rebuild_staged_backbone(config["backbone"])
         else:
             backbone = AutoModel.from_config(_backbone_config(config))
@@ -338,9 +379,29 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
         dropout=head.dropout, hidden_dim=head.hidden_dim, seed=0,
     )
     model.spec = {key: config[key] for key in ("task", "labels", "pooling", "head", "freeze") if key in config}
-    load_weights(model, directory / WEIGHTS_NAME)
+    if is_hf_form(raw):
+        _load_hf_weights(model, directory / WEIGHTS_NAME)
+    else:
+        load_weights(model, directory / WEIGHTS_NAME)
     model.eval()
     return model, config
+
+
+def _load_hf_weights(model: TransferModel, path: Path) -> None:
+    """Load a Hugging Face-form ``model.safetensors`` (Hugging Face tensor names) into ``model``."""
+    from crosstune.heads.hf import hf_names
+
+    tensors = load_tensors(path)
+    names = hf_names(model.backbone, model.head)
+    missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
+    if missing or unexpected:
+        raise ArtifactError(f"{path}: does not match its config.json (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}); {artifact_fix(path)}")
+    try:
+        model.load_state_dict({names[name]: value for name, value in tensors.items()}, strict=True)
+    except RuntimeError as error:  # a tensor of the wrong shape
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ArtifactError(f"{path}: does not match its config.json ({first_line}); {artifact_fix(path)}") from error
 
 
 def _backbone_config(config: dict[str, Any]) -> Any:
@@ -354,5 +415,5 @@ def load_tokenizer(directory: str | Path) -> Any:
     """The tokenizer saved beside the model (told the backbone's config, not crosstune's)."""
     from transformers import AutoTokenizer
 
-    config = read_json(Path(directory) / CONFIG_NAME)
+    config = model_settings(read_json(Path(directory) / CONFIG_NAME))
     return AutoTokenizer.from_pretrained(str(directory), config=_backbone_config(config))

@@ -29,7 +29,9 @@ def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
 
     base, cache = load_section("base", params_path), load_section("cache", params_path)
     finetune, augment = load_section("finetune", params_path), load_section("augment", params_path)
-    config = read_json(Path(initial_dir) / "config.json")
+    from crosstune.model.saved import model_settings
+
+    config = model_settings(read_json(Path(initial_dir) / "config.json"))  # either config.json form (head.type: hf)
     has_source = encoded_has_source(encoded_dir)
     plan = plan_cache(config, cache, augment, finetune, has_source)
     meta: dict[str, Any] = {"cached": plan.cached, "inputs": plan_inputs(config, augment, finetune, has_source)}

@@ -120,8 +120,10 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
                     device, to_dict(params))
     live = _open_live(live_dir) if is_main else None
     try:
+        from crosstune.training.trial_reporting import reporter_from_environment
+
         result = train(model, train_split, validation_split, params, base.seed, device, live, batching, level,
-                       checkpoint, distributed, source_split)
+                       checkpoint, distributed, source_split, on_epoch=reporter_from_environment())
         if live is not None:
             # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
             # differ in `dvc metrics diff` and in dvc.lock's hashes.

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -330,7 +330,8 @@ def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, s
 def train(model: TransferModel, train_split: Any, validation_split: Any, params: FinetuneParams, seed: int,
           device: str, live: Any | None = None, batching: Any | None = None, level: PrefixLevel | None = None,
           checkpoint: Checkpointer | None = None, distributed: Distributed | None = None,
-          source_split: Any | None = None) -> TrainResult:
+          source_split: Any | None = None,
+          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Fine-tune ``model`` in place and leave it holding the best epoch's weights.
 
     Args:
@@ -344,6 +345,8 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
         distributed: this process's rank in a data-parallel run.
         source_split: the labelled source domain: every step then takes a source batch and a target batch
             (:mod:`crosstune.training.domain_streams`) and adds ``finetune.adaptation``'s loss on their features.
+        on_epoch: called with (epoch, validation metrics) after each epoch on the main process; `crosstune tune`
+            reports to its Optuna trial here (:mod:`crosstune.training.trial_reporting`) and may stop the run.
     """
     batching = batching or TextBatching(params.batch_size, params.max_length)
     is_main = distributed is None or distributed.is_main
@@ -378,6 +381,8 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
         best_state = end_epoch(run, validation_split, params, state, epoch, device, metrics_log, is_main,
                                best_state)
         result.elapsed_at_epoch.append(time.perf_counter() - started)
+        if on_epoch is not None and is_main:
+            on_epoch(epoch, state.history[-1])
         last = epoch == params.epochs or state.stopped_early
         if checkpoint is not None and is_main and (epoch % params.checkpoint_every == 0 or last):
             checkpoint.save(state, model, best_state, run.optimizer, run.scheduler, run.scaler, run.generator,

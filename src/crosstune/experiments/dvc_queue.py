@@ -1,0 +1,127 @@
+"""A thin layer over DVC's experiment queue: queue trials, start workers, wait, read results back.
+
+Everything goes through the `dvc` command line (`dvc exp run --queue`, `dvc queue start`,
+`dvc exp show --json`), the interface DVC keeps stable, so what crosstune queued is what `dvc exp show`,
+`dvc exp apply` and `dvc queue logs` show a user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from crosstune.errors import CrosstuneError
+
+logger = logging.getLogger(__name__)
+
+DONE_STATES = ("success", "failed")
+
+
+@dataclass
+class Experiment:
+    """One experiment of the current baseline commit as `dvc exp show --json` reports it."""
+
+    name: str
+    rev: str
+    state: str  # queued | running | success | failed (DVC's executor state)
+    params: dict[str, Any] = field(default_factory=dict)  # params.yaml, as the trial ran it
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics file -> its values
+    log: str | None = None  # the trial's output (also `dvc queue logs NAME`)
+
+    def value(self, path: str, key: str) -> Any:
+        """A dotted ``key`` (``best_validation.f1_macro``) of metrics file ``path``; None when absent."""
+        node: Any = self.metrics.get(path, {})
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def param(self, key: str) -> Any:
+        node: Any = self.params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+def dvc(*args: str, repo: str | Path = ".", check: bool = True) -> subprocess.CompletedProcess:
+    """Run the venv's `dvc` (the one beside this Python) in ``repo``; a failure names the command and its output."""
+    executable = Path(sys.executable).parent / "dvc"
+    command = [str(executable) if executable.is_file() else "dvc", *args]
+    completed = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False,
+                               env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if check and completed.returncode:
+        output = (completed.stderr or completed.stdout).strip().splitlines()
+        raise CrosstuneError(f"`dvc {' '.join(args)}` failed in {repo} (exit {completed.returncode}): "
+                             f"{output[-1] if output else 'no output'}")
+    return completed
+
+
+def _data(entry: dict[str, Any], kind: str) -> dict[str, Any]:
+    files = (entry.get("data") or {}).get(kind) or {}
+    return {path: (content or {}).get("data") or {} for path, content in files.items()}
+
+
+def baseline_experiments(repo: str | Path = ".") -> list[Experiment]:
+    """The experiments of the workspace's baseline commit (HEAD), newest first, queued ones included."""
+    rows = json.loads(dvc("exp", "show", "--json", repo=repo).stdout or "[]")
+    experiments: list[Experiment] = []
+    for baseline in rows:
+        if baseline.get("rev") == "workspace":
+            continue
+        for group in baseline.get("experiments") or []:
+            executor = group.get("executor") or {}
+            for revision in group.get("revs") or []:
+                experiments.append(Experiment(
+                    name=str(revision.get("name") or group.get("name") or revision.get("rev", "")[:7]),
+                    rev=str(revision.get("rev", "")),
+                    state=str(executor.get("state") or ("success" if revision.get("data") else "unknown")),
+                    params=_data(revision, "params").get("params.yaml", {}),
+                    metrics=_data(revision, "metrics"),
+                    log=(executor.get("local") or {}).get("log"),
+                ))
+        break  # dvc exp show lists the workspace, then HEAD's baseline first
+    return experiments
+
+
+def queue_experiment(name: str, overrides: Sequence[str], repo: str | Path = ".") -> None:
+    """`dvc exp run --queue -n NAME -S k=v ...`: the trial runs later in its own temporary copy."""
+    arguments = [item for override in overrides for item in ("-S", override)]
+    dvc("exp", "run", "--queue", "-n", name, *arguments, repo=repo)
+
+
+def remove_experiments(names: Sequence[str], repo: str | Path = ".") -> None:
+    """Drop failed (or stale queued) trials so their names can be queued again."""
+    if names:
+        dvc("queue", "remove", *names, repo=repo, check=False)
+        dvc("exp", "remove", *names, repo=repo, check=False)
+
+
+def run_queue(names: Sequence[str], jobs: int, repo: str | Path = ".", poll_seconds: float = 5.0,
+              timeout_seconds: float | None = None) -> list[Experiment]:
+    """Start ``jobs`` queue workers and wait until every trial in ``names`` has succeeded or failed."""
+    from tqdm import tqdm
+
+    dvc("queue", "start", "-j", str(jobs), repo=repo)
+    started = time.monotonic()
+    wanted = set(names)
+    with tqdm(total=len(wanted), desc="trials", unit="trial", disable=None) as progress:
+        while True:
+            experiments = [experiment for experiment in baseline_experiments(repo) if experiment.name in wanted]
+            done = sum(experiment.state in DONE_STATES for experiment in experiments)
+            progress.update(done - progress.n)
+            if done >= len(wanted):
+                return experiments
+            if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+                raise CrosstuneError(f"{len(wanted) - done} trial(s) still running after {timeout_seconds:.0f} s; "
+                                     f"see `dvc queue status`, and `dvc queue logs NAME` for one trial's output.")
+            time.sleep(poll_seconds)

@@ -1,0 +1,142 @@
+"""The sweep's grid, names and ranking (the queue itself runs in tests/test_pipeline_dvc.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from crosstune.errors import ConfigError
+from crosstune.experiments.sweep import (
+    TrialResult,
+    default_jobs,
+    format_ranking,
+    grid_trials,
+    parse_grid,
+    rank_trials,
+    trial_name,
+)
+
+
+def test_grid_is_the_product_in_the_given_order() -> None:
+    grid = parse_grid(["finetune.lr=1e-4, 5e-5", "freeze.depth=0,3,all"])
+    assert grid == {"finetune.lr": ["1e-4", "5e-5"], "freeze.depth": ["0", "3", "all"]}
+    trials = grid_trials(grid)
+    assert len(trials) == 6
+    assert trials[0] == ["finetune.lr=1e-4", "freeze.depth=0"] and trials[-1] == ["finetune.lr=5e-5", "freeze.depth=all"]
+
+
+def test_list_and_quoted_values_keep_their_commas() -> None:
+    grid = parse_grid(['evaluate.baselines=[majority,tfidf_logreg],[majority]', 'prepare.text_column="a,b",c'])
+    assert grid["evaluate.baselines"] == ["[majority,tfidf_logreg]", "[majority]"]
+    assert grid["prepare.text_column"] == ['"a,b"', "c"]
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["finetune.lr"], "expected section.key=V1,V2"),
+    (["lr=1e-4"], "expected section.key=V1,V2"),
+    (["finetune.lr="], "expected section.key=V1,V2"),
+    (["finetune.lr=1", "finetune.lr=2"], "given twice"),
+    ([], "no params given"),
+])
+def test_bad_grids_say_how_to_write_one(specs: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(specs)
+
+
+def test_trial_names_are_stable_ref_safe_and_order_free() -> None:
+    name = trial_name(["finetune.lr=1e-4", "freeze.depth=3"])
+    assert name == trial_name(["freeze.depth=3", "finetune.lr=1e-4"])
+    assert name != trial_name(["finetune.lr=1e-4", "freeze.depth=0"])
+    assert name.startswith("sweep-") and name.replace("-", "").isalnum()
+
+
+def _result(name: str, validation: float | None, state: str = "success") -> TrialResult:
+    return TrialResult(name, [f"finetune.lr={name}"], state, validation, {"f1_macro": 0.5} if validation else {}, None)
+
+
+def test_ranking_puts_the_best_first_and_failures_last() -> None:
+    results = [_result("a", 0.4), _result("b", None, "failed"), _result("c", 0.7), _result("d", 0.5)]
+    assert [r.name for r in rank_trials(results, "f1_macro")] == ["c", "d", "a", "b"]
+    assert [r.name for r in rank_trials(results, "loss")] == ["a", "d", "c", "b"]
+    table = format_ranking(rank_trials(results, "f1_macro"), "f1_macro")
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["rank", "experiment", "params"]
+    assert lines[1].split()[:2] == ["1", "c"] and lines[4].split()[:2] == ["-", "b"]
+    assert "dvc queue logs b" in table and "run the same sweep again" in table
+
+
+def test_default_jobs_follow_cores_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert default_jobs({"base": {"device": "cpu", "num_threads": 0}}) == 1
+    assert default_jobs({"base": {"device": "cpu", "num_threads": 2}}) == 4
+    assert default_jobs({"base": {"device": "cpu", "num_threads": 16}}) == 1
+
+
+# --- crosstune tune: the search space, the storage and the per-epoch reporting that prunes ---
+
+def test_search_space_reads_ranges_lists_and_integer_ranges() -> None:
+    import optuna
+
+    from crosstune.experiments.tune import SearchSpace
+
+    space = SearchSpace.from_mapping({
+        "finetune": {"lr": {"low": "1e-5", "high": 3.0e-4, "log": True}, "epochs": {"low": 2, "high": 6},
+                     "weight_decay": [0.0, 0.01]},
+        "freeze": {"depth": [0, 2, "all"]},
+    })
+    lr, epochs = space.distributions["finetune.lr"], space.distributions["finetune.epochs"]
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log and lr.low == 1e-5
+    assert isinstance(epochs, optuna.distributions.IntDistribution) and (epochs.low, epochs.high) == (2, 6)
+    assert space.distributions["freeze.depth"].choices == (0, 2, "all")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"finetune": {"lrr": [1]}}, r"finetune\.lrr: unknown key; valid keys in 'finetune'"),
+    ({"finetuning": {"lr": [1]}}, "not a params section"),
+    ({"finetune": {"lr": {"low": 1e-3, "high": 1e-4}}}, "low .* must be below high"),
+    ({"finetune": {"lr": {"low": 1e-5}}}, "expected a list of values or {low, high}"),
+    ({"finetune": {"lr": {"low": "x", "high": 1}}}, "expected a number"),
+    ({}, "expected params sections"),
+])
+def test_bad_search_spaces_name_the_key(data: dict, message: str) -> None:
+    from crosstune.experiments.tune import SearchSpace
+
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace.from_mapping(data)
+
+
+def test_relative_sqlite_storage_is_made_absolute(tmp_path) -> None:
+    from crosstune.experiments.tune import absolute_storage, trial_overrides
+
+    assert absolute_storage("sqlite:///.dvc/tmp/s.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/.dvc/tmp/s.db"
+    assert absolute_storage("postgresql://host/db", tmp_path) == "postgresql://host/db"
+    assert trial_overrides({"finetune.lr": 1e-4, "freeze.depth": "all"}) == ["finetune.lr=0.0001",
+                                                                               'freeze.depth="all"']
+
+
+def test_epoch_reports_reach_the_study_and_a_trial_below_the_median_is_pruned(tmp_path, monkeypatch) -> None:
+    import optuna
+
+    from crosstune.training.trial_reporting import (
+        TrialPruned,
+        TrialSpec,
+        reporter_from_environment,
+    )
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for curve in ([0.5, 0.7, 0.8], [0.6, 0.75, 0.85]):  # two completed trials: the median to beat
+        trial = study.ask()
+        for epoch, value in enumerate(curve, 1):
+            trial.report(value, epoch)
+        study.tell(trial, curve[-1])
+    assert reporter_from_environment() is None  # an ordinary `dvc repro`: nothing reported
+    trial = study.ask()
+    spec = TrialSpec(storage, "s", trial._trial_id, "f1_macro")
+    monkeypatch.setenv(*next(iter(spec.to_environment().items())))
+    report = reporter_from_environment()
+    report(1, {"f1_macro": 0.2})  # within the warm-up epoch: never pruned
+    with pytest.raises(TrialPruned, match="pruned by Optuna's median pruner after epoch 2"):
+        report(2, {"f1_macro": 0.3})
+    assert study.trials[-1].intermediate_values == {1: 0.2, 2: 0.3}
