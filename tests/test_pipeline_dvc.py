@@ -316,7 +316,7 @@ def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> 
         validation[row[1]] = metrics["metrics/finetune/metrics.json"]["best_validation"]["f1_macro"]
         assert float(row[4]) == pytest.approx(validation[row[1]], abs=5e-5)
         assert float(row[5]) == pytest.approx(metrics["metrics/eval.json"]["f1_macro"], abs=5e-5)
-    assert [row[1] for row in rows] == sorted(validation, key=lambda name: -validation[name])
+    assert [row[1] for row in rows] == sorted(validation, key=lambda name: (-validation[name], name))
     assert len({tuple(row[2:4]) for row in rows}) == 4
     assert f"dvc exp apply {rows[0][1]}" in result.stdout
 
@@ -324,6 +324,22 @@ def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> 
     assert again.returncode == 0 and "4 already done on this commit, 0 queued" in again.stderr
     assert [line.split()[:2] for line in again.stdout.splitlines() if line[:1].isdigit()] == \
         [row[:2] for row in rows]
+
+    # the report ranks the experiments and draws their parallel coordinates, offline
+    repo.run(str(Path(sys.executable).parent / "crosstune"), "report", "--out", "report.html")
+    page = (repo.root / "report.html").read_text(encoding="utf-8")
+    section = page[page.index("<h2>Experiments</h2>"):]
+    assert [name for name in re.findall(r"<tr><td>\d+</td><td>(sweep-\w+)</td>", section)] == [row[1] for row in rows]
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is not None:
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--virtual-time-budget=15000", f"--user-data-dir={repo.root / '.profile'}",
+                              "--dump-dom", (repo.root / "report.html").as_uri()],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        plot = dom[dom.index('id="crosstune_experiments_parallel"'):]
+        assert re.search(r'<canvas width="(\d{3,})" height="(\d{3,})" class="marks"', plot[:3000])
+    (repo.root / "report.html").unlink()
+    shutil.rmtree(repo.root / ".profile", ignore_errors=True)
 
     failing = subprocess.run([*sweep[:4], "finetune.lr=-1"], cwd=repo.root, env=repo.env, capture_output=True,
                              text=True, check=False)
@@ -364,7 +380,7 @@ def test_two_tune_workers_share_one_sqlite_study_of_dvc_experiments(repo: Repo, 
     from crosstune.experiments.tune import study_table
 
     table = study_table(study, repo.root).splitlines()
-    assert table[0].startswith("| trial | state | validation | epochs | finetune.lr | finetune.head_lr |")
+    assert table[0].startswith("| trial | state | validation | epochs | finetune.head_lr | finetune.lr |")
     assert len([line for line in table if re.match(r"\| \d+ \| (complete|pruned) \|", line)]) == 4
     assert repo.git("status", "--porcelain", "--", "params.yaml", "dvc.lock") == ""
 

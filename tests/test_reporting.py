@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from crosstune.experiments.dvc_queue import Experiment
+from crosstune.reporting.experiments import parallel_coordinates_spec, ranked, varied_params
 from crosstune.reporting.report import summary_html, tables_html
+from crosstune.reporting.wording import guard_html, headline_html, mistakes_html, plot_title, reword_plots
 from crosstune.reporting.template import LIBRARIES, build_template
 
 
@@ -30,4 +38,73 @@ def test_tables_order_and_mark_changes() -> None:
     assert '<td class="number worse">+0.2000</td>' in page  # a higher loss is worse
     assert page.index("base.seed") < page.index("finetune.lr")
     summary = summary_html(metrics, "main", "abc1234")
-    assert "test f1_macro <b>0.5500</b> (was 0.5000)" in summary and "compared with main" in summary
+    assert "Test macro-F1 <b>0.550</b> (was 0.500 at main)" in summary and "compared with main" in summary
+    assert "most frequent class 0.260" in summary
+
+
+@pytest.mark.parametrize("path, title", [
+    ("metrics/finetune/plots/metrics/train/loss.tsv", "Training loss by training step"),
+    ("metrics/finetune/plots/metrics/train/lr.tsv", "Learning rate by training step"),
+    ("metrics/finetune/plots/metrics/validation/f1_macro.tsv", "Validation macro-F1 by training step"),
+    ("Test confusion matrix", "Test confusion matrix"),
+])
+def test_plot_titles_in_words(path: str, title: str) -> None:
+    assert plot_title(path) == title
+
+
+def test_rendered_specs_get_worded_titles_and_confusion_counts() -> None:
+    page = ('<script>\n var spec = {"title": {"text": "metrics/finetune/plots/metrics/validation/loss.tsv"}, '
+            '"layer": [{"encoding": {"y": {"field": "loss", "title": "loss"}}}]};\n vegaEmbed("#a", spec);\n'
+            ' var spec = {"title": {"text": "Test confusion matrix"}, "params": [{"name": "showValues", '
+            '"bind": {"input": "checkbox"}}]};\n vegaEmbed("#b", spec);\n var spec = {broken;\n vegaEmbed("#c", spec);')
+    reworded = reword_plots(page)
+    assert '"text": "Validation loss by training step"' in reworded
+    assert '"name": "showValues", "bind": {"input": "checkbox"}, "value": true' in reworded
+    assert "var spec = {broken;" in reworded  # what does not parse stays as DVC wrote it
+
+
+def test_guard_verdict_in_words() -> None:
+    helped = {"transfer_gain": 0.07, "negative_transfer": False, "finetuned_f1_macro": 0.52, "scratch_f1_macro": 0.45,
+              "probe_f1_macro": 0.39, "exported_model": "finetuned"}
+    assert "Did the pretrained weights help? yes. Fine-tuned 0.520 against the same architecture trained from " \
+           "scratch 0.450 (macro-F1, +0.070); a linear probe on the frozen pretrained features 0.390. Exported: " \
+           "the finetuned model." in guard_html(helped)
+    hurt = {**helped, "transfer_gain": -0.1, "negative_transfer": True, "exported_model": "scratch"}
+    assert "no: <b>negative transfer</b>" in guard_html(hurt) and "the scratch model" in guard_html(hurt)
+    assert guard_html({"f1_macro": 0.5}) == ""
+    assert "does not beat all of them" in headline_html({"f1_macro": 0.3, "baseline_tfidf_logreg_f1_macro": 0.4,
+                                                        "beats_all_baselines": False}, None, None)
+
+
+def test_mistakes_table_lists_the_most_confident_first(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.csv"
+    pd.DataFrame({"text": ["fine <b>", "bad", "good", "x" * 400], "label": ["pos", "neg", "pos", "neg"],
+                  "predicted": ["neg", "neg", "neg", "pos"], "confidence": [0.6, 0.9, 0.8, 0.7]}).to_csv(path, index=False)
+    table = mistakes_html(path)
+    assert "3 most confident of 3 misclassified" in table
+    assert table.index("good") < table.index("xxxx") < table.index("fine &lt;b&gt;")  # escaped, by confidence
+    assert "x" * 300 + " …" in table and "bad" not in table
+    images = tmp_path / "images.csv"
+    pd.DataFrame({"image": ["a.png"], "label": ["1"], "predicted": ["2"]}).to_csv(images, index=False)
+    assert mistakes_html(images) == "" and mistakes_html(tmp_path / "absent.csv") == ""
+
+
+def _experiment(name: str, lr: float, depth: object, value: float) -> Experiment:
+    return Experiment(name, name, "success", {"finetune": {"lr": lr, "epochs": 4}, "freeze": {"depth": depth}},
+                      {"metrics/finetune/metrics.json": {"best_validation": {"f1_macro": value}},
+                       "metrics/eval.json": {"f1_macro": value - 0.01}})
+
+
+def test_experiments_rank_and_parallel_coordinates_cover_the_varied_params() -> None:
+    experiments = [_experiment("a", 1e-4, 0, 0.5), _experiment("b", 5e-5, "all", 0.7), _experiment("c", 2e-5, 3, 0.6),
+                   Experiment("d", "d", "failed")]
+    best_first = ranked(experiments, "f1_macro")
+    assert [e.name for e in best_first] == ["b", "c", "a"]
+    assert [e.name for e in ranked(experiments, "loss")] == []  # no validation loss recorded: nothing to rank
+    keys = varied_params(best_first)
+    assert keys == ["finetune.lr", "freeze.depth"]
+    spec = parallel_coordinates_spec(best_first, keys, "f1_macro")
+    points = {(row["experiment"], row["axis"]): row["position"] for row in spec["data"]["values"]}
+    assert points[("b", "validation f1_macro")] == 1.0 and points[("a", "validation f1_macro")] == 0.0
+    assert points[("a", "finetune.lr")] == 1.0 and points[("c", "finetune.lr")] == 0.0
+    assert {points[(name, "freeze.depth")] for name in "abc"} == {0.0, 0.5, 1.0}  # mixed values placed by order

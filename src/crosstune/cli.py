@@ -105,7 +105,7 @@ def _tune(args: argparse.Namespace) -> None:
     from crosstune.experiments.tune import DEFAULT_STORAGE, study_table, tune
 
     study = tune(args.space, args.trials, args.study, args.storage or DEFAULT_STORAGE, args.repo, args.metric,
-                 args.seed)
+                 args.seed, args.fixed)
     table = study_table(study, args.repo)
     print(table)
     if args.table:
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "crosstune-tune.db; a database URL for several machines)")
     tune.add_argument("--metric", help="validation metric to optimise (default: finetune.select_metric)")
     tune.add_argument("--seed", type=int, help="TPE's seed (default: base.seed; give each worker its own)")
+    tune.add_argument("-S", "--set-param", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                      help="a param every trial runs with (repeatable), e.g. -S evaluate.guard=off")
     tune.add_argument("--table", help="also write the study's trials as a Markdown table to this file")
     tune.add_argument("--repo", default=".", help="the DVC repository (default: current directory)")
     tune.set_defaults(handler=_tune)

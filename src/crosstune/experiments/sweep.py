@@ -133,10 +133,11 @@ def lower_is_better(metric: str) -> bool:
 
 
 def rank_trials(results: list[TrialResult], metric: str) -> list[TrialResult]:
-    """Best validation first (highest, or lowest for a loss); failed trials last, in the grid's order."""
+    """Best validation first (highest, or lowest for a loss; ties by name, as the report ranks experiments);
+    failed trials last, in the grid's order."""
     lower = lower_is_better(metric)
     finished = [result for result in results if result.validation is not None]
-    finished.sort(key=lambda result: result.validation if lower else -result.validation)
+    finished.sort(key=lambda result: (result.validation if lower else -result.validation, result.name))
     return finished + [result for result in results if result.validation is None]
 
 

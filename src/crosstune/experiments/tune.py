@@ -145,21 +145,25 @@ def _with_overrides(params: dict[str, Any], sampled: dict[str, Any]) -> dict[str
 
 
 def tune(space_path: str | Path, trials: int, study_name: str | None = None, storage: str = DEFAULT_STORAGE,
-         repo: str | Path = ".", metric: str | None = None, seed: int | None = None) -> Any:
+         repo: str | Path = ".", metric: str | None = None, seed: int | None = None,
+         fixed: Sequence[str] = ()) -> Any:
     """Run ``trials`` more trials of the study (created, or joined when it exists) and return it.
 
-    Each trial: ask TPE for params, check them with `crosstune check`'s params checks (a bad combination is
+    ``fixed``: ``section.key=value`` overrides every trial runs with (e.g. ``evaluate.guard=off``: tuning need
+    not pay for the negative-transfer guard's scratch model). Each trial: ask TPE for params, check them with `crosstune check`'s params checks (a bad combination is
     a failed trial, not a failed run), run them as a DVC experiment with the trial named in the environment
     (pruning), and tell the study the validation metric of the best epoch, pruned or failed.
     """
     import optuna
     from tqdm import tqdm
 
+    from crosstune.checks import apply_overrides
     from crosstune.config import FinetuneParams, from_mapping
 
     repo = Path(repo).resolve()
     space = SearchSpace.from_file(space_path)
-    params = read_params_file(repo / "params.yaml")
+    fixed = list(fixed)
+    params = apply_overrides(read_params_file(repo / "params.yaml"), fixed)
     metric = metric or from_mapping(FinetuneParams, params.get("finetune"), "finetune").select_metric
     study_name = study_name or Path(space_path).stem
     storage = absolute_storage(storage, repo)
@@ -183,7 +187,7 @@ def tune(space_path: str | Path, trials: int, study_name: str | None = None, sto
     for _ in tqdm(range(trials), desc="tune", unit="trial", disable=None):
         trial = study.ask(space.distributions)
         name = f"tune-{study_name}-{trial.number}"
-        overrides = trial_overrides(trial.params)
+        overrides = fixed + trial_overrides(trial.params)
         trial.set_user_attr("experiment", name)
         trial.set_user_attr("overrides", overrides)
         problems = params_problems(_with_overrides(params, trial.params))
@@ -235,7 +239,7 @@ def study_table(study: Any, repo: str | Path = ".", test_keys: Sequence[str] = (
 
     experiments = {experiment.name: experiment for experiment in baseline_experiments(repo)}
     lower = study.direction == optuna.study.StudyDirection.MINIMIZE
-    keys = list(dict.fromkeys(key for trial in study.trials for key in trial.params))
+    keys = sorted({key for trial in study.trials for key in trial.params})
 
     def order(trial: Any) -> tuple:
         done = trial.state == optuna.trial.TrialState.COMPLETE

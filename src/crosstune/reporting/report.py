@@ -19,13 +19,15 @@ from typing import Any
 
 from crosstune.errors import CrosstuneError
 from crosstune.io import atomic_path
+from crosstune.reporting.experiments import experiments_html
 from crosstune.reporting.template import build_template
+from crosstune.reporting.wording import mistakes_html, reword_plots
 
 logger = logging.getLogger(__name__)
 SUMMARY_MARKER = "<!--crosstune:summary-->"
 TABLES_MARKER = "<!--crosstune:tables-->"
 METRICS_FILE_ORDER = ("metrics/eval.json", "metrics/finetune/metrics.json", "metrics/freeze.json")
-HEADLINE_METRICS = ("f1_macro", "accuracy", "f1_weighted", "r2", "mae")
+PREDICTIONS = Path("metrics/predictions.csv")
 LOWER_IS_BETTER = ("loss", "mse", "mae")
 
 
@@ -107,23 +109,15 @@ def _metric_order(key: str) -> tuple[int, str]:
 
 
 def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revision: str) -> str:
-    """Title and headline numbers (test metrics and baselines), shown above the plots."""
-    headline = []
-    for name in HEADLINE_METRICS:
-        key = f"metrics/eval.json:{name}"
-        if key in metrics:
-            values = metrics[key]
-            before = f" (was {_format(values['old'])})" if compare and values["old"] is not None else ""
-            headline.append(f"test {name} <b>{_format(values['new'])}</b>{before}")
-    baselines = [f"{key.split(':', 1)[1]} {_format(values['new'])}" for key, values in metrics.items()
-                 if key.startswith("metrics/eval.json:baseline_") and key.endswith("_f1_macro")]
+    """Title and headline in words (test metrics, baselines, the guard's verdict), shown above the plots."""
+    from crosstune.reporting.wording import headline_html
+
+    prefix = "metrics/eval.json:"
+    test = {key[len(prefix):]: values["new"] for key, values in metrics.items() if key.startswith(prefix)}
+    old = {key[len(prefix):]: values["old"] for key, values in metrics.items()
+           if key.startswith(prefix) and values["old"] is not None} if compare else None
     subtitle = f"workspace at {html.escape(revision)}" + (f", compared with {html.escape(compare)}" if compare else "")
-    parts = [f"<h1>crosstune report</h1>\n<p class=\"subtitle\">{subtitle}</p>"]
-    if headline:
-        parts.append(f"<p>{' · '.join(headline)}</p>")
-    if baselines:
-        parts.append(f"<p>baselines: {html.escape(', '.join(sorted(baselines)))}</p>")
-    return "\n".join(parts)
+    return f"<h1>crosstune report</h1>\n<p class=\"subtitle\">{subtitle}</p>\n{headline_html(test, old, compare)}"
 
 
 def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, Any]], compare: str | None) -> str:
@@ -151,6 +145,11 @@ def inline_images(page: str, directory: Path) -> str:
     return re.sub(r'<img src="(?!data:)([^"]+)"', embed, page)
 
 
+def _select_metric(params: dict[str, dict[str, Any]]) -> str:
+    value = (params.get("finetune.select_metric") or {}).get("new")
+    return str(value) if value else "f1_macro"
+
+
 def build_report(output: str | Path, compare: str | None = None, repo: str | Path = ".") -> Path:
     """Write the report page to ``output`` and return its path."""
     repo = Path(repo).resolve()
@@ -168,8 +167,11 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=False).stdout.strip() or "an uncommitted repository"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
+    page = reword_plots(page)
     page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision))
-    page = page.replace(TABLES_MARKER, tables_html(metrics, params, compare))
+    sections = [mistakes_html(repo / PREDICTIONS), experiments_html(repo, _select_metric(params)),
+                tables_html(metrics, params, compare)]
+    page = page.replace(TABLES_MARKER, "\n".join(section for section in sections if section))
     with atomic_path(output) as temporary:
         temporary.write_text(page, encoding="utf-8")
     logger.info("wrote %s", output)
