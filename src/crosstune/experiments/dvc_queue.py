@@ -53,12 +53,23 @@ class Experiment:
         return node
 
 
-def dvc(*args: str, repo: str | Path = ".", check: bool = True) -> subprocess.CompletedProcess:
-    """Run the venv's `dvc` (the one beside this Python) in ``repo``; a failure names the command and its output."""
+def dvc_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for `dvc` and the stages it runs: this Python's directory first on PATH, so a stage's
+    ``python stages/...`` is the interpreter crosstune runs in (a venv's, even when it was not activated)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", **(extra or {})}
+
+
+def dvc_command(*args: str) -> list[str]:
+    """The venv's `dvc` (the one beside this Python) with ``args``."""
     executable = Path(sys.executable).parent / "dvc"
-    command = [str(executable) if executable.is_file() else "dvc", *args]
-    completed = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False,
-                               env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    return [str(executable) if executable.is_file() else "dvc", *args]
+
+
+def dvc(*args: str, repo: str | Path = ".", check: bool = True) -> subprocess.CompletedProcess:
+    """Run `dvc ARGS` in ``repo``; a failure names the command and its output."""
+    completed = subprocess.run(dvc_command(*args), cwd=repo, capture_output=True, text=True, check=False,
+                               env=dvc_environment())
     if check and completed.returncode:
         output = (completed.stderr or completed.stdout).strip().splitlines()
         raise CrosstuneError(f"`dvc {' '.join(args)}` failed in {repo} (exit {completed.returncode}): "

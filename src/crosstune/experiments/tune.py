@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +31,11 @@ import yaml
 
 from crosstune.config import SECTIONS, params_problems, read_params_file
 from crosstune.errors import ConfigError
-from crosstune.experiments.dvc_queue import baseline_experiments
+from crosstune.experiments.dvc_queue import (
+    baseline_experiments,
+    dvc_command,
+    dvc_environment,
+)
 from crosstune.experiments.sweep import (
     TEST_METRICS,
     VALIDATION_METRICS,
@@ -211,13 +213,12 @@ def tune(space_path: str | Path, trials: int, study_name: str | None = None, sto
 
 def _run_trial(repo: Path, name: str, overrides: Sequence[str], spec: TrialSpec) -> tuple[str, float | None, str]:
     """Run one trial as ``dvc exp run --temp``; (complete | pruned | fail, validation value, last message)."""
-    executable = Path(sys.executable).parent / "dvc"
-    command = [str(executable) if executable.is_file() else "dvc", "exp", "run", "--temp", "-n", name,
-               *[item for override in overrides for item in ("-S", override)]]
+    command = dvc_command("exp", "run", "--temp", "-n", name,
+                          *[item for override in overrides for item in ("-S", override)])
     log_path = repo / LOG_DIR / f"{name}.log"
     with log_path.open("w", encoding="utf-8") as log:
         completed = subprocess.run(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT, check=False,
-                                   env={**os.environ, "DVC_NO_ANALYTICS": "1", **spec.to_environment()})
+                                   env=dvc_environment(spec.to_environment()))
     output = log_path.read_text(encoding="utf-8", errors="replace")
     if completed.returncode:
         lines = [line for line in output.splitlines() if line.startswith("crosstune: error:")]
