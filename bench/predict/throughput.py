@@ -44,7 +44,7 @@ def build_model(directory: Path) -> None:
     backbone = AutoModel.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = build_transfer_model(backbone, task="classification", labels=["negative", "neutral", "positive"],
-                                 head_type="hf", pooling="cls", dropout=0.1, hidden_dim=0, seed=0)
+                                 head_type="hf", pooling="cls", dropout=0.1, hidden_dim=256, seed=0)
     save_transfer_model(model, directory, tokenizer, extra={"max_length": MAX_LENGTH, "freeze": {"depth": 0}})
 
 
