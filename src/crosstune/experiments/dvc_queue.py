@@ -44,14 +44,6 @@ class Experiment:
             node = node[part]
         return node
 
-    def param(self, key: str) -> Any:
-        node: Any = self.params
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
-
 
 def dvc_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for `dvc` and the stages it runs: this Python's directory first on PATH, so a stage's

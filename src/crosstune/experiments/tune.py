@@ -138,14 +138,6 @@ def trial_overrides(params: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
-def _with_overrides(params: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-    merged = {section: dict(values) if isinstance(values, dict) else values for section, values in params.items()}
-    for key, value in sampled.items():
-        section, name = key.split(".", 1)
-        merged.setdefault(section, {})[name] = value
-    return merged
-
-
 def tune(space_path: str | Path, trials: int, study_name: str | None = None, storage: str = DEFAULT_STORAGE,
          repo: str | Path = ".", metric: str | None = None, seed: int | None = None,
          fixed: Sequence[str] = ()) -> Any:
@@ -192,7 +184,7 @@ def tune(space_path: str | Path, trials: int, study_name: str | None = None, sto
         overrides = fixed + trial_overrides(trial.params)
         trial.set_user_attr("experiment", name)
         trial.set_user_attr("overrides", overrides)
-        problems = params_problems(_with_overrides(params, trial.params))
+        problems = params_problems(apply_overrides(params, overrides))
         if problems:
             logger.warning("trial %d: %s", trial.number, problems[0])
             trial.set_user_attr("error", problems[0])

@@ -43,14 +43,6 @@ def _dvc(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
-def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, into)
-    else:
-        into[prefix] = value
-
-
 def collect_metrics(repo: Path, compare: str | None) -> dict[str, dict[str, Any]]:
     """``{"file:key": {"new": value, "old": value-or-None}}`` for every metric of the workspace."""
     revision = compare or "HEAD"
