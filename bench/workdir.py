@@ -50,7 +50,7 @@ def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
 
 
 def run_seed(work: Path, run_dir: Path, run_params: dict, attached_to_evaluate: bool = False) -> tuple[dict, float]:
-    """attach-head, cache, finetune and evaluate with ``run_params`` into ``run_dir``, on the prepared and
+    """attach-head, cache, probe, finetune and evaluate with ``run_params`` into ``run_dir``, on the prepared and
     encoded data of ``work`` (:func:`prepare_workdir` with ``attach=False``); returns the test metrics and
     the seconds the four stages took. ``attached_to_evaluate`` gives evaluate the attached model, as
     dvc.yaml does: the negative-transfer guard (when ``evaluate.guard`` is on) and the domain gap."""
@@ -60,6 +60,7 @@ def run_seed(work: Path, run_dir: Path, run_params: dict, attached_to_evaluate: 
     from crosstune.pipeline.cache import cache_stage
     from crosstune.pipeline.evaluate import evaluate_stage
     from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.probe import probe_stage
     from crosstune.pipeline.scratch import scratch_stage
 
     path = run_dir / "params.yaml"
@@ -69,13 +70,16 @@ def run_seed(work: Path, run_dir: Path, run_params: dict, attached_to_evaluate: 
     attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(run_dir / "initial"),
                       str(run_dir / "freeze.json"), str(path))
     cache_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "features"), str(path))
+    probe_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "probe"), str(run_dir / "probe.json"),
+                str(path), str(run_dir / "features"))
     finetune_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "model"), str(run_dir / "live"),
-                   str(path), str(run_dir / "features"))
+                   str(path), str(run_dir / "features"), probe_dir=str(run_dir / "probe"))
     if attached_to_evaluate:  # the guard's scratch model (its stage records "off" when the guard is off)
         scratch_stage(str(run_dir / "initial"), str(work / "encoded"), str(run_dir / "scratch"), str(path))
     metrics = evaluate_stage(str(run_dir / "model"), str(work / "encoded"), str(work / "prepared"),
                              str(run_dir / "eval.json"), str(run_dir / "predictions.csv"),
                              str(run_dir / "misclassified.png"), str(path),
                              str(run_dir / "initial") if attached_to_evaluate else None,
-                             str(run_dir / "scratch") if attached_to_evaluate else None)
+                             str(run_dir / "scratch") if attached_to_evaluate else None,
+                             str(run_dir / "probe"))
     return metrics, time.perf_counter() - started

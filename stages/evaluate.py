@@ -1,10 +1,11 @@
-"""Stage 6, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines,
-the negative-transfer guard (a scratch model and a linear probe) and the domain gap before and after.
+"""Stage 8, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines,
+the negative-transfer guard (the fine-tuned model against the scratch and the probe models; with fallback
+the best of the three on validation is exported) and the domain gap before and after.
 
 Reads params sections `base` (seed, device) and `evaluate`, and `finetune`/`augment` for the scratch
 model's budget. By hand:
     python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \
-        --initial models/initial --scratch models/scratch \
+        --initial models/initial --scratch models/scratch --probe models/probe \
         --metrics metrics/eval.json --predictions metrics/predictions.csv --examples metrics/misclassified.png
 """
 
@@ -22,13 +23,14 @@ def main(argv=None) -> None:
     parser.add_argument("--prepared", required=True, help="prepared splits (texts for the baselines)")
     parser.add_argument("--initial", help="attached model before fine-tuning (guard and domain gap)")
     parser.add_argument("--scratch", help="directory for the guard's scratch model")
+    parser.add_argument("--probe", help="the probe stage's model (the guard's linear probe)")
     parser.add_argument("--metrics", required=True, help="flat JSON of test metrics")
     parser.add_argument("--predictions", required=True, help="CSV of test inputs, labels and predictions")
     parser.add_argument("--examples", required=True, help="PNG of misclassified test examples")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     evaluate_stage(args.model, args.encoded, args.prepared, args.metrics, args.predictions, args.examples,
-                   args.params, args.initial, args.scratch)
+                   args.params, args.initial, args.scratch, args.probe)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage 6, scratch: the negative-transfer guard's model, the same architecture trained from random
+"""Stage 7, scratch: the negative-transfer guard's model, the same architecture trained from random
 initialisation with the same data, finetune params and budget (only when evaluate.guard is not off).
 
 Reads params sections `base`, `finetune`, `augment` and `evaluate.guard`. By hand:

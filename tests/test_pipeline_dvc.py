@@ -45,7 +45,7 @@ AUDIO_PARAMS = {
     "finetune": {"epochs": 3, "lr": 0.01, "class_weights": "none"},
     "evaluate": {"baselines": ["majority", "mfcc_logreg"], "guard": "report"},
 }
-ALL_STAGES = {"prepare", "backbone", "attach_head", "cache", "finetune", "scratch", "evaluate"}
+ALL_STAGES = {"prepare", "backbone", "attach_head", "cache", "probe", "finetune", "scratch", "evaluate"}
 TEXT_PARAMS = {"finetune": {"epochs": 2}, "evaluate": {"guard": "report"}}
 
 
@@ -188,7 +188,7 @@ def test_freeze_depth_reruns_from_attach_head_and_rebuilds_the_cache(repo: Repo)
     repo.baseline()
     assert json.loads((repo.root / "data" / "features" / "meta.json").read_text())["cached"] is False
     repo.set_param("freeze", "depth", 1)
-    assert repo.repro() == {"attach_head", "cache", "finetune", "scratch", "evaluate"}
+    assert repo.repro() == {"attach_head", "cache", "probe", "finetune", "scratch", "evaluate"}
     freeze = json.loads((repo.root / "metrics" / "freeze.json").read_text())
     assert freeze["frozen_blocks"] == 1 and freeze["frozen_parameters"] > 0
     meta = json.loads((repo.root / "data" / "features" / "meta.json").read_text())
@@ -401,7 +401,7 @@ def test_image_pipeline_and_augmentation_granularity(image_repo: Repo) -> None:
     assert (image_repo.root / "metrics" / "misclassified.png").stat().st_size > 1000
     image_repo.set_param("augment", "horizontal_flip", 0.5)
     # the cache stage re-decides (augmentation makes caching invalid) without loading a model
-    assert image_repo.repro() == {"cache", "finetune", "scratch", "evaluate"}
+    assert image_repo.repro() == {"cache", "probe", "finetune", "scratch", "evaluate"}
     assert "augment" in json.loads((image_repo.root / "data" / "features" / "meta.json").read_text())["reason"]
     predictions = pd.read_csv(image_repo.root / "metrics" / "predictions.csv")
     loaded = crosstune.load(str(image_repo.root / "models" / "finetuned"))

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from crosstune.experiments.dvc_queue import Experiment
-from crosstune.reporting.experiments import parallel_coordinates_spec, ranked, varied_params
+from crosstune.reporting.experiments import (
+    parallel_coordinates_spec,
+    ranked,
+    varied_params,
+)
 from crosstune.reporting.report import summary_html, tables_html
-from crosstune.reporting.wording import guard_html, headline_html, mistakes_html, plot_title, reword_plots
 from crosstune.reporting.template import LIBRARIES, build_template
+from crosstune.reporting.wording import (
+    guard_html,
+    headline_html,
+    mistakes_html,
+    plot_title,
+    reword_plots,
+)
 
 
 def test_template_inlines_pinned_libraries_and_loads_nothing() -> None:
@@ -71,6 +80,11 @@ def test_guard_verdict_in_words() -> None:
            "the finetuned model." in guard_html(helped)
     hurt = {**helped, "transfer_gain": -0.1, "negative_transfer": True, "exported_model": "scratch"}
     assert "no: <b>negative transfer</b>" in guard_html(hurt) and "the scratch model" in guard_html(hurt)
+    assert "chosen on validation" not in guard_html(hurt)  # report mode: nothing was chosen
+    fallback = {**helped, "guard": "fallback", "exported_model": "probe", "finetuned_validation_f1_macro": 0.41,
+                "probe_validation_f1_macro": 0.47, "scratch_validation_f1_macro": 0.4}
+    assert "Exported: the probe model. It was chosen on validation (macro-F1: fine-tuned 0.410, probe 0.470, " \
+           "scratch 0.400)." in guard_html(fallback)
     assert guard_html({"f1_macro": 0.5}) == ""
     assert "does not beat all of them" in headline_html({"f1_macro": 0.3, "baseline_tfidf_logreg_f1_macro": 0.4,
                                                         "beats_all_baselines": False}, None, None)

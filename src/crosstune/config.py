@@ -206,6 +206,9 @@ class HeadParams:
         _check_range("head.hidden_dim", self.hidden_dim, low=1)
 
 
+HEAD_INITS = ("random", "probe")  # finetune.head_init: where fine-tuning's head starts
+
+
 @dataclass(frozen=True)
 class FinetuneParams:
     """Optimisation of the attached model on the target training split."""
@@ -223,6 +226,7 @@ class FinetuneParams:
     class_weights: Union[str, tuple[float, ...]] = "balanced"  # none | balanced | one weight per label
     select_metric: str = "f1_macro"  # validation metric that picks the best epoch
     log_every: int = 5  # optimizer steps between logged training losses
+    head_init: str = "random"  # random (attach_head's head) | probe (LP-FT: start from the probe stage's fitted head)
     # transfer-aware rates and schedules
     head_lr: float = 0.0  # learning rate of the new head; 0 = finetune.lr
     layer_decay: float = 1.0  # discriminative rates: block k below the top trains at lr * layer_decay**k
@@ -263,6 +267,7 @@ class FinetuneParams:
         _check_range("finetune.max_length", self.max_length, low=8)
         _check_range("finetune.warmup_ratio", self.warmup_ratio, 0.0, 1.0, True, False)
         _check_range("finetune.log_every", self.log_every, low=1)
+        _check_choice("finetune.head_init", self.head_init, HEAD_INITS)
         _check_range("finetune.head_lr", self.head_lr, low=0.0)
         _check_range("finetune.layer_decay", self.layer_decay, 0.0, 1.0, False, True)
         _check_range("finetune.stlr_ratio", self.stlr_ratio, low=1.0)
@@ -355,7 +360,7 @@ class EvaluateParams:
 
     batch_size: int = 64
     baselines: tuple[str, ...] = ("majority", "tfidf_logreg")
-    guard: str = "report"  # off | report (scratch model + linear probe, transfer_gain) | fallback (export the better)
+    guard: str = "fallback"  # off | report (fine-tuned vs scratch vs probe) | fallback (export the best on validation)
 
     def __post_init__(self) -> None:
         from crosstune.evaluation.baselines import BASELINES

@@ -118,13 +118,13 @@ or `crosstune predict --model path/to/this/directory --input new.csv --text-colu
 """
 
 
-EXPORTED_DIRS = {"finetuned": "models/finetuned", "scratch": "models/scratch"}
+EXPORTED_DIRS = {"finetuned": "models/finetuned", "probe": "models/probe", "scratch": "models/scratch"}
 EXPORT_FORMATS = ("safetensors", "onnx")  # the model directory as it is, or with model.onnx added
 
 
 def exported_model_dir(eval_metrics: str | Path = "metrics/eval.json") -> str:
-    """The model evaluate chose to export: the fine-tuned one, or the negative-transfer guard's scratch
-    model when ``evaluate.guard: fallback`` found it better on validation."""
+    """The model evaluate chose to export: the fine-tuned one, or the negative-transfer guard's probe or
+    scratch model when ``evaluate.guard: fallback`` found it better on validation."""
     from crosstune.io import read_json
 
     choice = read_json(eval_metrics).get("exported_model", "finetuned") if Path(eval_metrics).is_file() else "finetuned"

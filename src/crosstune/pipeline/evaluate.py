@@ -16,11 +16,11 @@ logger = logging.getLogger(__name__)
 def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_path: str,
                    predictions_path: str, examples_path: str,
                    params_path: str = DEFAULT_PARAMS_PATH, initial_dir: str | None = None,
-                   scratch_dir: str | None = None) -> dict[str, Any]:
+                   scratch_dir: str | None = None, probe_dir: str | None = None) -> dict[str, Any]:
     """evaluate: test-split metrics, per-class report, predictions, misclassified examples and baselines;
-    with ``evaluate.guard`` (and ``initial_dir``, ``scratch_dir``) the negative-transfer guard's verdict on
-    the scratch stage's model (:mod:`crosstune.evaluation.guard`); with a source domain, the domain gap
-    before and after fine-tuning."""
+    with ``evaluate.guard`` (and ``scratch_dir``, ``probe_dir``) the negative-transfer guard's verdict on
+    the scratch and probe stages' models (:mod:`crosstune.evaluation.guard`); with a source domain (and
+    ``initial_dir``), the domain gap before and after fine-tuning."""
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.evaluation.features import PooledFeatures
     from crosstune.inference.outputs import predict_outputs, score_outputs
@@ -40,27 +40,29 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     outputs = predict_outputs(model, splits["test"], batching, device)
     metrics = score_outputs(outputs, splits["test"], task, labels)
     has_source = len(splits["source"]) > 0
-    guarded = params.guard != "off" and initial_dir is not None and scratch_dir is not None
-    # The attached (pretrained, untrained) model, loaded once: its features serve the linear probe and the
-    # domain gap alike.
-    pretrained = None
-    if initial_dir is not None and (guarded or has_source):
-        attached, _ = load_transfer_model(initial_dir)
-        pretrained = PooledFeatures(attached.to(device), batching, device)
+    guarded = params.guard != "off" and scratch_dir is not None
+    if guarded and probe_dir is None:
+        from crosstune.errors import ArtifactError
+
+        raise ArtifactError(f"params.yaml: evaluate.guard: {params.guard} compares the fine-tuned model with the "
+                            f"scratch and the probe models, but no probe model was given; pass --probe "
+                            f"models/probe (dvc.yaml does), or set evaluate.guard: off.")
     exported, exported_outputs = "finetuned", outputs
     if guarded:
         from crosstune.evaluation.guard import judge_transfer
 
-        scratch = _load_scratch(scratch_dir, params.guard).to(device)
-        outcome = judge_transfer(model, scratch, pretrained, splits, batching, base.seed, device, params.guard,
-                                 metrics, headline)
-        if outcome.use_scratch:
-            exported, exported_outputs = "scratch", outcome.scratch_outputs
+        candidates = {"finetuned": model, "scratch": _load_scratch(scratch_dir, params.guard).to(device),
+                      "probe": load_transfer_model(probe_dir)[0].to(device)}
+        outcome = judge_transfer(candidates, splits, batching, device, params.guard, metrics, headline)
+        if outcome.exported != "finetuned":
+            exported, exported_outputs = outcome.exported, outcome.test_outputs[outcome.exported]
             metrics = score_outputs(exported_outputs, splits["test"], task, labels)
         metrics.update(outcome.metrics)
     metrics["exported_model"] = exported
-    if has_source and pretrained is not None:
-        metrics.update(_domain_gaps(pretrained, PooledFeatures(model, batching, device), splits, base.seed))
+    if has_source and initial_dir is not None:
+        attached = load_transfer_model(initial_dir)[0].to(device)  # the pretrained, untrained model
+        metrics.update(_domain_gaps(PooledFeatures(attached, batching, device), PooledFeatures(model, batching, device),
+                                    splits, base.seed))
     metrics["test_size"] = len(splits["test"])
     _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, headline, metrics,
                       metrics_path, predictions_path, examples_path)

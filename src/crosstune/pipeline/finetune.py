@@ -40,7 +40,7 @@ def _cached_inputs(features_dir: str | None, config: dict[str, Any], finetune: A
 
 def launch_finetune(script: str, argv: list[str], initial_dir: str, encoded_dir: str, model_dir: str,
                     live_dir: str, params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None,
-                    checkpoint_dir: str | None = None) -> None:
+                    checkpoint_dir: str | None = None, probe_dir: str | None = None) -> None:
     """What ``stages/finetune.py`` runs: :func:`finetune_stage`, or, with ``finetune.num_processes`` > 1, the
     same script again under torchrun (:func:`crosstune.training.distributed.relaunched_under_torchrun`),
     whose processes each run :func:`finetune_stage`."""
@@ -48,13 +48,17 @@ def launch_finetune(script: str, argv: list[str], initial_dir: str, encoded_dir:
 
     if relaunched_under_torchrun(script, argv, load_section("finetune", params_path).num_processes):
         return
-    finetune_stage(initial_dir, encoded_dir, model_dir, live_dir, params_path, features_dir, checkpoint_dir)
+    finetune_stage(initial_dir, encoded_dir, model_dir, live_dir, params_path, features_dir, checkpoint_dir,
+                   probe_dir)
 
 
 def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir: str,
                    params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None,
-                   checkpoint_dir: str | None = None) -> dict[str, Any]:
+                   checkpoint_dir: str | None = None, probe_dir: str | None = None) -> dict[str, Any]:
     """fine-tune: train the attached model and save the best epoch's weights.
+
+    It starts from ``initial_dir`` (the attach_head stage's random head), or with ``finetune.head_init:
+    probe`` from ``probe_dir`` (the same backbone, its head fitted on the frozen features: LP-FT).
 
     With ``checkpoint_dir`` the run saves its state after every epoch and resumes an interrupted run
     with the same params and inputs; under torchrun (``finetune.num_processes`` > 1) every process
@@ -82,7 +86,8 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     if distributed is not None:
         device = distributed.device
     is_main = distributed is None or distributed.is_main
-    model, config = load_transfer_model(initial_dir)
+    start_dir = _start_dir(params.head_init, initial_dir, probe_dir)
+    model, config = load_transfer_model(start_dir)
     freeze = saved_freeze(config)
     report = apply_policy(model, freeze, base.seed)  # requires_grad is not saved with the weights
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -110,7 +115,7 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         # What this run reads: the cache (itself made from the encoded splits) or the encoded splits.
         data = [Path(features_dir)] if cached is not None else \
             [Path(encoded_dir) / f"{name}.safetensors" for name in ("train", "validation", "source")]
-        inputs = [Path(initial_dir) / "model.safetensors", Path(initial_dir) / "config.json", *data]
+        inputs = [Path(start_dir) / "model.safetensors", Path(start_dir) / "config.json", *data]
         settings = {"base": to_dict(base), "finetune": to_dict(params), "augment": to_dict(augment),
                     "cached_level": level, "world_size": distributed.world_size if distributed else 1}
         checkpoint = Checkpointer(checkpoint_dir, fingerprint(settings, inputs))
@@ -153,6 +158,18 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         write_json(staging / "train_history.json", result.history)
 
     return {"best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def _start_dir(head_init: str, initial_dir: str, probe_dir: str | None) -> str:
+    """The model fine-tuning starts from: the attached one, or the probe stage's (LP-FT)."""
+    if head_init == "random":
+        return initial_dir
+    if probe_dir is None or not (Path(probe_dir) / "model.safetensors").is_file():
+        raise ArtifactError(f"params.yaml: finetune.head_init: probe starts from the probe stage's model, but "
+                            f"{probe_dir or 'no --probe directory'} holds none; run `dvc repro probe` (or pass "
+                            f"--probe models/probe), or set finetune.head_init: random.")
+    logger.info("finetune: starting from the linear probe's head (%s): LP-FT", probe_dir)
+    return probe_dir
 
 
 def _open_live(live_dir: str) -> Any:

@@ -121,6 +121,10 @@ def guard_html(test: dict[str, Any]) -> str:
     probe = f"; a linear probe on the frozen pretrained features {_score(test, f'probe_{metric}')}" \
         if f"probe_{metric}" in test else ""
     exported = f" Exported: the {html.escape(str(test['exported_model']))} model." if "exported_model" in test else ""
+    validation = [f"{name.replace('finetuned', 'fine-tuned')} {float(test[f'{name}_validation_{metric}']):.3f}"
+                  for name in ("finetuned", "probe", "scratch") if f"{name}_validation_{metric}" in test]
+    if validation and test.get("guard") == "fallback":
+        exported += f" It was chosen on validation ({metric_words(metric)}: {', '.join(validation)})."
     return (f"<p>Did the pretrained weights help? {answer}. Fine-tuned {_score(test, f'finetuned_{metric}')} "
             f"against the same architecture trained from scratch {_score(test, f'scratch_{metric}')} "
             f"({metric_words(metric)}, {gain:+.3f}){probe}.{exported}</p>")

@@ -1,0 +1,55 @@
+"""Print bench/recipes/results.json (and setfit.json) as the README's table: mean ± std over seeds per cell.
+
+    .venv/bin/python bench/recipes/table.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROWS = [("full", "full fine-tuning from a random head (`head_init: random`)"),
+        ("lp_ft", "LP-FT (`head_init: probe`)"),
+        ("fallback(full)", "guard fallback after full fine-tuning (exported model)"),
+        ("fallback(lp_ft)", "guard fallback after LP-FT (exported model)"),
+        ("head_only", "head only, SGD (`freeze.depth: all`)"),
+        ("probe", "linear probe (probe stage, closed form)"),
+        ("scratch", "scratch (random initialisation, same budget)")]
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main() -> None:
+    results = json.loads((HERE / "results.json").read_text())
+    setfit_path = HERE / "setfit.json"
+    setfit = json.loads(setfit_path.read_text()) if setfit_path.exists() else {}
+    tasks = list(results)
+    baselines = sorted({key for task in tasks for run in results[task]["runs"] for key in run
+                        if key.startswith("baseline_")})
+    print("| model | " + " | ".join(f"{task}: test macro-F1" for task in tasks) + " |")
+    print("| --- |" + " --- |" * len(tasks))
+    for key, words in ROWS + [(name, name.replace("baseline_", "baseline: ")) for name in baselines]:
+        row = [cell([run[key]["f1_macro"] for run in results[task]["runs"] if key in run]) for task in tasks]
+        print(f"| {words} | " + " | ".join(row) + " |")
+    for name, entry in setfit.items():
+        row = [cell([run["f1_macro"] for run in entry["runs"]]) if task == "text" else "n/a" for task in tasks]
+        print(f"| SetFit 1.2.0, {name.split('_')[1]} head, {entry['max_steps']} steps | " + " | ".join(row) + " |")
+    print()
+    for task in tasks:
+        runs = results[task]["runs"]
+        chosen = {recipe: [run[f"fallback({recipe})"]["chose"] for run in runs] for recipe in ("full", "lp_ft")}
+        seconds = {key: statistics.mean(run["seconds"][key] for run in runs) for key in runs[0]["seconds"]}
+        print(f"- {task} ({len(runs)} seeds): fallback chose {chosen}; mean seconds "
+              + ", ".join(f"{key} {value:.0f}" for key, value in seconds.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""probe: the linear probe as a model, the frozen pretrained backbone with its head's output layer fitted on
+the frozen features (:mod:`crosstune.training.linear_probe`).
+
+It is both the start of LP-FT (``finetune.head_init: probe``) and the third model the negative-transfer
+guard compares (fine-tuned, probe, scratch). It reads the frozen-prefix cache where the cache stage built
+one, so with a frozen prefix only the blocks above it run; without one, the whole backbone runs once over
+train and validation (and the labelled source domain, which the cache never holds).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.errors import ArtifactError
+from crosstune.io import (
+    atomic_directory,
+    read_json,
+    round_metrics,
+    write_json,
+    write_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBE_RECORD = "probe.json"  # in models/probe: how its output layer was fitted
+
+
+def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path: str,
+                params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None) -> dict[str, Any]:
+    """Fit the attached model's output layer on its frozen features (from the cache stage's ``features_dir``
+    where it holds a cache); save it as ``model_dir`` and write the chosen strength and its validation
+    metrics to ``metrics_path``."""
+    import time
+
+    import torch
+
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.data.prepared import encoded_has_source
+    from crosstune.model.transfer_model import (
+        load_tokenizer,
+        load_transfer_model,
+        save_transfer_model,
+    )
+    from crosstune.prefix_cache.plan import CACHED_SPLITS, META_NAME
+    from crosstune.prefix_cache.store import CachedBatching, load_cached_split
+    from crosstune.runtime import setup
+    from crosstune.training.linear_probe import (
+        fit_output_layer,
+        head_inputs,
+        set_output_layer,
+    )
+    from crosstune.training.losses import build_loss, class_weight_tensor
+
+    base, finetune = load_section("base", params_path), load_section("finetune", params_path)
+    cache = load_section("cache", params_path)
+    device = setup(base)
+    model, config = load_transfer_model(initial_dir)
+    model.to(device)
+    task, labels = config["task"], config["labels"]
+    encoded = Path(encoded_dir)
+    started = time.perf_counter()
+    meta: dict[str, Any] = {}
+    if features_dir is not None:
+        if not (Path(features_dir) / META_NAME).is_file():
+            raise ArtifactError(f"{Path(features_dir) / META_NAME}: not found; run the cache stage first "
+                                f"(dvc repro cache).")
+        meta = read_json(Path(features_dir) / META_NAME)
+    plain = batching_for(config, cache.batch_size, finetune.max_length)
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in CACHED_SPLITS:  # train, validation
+        if meta.get("cached"):
+            split: Any = load_cached_split(Path(features_dir) / f"{name}.safetensors")
+            inputs = head_inputs(model, split, CachedBatching(cache.batch_size, model.modality), device, meta["level"])
+        else:
+            split = load_any_split(encoded / f"{name}.safetensors")
+            inputs = head_inputs(model, split, plain, device)
+        rows[name] = inputs, split.labels.numpy()
+    if encoded_has_source(encoded_dir):
+        source = load_any_split(encoded / "source.safetensors")
+        rows["source"] = head_inputs(model, source, plain, device), source.labels.numpy()
+    train_parts = [rows[name] for name in ("source", "train") if name in rows]
+    train_inputs = np.concatenate([part[0] for part in train_parts])
+    train_targets = np.concatenate([part[1] for part in train_parts])
+    labelled = train_targets >= 0 if task == "classification" else np.isfinite(train_targets)
+    train_inputs, train_targets = train_inputs[labelled], train_targets[labelled]
+    weights = class_weight_tensor(finetune.class_weights, torch.from_numpy(train_targets), len(labels)) \
+        if task == "classification" else None
+    loss_fn = build_loss(finetune.loss, task, weights, finetune.label_smoothing)
+    fit = fit_output_layer(train_inputs, train_targets, *rows["validation"], task, labels, finetune.select_metric,
+                           weights, loss_fn, base.seed)
+    set_output_layer(model.head, fit)
+    model.to("cpu")
+    seconds = time.perf_counter() - started
+    logger.info("probe: output layer fitted on %d frozen-feature rows (%s) in %.1f s; validation %s %.4f",
+                len(train_targets), "from the prefix cache" if meta.get("cached") else "whole backbone", seconds,
+                finetune.select_metric, fit.validation[finetune.select_metric])
+    record = {"fitted_on": int(len(train_targets)), "strength": fit.strength,
+              "select_metric": finetune.select_metric, "validation": round_metrics(fit.validation),
+              "tried": [round_metrics(row) for row in fit.tried]}
+    tokenizer = load_tokenizer(initial_dir) if model.modality == "text" else None
+    with atomic_directory(model_dir) as staging:
+        save_transfer_model(model, staging, tokenizer, extra={"max_length": finetune.max_length})
+        write_json(staging / PROBE_RECORD, record)
+        write_json(staging / "params.json", {"base": to_dict(base), "freeze": model.spec["freeze"],
+                                             "head": config["head"], "initialisation": "linear probe"})
+    summary = {"probe_strength": fit.strength, "probe_fitted_on": int(len(train_targets)),
+               **{f"probe_validation_{key}": value for key, value in fit.validation.items()
+                  if key in ("loss", "accuracy", "f1_macro", "r2", "mae")}}
+    write_metrics(metrics_path, summary)
+    return summary
