@@ -35,7 +35,7 @@ IMAGE_PARAMS = {
     "freeze": {"depth": 1},
     "finetune": {"epochs": 2, "lr": 0.01, "class_weights": "none"},
     "augment": {"crop_scale_min": 0.8},
-    "evaluate": {"baselines": ["majority", "pixels_logreg"]},
+    "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "report"},
 }
 AUDIO_PARAMS = {
     "data": {"train": "data/audio/train", "test": "data/audio/test"},
@@ -401,7 +401,8 @@ def test_image_pipeline_and_augmentation_granularity(image_repo: Repo) -> None:
     assert (image_repo.root / "metrics" / "misclassified.png").stat().st_size > 1000
     image_repo.set_param("augment", "horizontal_flip", 0.5)
     # the cache stage re-decides (augmentation makes caching invalid) without loading a model
-    assert image_repo.repro() == {"cache", "probe", "finetune", "scratch", "evaluate"}
+    # the probe reads no augment key, and the cache's record (not built: augmentation) did not change
+    assert image_repo.repro() == {"cache", "finetune", "scratch", "evaluate"}
     assert "augment" in json.loads((image_repo.root / "data" / "features" / "meta.json").read_text())["reason"]
     predictions = pd.read_csv(image_repo.root / "metrics" / "predictions.csv")
     loaded = crosstune.load(str(image_repo.root / "models" / "finetuned"))
