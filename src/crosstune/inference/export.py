@@ -57,9 +57,34 @@ def _rows(mapping: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HOW_TRAINED = {  # how the card says each kind of model directory was made (found by :func:`trained_as`)
+    "finetuned": "fine-tuned with crosstune",
+    "probe": "kept frozen, its output layer fitted on the frozen features by crosstune (the linear probe, "
+             "which the negative-transfer guard found best on validation)",
+    "scratch": "trained by crosstune from random weights, not the pretrained ones (the negative-transfer "
+               "guard found this scratch model best on validation)",
+}
+
+
+def trained_as(model_dir: str | Path) -> str:
+    """Which kind of model a directory holds, from the record its stage leaves: the probe stage's
+    ``probe.json``, the scratch stage's ``guard.json``; anything else was fine-tuned."""
+    from crosstune.model.saved import GUARD_RECORD
+    from crosstune.pipeline.probe import PROBE_RECORD
+
+    model_dir = Path(model_dir)
+    if (model_dir / PROBE_RECORD).is_file():
+        return "probe"
+    if (model_dir / GUARD_RECORD).is_file():
+        return "scratch"
+    return "finetuned"
+
+
 def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any], backbone: dict[str, Any],
-               data: dict[str, Any], revision: str, locked_hash: str, weights_sha256: str) -> str:
-    """The Markdown model card."""
+               data: dict[str, Any], revision: str, locked_hash: str, weights_sha256: str,
+               trained: str = "finetuned") -> str:
+    """The Markdown model card; ``trained`` is a key of :data:`HOW_TRAINED`."""
+    how_trained = HOW_TRAINED[trained]
     task, labels = config["task"], config["labels"]
     example = {"image": '["shoe.png"]  # image paths', "audio": '["recording.wav"]  # wav/flac paths'}.get(
         config.get("modality"), '["a new text"]')
@@ -75,7 +100,7 @@ tags: [crosstune, {task}, {backbone.get('architecture', 'unknown')}]
 # crosstune {task} model
 
 A `{backbone.get('name')}` backbone ({backbone.get('architecture')}, {backbone.get('num_parameters')} parameters,
-{backbone.get('num_blocks')} blocks, hidden size {backbone.get('hidden_size')}) fine-tuned with crosstune.
+{backbone.get('num_blocks')} blocks, hidden size {backbone.get('hidden_size')}) {how_trained}.
 Labels (output index order): {', '.join(f'`{label}`' for label in labels) or 'a single regression value'}.
 
 ## Use
@@ -155,7 +180,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
         config=model_settings(read_json(model_dir / "config.json")), params=read_json(model_dir / "params.json"),
         metrics=read_json(eval_metrics), backbone=read_json(backbone_summary), data=read_json(data_summary),
         revision=git_revision(repo_dir), locked_hash=dvc_locked_hash(repo_dir, relative),
-        weights_sha256=file_sha256(model_dir / "model.safetensors"),
+        weights_sha256=file_sha256(model_dir / "model.safetensors"), trained=trained_as(model_dir),
     )
     with atomic_directory(out_dir) as staging:
         for item in model_dir.iterdir():

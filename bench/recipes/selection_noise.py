@@ -1,0 +1,147 @@
+"""How should the epoch (or weights) a run keeps be chosen when validation is small? The text default's
+validation split has 90 reviews (8 neutral): one review moves its macro-F1 by several points.
+
+Per seed, one fine-tuning run of the text default (``--head-init`` random or probe) through the library's
+own ``train``, with a callback that after every epoch also scores the test split (never used for any
+choice) and keeps a copy of the weights. Then each rule picks, from validation only:
+
+- ``best_f1``: the epoch of best validation macro-F1 (``finetune.select_metric: f1_macro``, the default);
+- ``best_loss``: the epoch of lowest validation loss (``select_metric: loss``);
+- ``smoothed_f1``: the epoch of best validation macro-F1 averaged with its neighbours (window 3);
+- ``last``: the last epoch (no choice at all);
+- ``average_last_2`` / ``average_all``: the mean of the last 2 / all epochs' weights (Izmailov et al. 2018,
+  "Averaging Weights Leads to Wider Optima and Better Generalization", https://arxiv.org/abs/1803.05407);
+- ``oracle``: the epoch of best *test* macro-F1 (the ceiling; not a rule).
+
+Reported per rule: test macro-F1 mean and standard deviation over seeds, and the points lost against the oracle.
+Writes bench/recipes/selection_noise.json.
+
+    .venv/bin/python bench/recipes/selection_noise.py [--seeds 42,1,2] [--head-init random|probe] [--lr 1e-5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+
+
+def _test_f1(model, split, batching, labels) -> float:
+    from crosstune.inference.outputs import predict_outputs, score_outputs
+
+    return score_outputs(predict_outputs(model, split, batching, "cpu"), split, "classification", labels,
+                         per_class=False)["f1_macro"]
+
+
+def run_seed(work: Path, params: dict, seed: int, head_init: str, lr: float | None) -> dict:
+    """One run; every rule's choice and its test macro-F1."""
+    import torch
+
+    from crosstune.config import load_section
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.data.prepared import encoded_has_source
+    from crosstune.freezing.policy import apply_policy
+    from crosstune.model.saved import saved_freeze
+    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.cache import cache_stage
+    from crosstune.pipeline.probe import probe_stage
+    from crosstune.runtime import setup
+    from crosstune.training.loop import train
+
+    run = work / f"seed-{seed}"
+    run.mkdir(parents=True)
+    path = run / "params.yaml"
+    finetune_overrides = {"head_init": head_init, **({"lr": lr} if lr else {})}
+    path.write_text(yaml.safe_dump(merge(params, {"base": {"seed": seed}, "finetune": finetune_overrides})))
+    attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(run / "initial"), str(run / "freeze.json"),
+                      str(path))
+    cache_stage(str(run / "initial"), str(work / "encoded"), str(run / "features"), str(path))
+    probe_stage(str(run / "initial"), str(work / "encoded"), str(run / "probe"), str(run / "probe.json"), str(path),
+                str(run / "features"))
+    base, finetune = load_section("base", str(path)), load_section("finetune", str(path))
+    augment = load_section("augment", str(path))
+    setup(base)
+    start = run / ("probe" if head_init == "probe" else "initial")
+    model, config = load_transfer_model(start)
+    apply_policy(model, saved_freeze(config), base.seed)
+    splits = {name: load_any_split(work / "encoded" / f"{name}.safetensors")
+              for name in ("train", "validation", "test")}
+    batching = batching_for(config, finetune.batch_size, finetune.max_length, augment)
+    test_batching = batching_for(config, finetune.batch_size, finetune.max_length)
+    source = (load_any_split(work / "encoded" / "source.safetensors")
+              if encoded_has_source(str(work / "encoded")) else None)
+    labels = config["labels"]
+    tests: list[float] = []
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tests.append(_test_f1(model, splits["test"], test_batching, labels))
+        snapshots.append({key: value.detach().clone() for key, value in model.state_dict().items()})
+
+    result = train(model, splits["train"], splits["validation"], finetune, base.seed, "cpu", None, batching,
+                   source_split=source, on_epoch=after_epoch)
+    f1 = [row["f1_macro"] for row in result.history]
+    loss = [row["loss"] for row in result.history]
+    smoothed = [statistics.mean(f1[max(0, i - 1):i + 2]) for i in range(len(f1))]
+    chosen = {"best_f1": f1.index(max(f1)), "best_loss": loss.index(min(loss)),
+              "smoothed_f1": smoothed.index(max(smoothed)), "last": len(f1) - 1, "oracle": tests.index(max(tests))}
+    rules = {name: {"epoch": index + 1, "test_f1_macro": tests[index]} for name, index in chosen.items()}
+    for name, kept in (("average_last_2", snapshots[-2:]), ("average_all", snapshots)):
+        averaged = {key: (torch.stack([s[key].float() for s in kept]).mean(0).to(kept[0][key].dtype)
+                          if kept[0][key].is_floating_point() else kept[-1][key]) for key in kept[0]}
+        model.load_state_dict(averaged)
+        rules[name] = {"epochs": len(kept), "test_f1_macro": _test_f1(model, splits["test"], test_batching, labels)}
+    return {"seed": seed, "validation_f1_macro": f1, "validation_loss": loss, "test_f1_macro": tests, "rules": rules}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="42,1,2")
+    parser.add_argument("--head-init", default="random", choices=("random", "probe"))
+    parser.add_argument("--lr", type=float, default=None, help="finetune.lr (default: params.yaml's)")
+    parser.add_argument("--out", default=str(REPO / "bench/recipes/selection_noise.json"))
+    args = parser.parse_args()
+    from crosstune.logging_setup import configure_logging
+
+    configure_logging("WARNING")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in ("train", "test"):
+        params["data"][key] = str(REPO / params["data"][key])
+    params["data"]["source"] = str(REPO / "data" / "source")
+    work = Path(tempfile.mkdtemp(prefix="selection-noise-"))
+    prepare_workdir(work, params, attach=False)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    name = f"head_init_{args.head_init}" + (f"_lr_{args.lr:g}" if args.lr else "")
+    runs = results.setdefault(name, {"runs": []})
+    for seed in [int(seed) for seed in args.seeds.split(",")]:
+        if any(entry["seed"] == seed for entry in runs["runs"]):
+            continue
+        runs["runs"].append(run_seed(work, params, seed, args.head_init, args.lr))
+        print(json.dumps(runs["runs"][-1]["rules"]), flush=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+    summary = {}
+    for rule in runs["runs"][0]["rules"]:
+        values = [entry["rules"][rule]["test_f1_macro"] for entry in runs["runs"]]
+        oracle = [entry["rules"]["oracle"]["test_f1_macro"] for entry in runs["runs"]]
+        summary[rule] = {"test_f1_macro_mean": round(statistics.mean(values), 4),
+                         "test_f1_macro_std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                         "points_below_oracle": round(100 * statistics.mean(o - v for o, v in zip(oracle, values)), 2)}
+    runs["summary"] = summary
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
