@@ -28,6 +28,18 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def default_params(example: str | None = None) -> dict:
+    """params.yaml, with ``example`` (a file under examples/) laid over it, its data paths made absolute:
+    what a benchmark starts from, wherever its scratch directory is."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    if example:
+        params = merge(params, yaml.safe_load((REPO / example).read_text()))
+    for key in ("train", "test", "source"):
+        if params["data"].get(key):
+            params["data"][key] = str(REPO / params["data"][key])
+    return params
+
+
 def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
     """Write ``params`` to ``work/params.yaml``, run the first stages into ``work``; returns the params path.
 

@@ -57,6 +57,20 @@ def test_guard_reports_scratch_probe_and_transfer_gain(attached, finetuned: Path
     assert json.loads((tmp_path / "report" / "eval.json").read_text())["guard"] == "report"
 
 
+def test_scratch_model_keeps_its_best_epoch_whatever_the_window(attached, tmp_path: Path, monkeypatch) -> None:
+    """The rival gets its most favourable epoch: on a zig-zag curve the smoothed rule would keep the dip."""
+    from crosstune.pipeline.scratch import scratch_stage
+    from crosstune.training import loop
+
+    curve, real = iter([0.2, 0.9, 0.1, 0.8]), loop.validation_metrics  # window 3 ranks epoch 3 (the dip) first
+    monkeypatch.setattr(loop, "validation_metrics", lambda *a, **k: {**real(*a, **k), "f1_macro": next(curve)})
+    params = write_params(tmp_path / "params.yaml", {"finetune": {"epochs": 4, "select_window": 3},
+                                                     "evaluate": {"guard": "report"}})
+    result = scratch_stage(str(attached["initial"]), str(attached["encoded"]), str(tmp_path / "scratch"), str(params))
+    assert result["best_epoch"] == 2
+    assert json.loads((tmp_path / "scratch" / "params.json").read_text())["finetune"]["select_window"] == 1
+
+
 def test_guard_off_trains_nothing_extra(attached, finetuned: Path, tmp_path: Path) -> None:
     metrics = _evaluate(attached, finetuned, "off", tmp_path / "off")
     assert "transfer_gain" not in metrics and metrics["exported_model"] == "finetuned"

@@ -1,4 +1,4 @@
-"""crosstune.training: optimisers and schedules, rates, losses, early stopping, clipping, resuming, data-parallel runs and source/target streams."""
+"""crosstune.training: optimisers and schedules, rates, losses, the kept epoch (smoothed selection), early stopping, clipping, resuming, data-parallel runs and source/target streams."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from crosstune.data.batching import TextBatching
 from crosstune.data.text_encoding import load_split
 from crosstune.freezing.policy import apply_freeze
 from crosstune.model.transfer_model import load_transfer_model
+from crosstune.training import loop
 from crosstune.training.checkpoints import Checkpointer, TrainState
+from crosstune.training.epoch_selection import settled_through, smoothed
 from crosstune.training.loop import (
     FAULT_KILL_AT_STEP,
     autocast_dtype,
@@ -263,6 +265,93 @@ def test_early_stopping_stops_after_patience_epochs(attached: dict[str, Path]) -
     assert len(result.history) < 6
 
 
+SEED_42_TEXT_CURVE = [0.371, 0.473, 0.471, 0.453]  # the text default's validation macro-F1 per epoch (seed 42)
+
+
+def test_smoothed_value_is_the_centred_mean_truncated_at_the_ends() -> None:
+    values = SEED_42_TEXT_CURVE
+    assert smoothed(values, 1, 1) == pytest.approx((0.371 + 0.473) / 2)
+    assert smoothed(values, 3, 1) == pytest.approx((0.473 + 0.471 + 0.453) / 3)
+    assert smoothed(values, 4, 1) == pytest.approx((0.471 + 0.453) / 2)
+    assert smoothed(values, 2, 0) == 0.473
+    assert smoothed(values[:3], 3, 1) == pytest.approx((0.473 + 0.471) / 2)  # epoch 4 not validated yet
+    assert settled_through(3, 1, ended=False) == 2 and settled_through(3, 1, ended=True) == 3
+    assert settled_through(1, 2, ended=False) == 0 and settled_through(2, 0, ended=False) == 2
+
+
+def _scripted_run(monkeypatch: pytest.MonkeyPatch, attached: dict[str, Path], curve: list[float],
+                  **overrides: object) -> tuple[loop.TrainResult, list[dict[str, torch.Tensor]], torch.nn.Module]:
+    """Train the tiny model with validation macro-F1 following ``curve`` epoch by epoch; returns the result,
+    every epoch's weights and the model (holding the kept weights)."""
+    scripted = iter(curve)
+    real = loop.validation_metrics
+
+    def validation(*args: object, **kwargs: object) -> dict[str, float]:
+        return {**real(*args, **kwargs), "f1_macro": next(scripted)}
+
+    monkeypatch.setattr(loop, "validation_metrics", validation)
+    model = attached_model(attached)
+    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=len(curve), lr=1e-3,
+                                 select_metric="f1_macro", **overrides)
+    weights: list[dict[str, torch.Tensor]] = []
+    train_split, validation_split = load_splits(attached)
+    result = train(model, train_split, validation_split, params, seed=0, device="cpu",
+                   on_epoch=lambda epoch, metrics: weights.append(
+                       {key: value.clone() for key, value in model.state_dict().items()}))
+    return result, weights, model
+
+
+@pytest.mark.parametrize(("window", "kept"), [(1, 2), (3, 3)])
+def test_the_kept_epoch_is_the_best_smoothed_one_with_its_own_weights(
+        monkeypatch: pytest.MonkeyPatch, attached: dict[str, Path], window: int, kept: int) -> None:
+    # Alone, epoch 2 validates best; with its neighbours, epoch 3 (0.466 against 0.438).
+    result, weights, model = _scripted_run(monkeypatch, attached, SEED_42_TEXT_CURVE, select_window=window)
+    assert result.best_epoch == kept
+    assert result.best_metrics["f1_macro"] == SEED_42_TEXT_CURVE[kept - 1]
+    assert any(not torch.equal(weights[kept - 1][name], weights[-1][name]) for name in weights[0])  # not the last
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[kept - 1][name]), name
+
+
+def test_the_last_epoch_settles_on_a_truncated_window_when_the_run_ends(
+        monkeypatch: pytest.MonkeyPatch, attached: dict[str, Path]) -> None:
+    result, weights, model = _scripted_run(monkeypatch, attached, [0.2, 0.3, 0.9], select_window=3)
+    assert result.best_epoch == 3  # s(3) = mean(0.3, 0.9) = 0.6 beats s(2) = 0.467
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[2][name]), name
+
+
+def test_early_stopping_counts_settled_epochs_and_settles_the_rest(
+        monkeypatch: pytest.MonkeyPatch, attached: dict[str, Path]) -> None:
+    result, weights, model = _scripted_run(monkeypatch, attached, [0.5, 0.6, 0.4, 0.3, 0.2, 0.1],
+                                           select_window=3, early_stopping_patience=1)
+    # s(1) = 0.55, s(2) = 0.5 (settled after epoch 3): one settled epoch without a better value, stop;
+    # epoch 3 then settles on what there is, s(3) = mean(0.6, 0.4) = 0.5.
+    assert result.stopped_early and len(result.history) == 3
+    assert result.best_epoch == 1
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[0][name]), name
+
+
+def test_checkpoint_keeps_the_pending_epochs_weights(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    generator = torch.Generator().manual_seed(0)
+    pending = {2: {key: value + 2 for key, value in model.state_dict().items()},
+               3: {key: value + 3 for key, value in model.state_dict().items()}}
+    saver = Checkpointer(tmp_path / "ckpt", "aaa")
+    saver.save(TrainState(epoch=3, step=9, selected_through=1), model, model.state_dict(), optimizer, scheduler,
+               None, generator, pending=pending)
+    state = saver.resumable()
+    assert state.selected_through == 1
+    _, restored = saver.restore(model, optimizer, scheduler, None, generator)
+    assert restored.keys() == pending.keys()
+    for epoch, weights in pending.items():
+        for key, value in weights.items():
+            assert torch.equal(restored[epoch][key], value)
+
+
 def test_gradient_clipping_bounds_each_update(attached: dict[str, Path]) -> None:
     model = attached_model(attached)
     head = model.head
@@ -291,6 +380,10 @@ def test_finetune_params_reject_bad_values() -> None:
         FinetuneParams(unfreeze="sometimes")
     with pytest.raises(ConfigError, match="finetune.layer_decay"):
         FinetuneParams(layer_decay=0.0)
+    with pytest.raises(ConfigError, match="finetune.select_window: 2 is even"):
+        FinetuneParams(select_window=2)
+    with pytest.raises(ConfigError, match="finetune.select_window"):
+        FinetuneParams(select_window=0)
     with pytest.raises(ConfigError, match="num_processes"):
         FinetuneParams(num_processes=2, unfreeze="gradual")
 

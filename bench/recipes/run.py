@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+from workdir import default_params, merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 TASKS = {"text": None, "topic": None, "fashion": "examples/fashion.yaml", "digits": "examples/fashion.yaml",
          "photo_digits": "examples/fashion.yaml", "speech": "examples/speech.yaml"}
@@ -53,13 +53,7 @@ KEPT = ("f1_macro", "accuracy")
 def task_params(task: str, work: Path) -> dict:
     """params.yaml with the task's example laid over it, the guard on (report), data paths absolute; the
     topic and digits tasks' data are written under ``work``."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    if TASKS[task]:
-        params = merge(params, yaml.safe_load((REPO / TASKS[task]).read_text()))
-    params = merge(params, {"evaluate": {"guard": "report"}})
-    for key in ("train", "test"):
-        params["data"][key] = str(REPO / params["data"][key])
-    params["data"]["source"] = str(REPO / "data" / "source")
+    params = merge(default_params(TASKS[task]), {"evaluate": {"guard": "report"}})
     if task == "topic":
         params["data"].update(topic_tables(work / "topic"))
         params["prepare"]["label_column"] = "condition"

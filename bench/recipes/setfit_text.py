@@ -26,12 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+from workdir import default_params, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 
 def run(seeds: list[int], max_steps: int, out: Path) -> None:
@@ -43,10 +41,7 @@ def run(seeds: list[int], max_steps: int, out: Path) -> None:
     from crosstune.data.prepared import read_split
     from crosstune.evaluation.metrics import classification_metrics
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key in ("train", "test"):
-        params["data"][key] = str(REPO / params["data"][key])
-    params["data"]["source"] = str(REPO / "data" / "source")
+    params = default_params()
     work = Path(tempfile.mkdtemp(prefix="setfit-"))
     prepare_workdir(work, params, attach=False)
     splits = {name: read_split(str(work / "prepared"), name) for name in ("train", "test")}

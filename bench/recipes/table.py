@@ -1,4 +1,5 @@
-"""Print bench/recipes/results.json (and setfit.json) as the README's table: mean ± std over seeds per cell.
+"""Print bench/recipes/results.json (and setfit.json) as the README's table: mean ± std over seeds per cell;
+then selection_noise.json's rules per task (the epoch a run keeps) with what the guard's fallback exports.
 
     .venv/bin/python bench/recipes/table.py
 """
@@ -68,6 +69,35 @@ def main() -> None:
         seconds = {key: statistics.mean(run["seconds"][key] for run in runs) for key in runs[0]["seconds"]}
         print(f"- {task} ({len(runs)} seeds): fallback chose {chosen}; mean seconds "
               + ", ".join(f"{key} {value:.0f}" for key, value in seconds.items()))
+    print()
+    selection_table()
+
+
+SELECTION_RULES = [("best_f1", "best validation macro-F1 (`select_window: 1`)"),
+                   ("smoothed_f1", "smoothed over 3 epochs (`select_window: 3`, the default)"),
+                   ("last", "the last epoch"), ("best_loss", "lowest validation loss"),
+                   ("average_last_2", "mean of the last 2 epochs' weights"), ("oracle", "best epoch on test (ceiling)")]
+
+
+def selection_table() -> None:
+    """Per task: each rule's test macro-F1 of the fine-tuned model (mean ± std), and the fallback's."""
+    path = HERE / "selection_noise.json"
+    if not path.exists():
+        return
+    study = {task: entry["head_init_random"] for task, entry in json.loads(path.read_text()).items()
+             if "summary" in entry.get("head_init_random", {})}
+    tasks = list(study)
+    print("| rule: fine-tuned model (exported by the fallback) | " + " | ".join(tasks) + " |")
+    print("| --- |" + " --- |" * len(tasks))
+    for rule, words in SELECTION_RULES:
+        cells = []
+        for task in tasks:
+            row = study[task]["summary"][rule]
+            text = f"{row['test_f1_macro_mean']:.3f} ± {row['test_f1_macro_std']:.3f}"
+            if "fallback" in row and rule != "oracle":
+                text += f" ({row['fallback']['test_f1_macro_mean']:.3f})"
+            cells.append(text)
+        print(f"| {words} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

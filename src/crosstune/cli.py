@@ -150,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     report.add_argument("--repo", default=".", help="the DVC repository (default: current directory)")
     report.set_defaults(handler=_report)
-    export = commands.add_parser("export", help="copy the fine-tuned model with a model card (README.md) to hand over")
+    export = commands.add_parser("export", help="copy the exported model with a model card (README.md) to hand over")
     export.add_argument("--model", help="model directory (default: the one evaluate exported: models/finetuned, or "
-                                        "models/scratch when evaluate.guard: fallback chose it)")
+                                        "models/probe or models/scratch when evaluate.guard: fallback chose it)")
     export.add_argument("--out", required=True, help="directory to create")
     export.add_argument("--metrics", default="metrics/eval.json", help="test metrics to put on the card")
     export.add_argument("--backbone-summary", default="metrics/backbone.json")

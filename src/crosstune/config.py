@@ -225,6 +225,7 @@ class FinetuneParams:
     loss: str = "cross_entropy"  # mse for regression
     class_weights: Union[str, tuple[float, ...]] = "balanced"  # none | balanced | one weight per label
     select_metric: str = "f1_macro"  # validation metric that picks the best epoch
+    select_window: int = 3  # odd: epochs (centred) whose mean select_metric ranks an epoch; 1 = its own value
     log_every: int = 5  # optimizer steps between logged training losses
     head_init: str = "random"  # random (attach_head's head) | probe (LP-FT: start from the probe stage's fitted head)
     # transfer-aware rates and schedules
@@ -267,6 +268,10 @@ class FinetuneParams:
         _check_range("finetune.max_length", self.max_length, low=8)
         _check_range("finetune.warmup_ratio", self.warmup_ratio, 0.0, 1.0, True, False)
         _check_range("finetune.log_every", self.log_every, low=1)
+        _check_range("finetune.select_window", self.select_window, low=1)
+        if self.select_window % 2 == 0:
+            _fail("finetune.select_window", f"{self.select_window} is even; the window is centred on an epoch, "
+                                            f"so use an odd number of epochs (1 = the epoch's own value, 3, 5).")
         _check_choice("finetune.head_init", self.head_init, HEAD_INITS)
         _check_range("finetune.head_lr", self.head_lr, low=0.0)
         _check_range("finetune.layer_decay", self.layer_decay, 0.0, 1.0, False, True)

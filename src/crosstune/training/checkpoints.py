@@ -1,7 +1,8 @@
 """Resumable training state: what the finetune stage writes after every epoch and reads after a crash.
 
 ``checkpoints/finetune/`` (a DVC ``persist`` output, so ``dvc repro`` leaves it in place) holds the
-current weights and the best epoch's weights (safetensors), optimizer, scheduler and grad-scaler
+current weights, the best epoch's weights and those of the epochs not yet settled by the smoothed
+selection (:mod:`crosstune.training.epoch_selection`; safetensors), optimizer, scheduler and grad-scaler
 state and the RNG states (``torch.save`` of tensors and plain containers, read back with
 ``weights_only=True``), and ``state.json`` with the epoch, step, history and the run's fingerprint.
 The directory is replaced atomically, so a kill at any moment leaves the last complete epoch.
@@ -33,6 +34,7 @@ from crosstune.io import (
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
+PENDING_PREFIX = "pending-epoch-"  # pending-epoch-3.safetensors: epoch 3's weights, not yet settled
 
 
 @dataclass
@@ -45,7 +47,8 @@ class TrainState:
     best_value: float | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-    bad_epochs: int = 0  # epochs since the best one (early stopping)
+    bad_epochs: int = 0  # settled epochs since the best one (early stopping)
+    selected_through: int = 0  # the last epoch whose smoothed select_metric was final and compared
     stopped_early: bool = False
     log: list[list[Any]] = field(default_factory=list)  # [step, {metric: value}] sent to dvclive, replayed on resume
 
@@ -87,8 +90,10 @@ class Checkpointer:
 
     def save(self, state: TrainState, model: torch.nn.Module, best: dict[str, torch.Tensor],
              optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, generator: torch.Generator,
-             extra: torch.nn.Module | None = None) -> None:
-        """``extra``: a module trained beside the model (a domain discriminator)."""
+             extra: torch.nn.Module | None = None,
+             pending: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+        """``extra``: a module trained beside the model (a domain discriminator); ``pending``: the weights
+        of the epochs not settled yet, by epoch."""
         from safetensors.torch import save_file
 
         with atomic_directory(self.directory) as staging:
@@ -98,6 +103,9 @@ class Checkpointer:
             save_file({key: value.detach().contiguous().clone() for key, value in model.state_dict().items()},
                       str(staging / "model.safetensors"))
             save_file({key: value.contiguous() for key, value in best.items()}, str(staging / "best.safetensors"))
+            for epoch, weights in (pending or {}).items():
+                save_file({key: value.contiguous() for key, value in weights.items()},
+                          str(staging / f"{PENDING_PREFIX}{epoch}.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler is not None else None}, staging / "optimizer.pt")
             rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
@@ -107,8 +115,10 @@ class Checkpointer:
             write_json(staging / STATE_NAME, {**asdict(state), "fingerprint": self.run_fingerprint})
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                generator: torch.Generator, extra: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """Load everything saved into the given objects; returns the best epoch's weights."""
+                generator: torch.Generator, extra: torch.nn.Module | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
+        """Load everything saved into the given objects; returns the best epoch's weights and the pending
+        epochs' weights (by epoch)."""
         from safetensors.torch import load_file
 
         device = next(model.parameters()).device
@@ -116,6 +126,8 @@ class Checkpointer:
         if extra is not None and (self.directory / "extra.safetensors").is_file():
             extra.load_state_dict(load_file(str(self.directory / "extra.safetensors"), device=str(device)))
         best = load_file(str(self.directory / "best.safetensors"), device=str(device))
+        pending = {int(path.name[len(PENDING_PREFIX):-len(".safetensors")]): load_file(str(path), device=str(device))
+                   for path in sorted(self.directory.glob(f"{PENDING_PREFIX}*.safetensors"))}
         saved = torch.load(self.directory / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -126,7 +138,7 @@ class Checkpointer:
         generator.set_state(rng["generator"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        return best
+        return best, pending
 
     def finish(self) -> None:
         """Empty the directory once the run has finished: the model is saved elsewhere, and an empty

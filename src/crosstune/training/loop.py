@@ -1,8 +1,9 @@
 """fine-tune: the training loop over encoded (or cached) splits.
 
 One epoch = one pass over seeded batches; after each epoch the validation split picks the best
-weights by ``finetune.select_metric`` (and stops early after ``early_stopping_patience`` epochs without
-improvement). Each optimizer step may accumulate several batches, clip the gradient norm and run
+weights by ``finetune.select_metric``, smoothed over ``select_window`` epochs
+(:mod:`crosstune.training.epoch_selection`), and stops early after ``early_stopping_patience`` settled epochs
+without improvement. Each optimizer step may accumulate several batches, clip the gradient norm and run
 under bf16/fp16 autocast on a GPU. The loss is the task loss (with label smoothing) plus the weighted
 regularisers of :mod:`crosstune.methods.regularizers`; gradual unfreezing (:mod:`crosstune.freezing.gradual`) and
 layer-wise rates (:mod:`crosstune.training.optimization`) shape what trains how fast. With a
@@ -43,6 +44,7 @@ from crosstune.model.transfer_model import ModelForward, PrefixLevel, TransferMo
 from crosstune.training.checkpoints import Checkpointer, TrainState
 from crosstune.training.distributed import Distributed
 from crosstune.training.domain_streams import build_streams
+from crosstune.training.epoch_selection import settled_through, smoothed
 from crosstune.training.losses import build_loss, class_weight_tensor
 from crosstune.training.optimization import build_optimizer, build_scheduler
 
@@ -298,32 +300,46 @@ def train_epoch(run: TrainingRun, train_split: Any, params: FinetuneParams, stat
 
 
 def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, state: TrainState, epoch: int,
-              device: str, metrics_log: _Logger, is_main: bool,
-              best_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Validate, keep the best weights by ``select_metric``, decide early stopping; returns the best
-    weights so far."""
+              device: str, metrics_log: _Logger, is_main: bool, best_state: dict[str, torch.Tensor],
+              pending: dict[int, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Validate; settle every epoch whose smoothed ``select_metric`` is now final, keeping the best one's
+    weights; decide early stopping. ``pending`` holds the weights of the epochs not settled yet (with a
+    window of 1 there are none: the epoch settles at once). Returns the best weights so far."""
     metrics = validation_metrics(run.forward, validation_split, run.objective.loss_fn, run.task, run.labels,
                                  run.batching, device)
     metrics["epoch"] = epoch
     state.history.append(metrics)
     state.epoch = epoch
-    value = metrics[params.select_metric]
     if is_main:
         logger.info("epoch %d: validation %s", epoch,
                     ", ".join(f"{key}={val:.4f}" for key, val in metrics.items() if key != "epoch"))
     metrics_log.log(state.step, {f"validation/{key}": metrics[key]
                                  for key in ("loss", params.select_metric, "accuracy", "f1_macro", "r2", "mae")
                                  if key in metrics})
-    if is_better(params.select_metric, value, state.best_value):
-        state.best_value, state.best_epoch, state.best_metrics = value, epoch, dict(metrics)
-        state.bad_epochs = 0
-        return _snapshot(run.model)
-    state.bad_epochs += 1
-    if params.early_stopping_patience and state.bad_epochs >= params.early_stopping_patience:
-        state.stopped_early = True
-        if is_main:
-            logger.info("early stopping: no better validation %s for %d epochs", params.select_metric,
-                        state.bad_epochs)
+    half = params.select_window // 2
+    if half:
+        pending[epoch] = _snapshot(run.model)
+    values = [row[params.select_metric] for row in state.history]
+    through = settled_through(epoch, half, ended=epoch == params.epochs)
+    while state.selected_through < through:
+        settled = state.selected_through + 1
+        state.selected_through = settled
+        weights = pending.pop(settled, None)
+        value = smoothed(values, settled, half)
+        if is_better(params.select_metric, value, state.best_value):
+            state.best_value, state.best_epoch = value, settled
+            state.best_metrics = dict(state.history[settled - 1])
+            state.bad_epochs = 0
+            best_state = weights if weights is not None else _snapshot(run.model)
+            continue
+        state.bad_epochs += 1
+        if params.early_stopping_patience and state.bad_epochs >= params.early_stopping_patience \
+                and not state.stopped_early:
+            state.stopped_early = True
+            through = settled_through(epoch, half, ended=True)  # no epoch comes after: settle the rest now
+            if is_main:
+                logger.info("early stopping: no better validation %s for %d epochs", params.select_metric,
+                            state.bad_epochs)
     return best_state
 
 
@@ -353,11 +369,12 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
     run = build_run(model, train_split, source_split, params, seed, device, batching, level, distributed)
     state = TrainState()
     best_state = _snapshot(model)
+    pending: dict[int, dict[str, torch.Tensor]] = {}  # weights of the epochs whose smoothed value is not final
     resumed = checkpoint.resumable() if checkpoint is not None else None
     if resumed is not None:
         state = resumed
-        best_state = checkpoint.restore(model, run.optimizer, run.scheduler, run.scaler, run.generator,
-                                        run.adaptation)
+        best_state, pending = checkpoint.restore(model, run.optimizer, run.scheduler, run.scaler, run.generator,
+                                                 run.adaptation)
         logger.info("resuming from %s after epoch %d (step %d)", checkpoint.directory, state.epoch, state.step)
     metrics_log = _Logger(live if is_main else None, state)
     metrics_log.replay()
@@ -379,14 +396,14 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
                     kill_at)
         result.epoch_seconds.append(time.perf_counter() - epoch_started)
         best_state = end_epoch(run, validation_split, params, state, epoch, device, metrics_log, is_main,
-                               best_state)
+                               best_state, pending)
         result.elapsed_at_epoch.append(time.perf_counter() - started)
         if on_epoch is not None and is_main:
             on_epoch(epoch, state.history[-1])
         last = epoch == params.epochs or state.stopped_early
         if checkpoint is not None and is_main and (epoch % params.checkpoint_every == 0 or last):
             checkpoint.save(state, model, best_state, run.optimizer, run.scheduler, run.scaler, run.generator,
-                            run.adaptation)
+                            run.adaptation, pending)
     progress.close()
     if checkpoint is not None and is_main:
         checkpoint.finish()
@@ -408,7 +425,8 @@ def _finish(result: TrainResult, state: TrainState, model: TransferModel, best_s
     model.load_state_dict(best_state)
     model.eval()
     if is_main:
-        logger.info("best epoch %d (%s=%.4f); %.1f s, %.1f samples/s", result.best_epoch, params.select_metric,
-                    state.best_value if state.best_value is not None else float("nan"), result.train_seconds,
-                    result.samples_per_second)
+        logger.info("best epoch %d (%s=%.4f, mean over a window of %d epochs); %.1f s, %.1f samples/s",
+                    result.best_epoch, params.select_metric,
+                    state.best_value if state.best_value is not None else float("nan"), params.select_window,
+                    result.train_seconds, result.samples_per_second)
     return result
