@@ -70,6 +70,7 @@ def run_seed(work: Path, params: dict, seed: int, head_init: str, lr: float | No
     from crosstune.pipeline.probe import probe_stage
     from crosstune.prefix_cache.store import CachedBatching
     from crosstune.runtime import setup
+    from crosstune.training.epoch_selection import smoothed as smoothed_value
     from crosstune.training.loop import train
 
     run = work / f"seed-{seed}"
@@ -112,7 +113,7 @@ def run_seed(work: Path, params: dict, seed: int, head_init: str, lr: float | No
                    source_split=source, on_epoch=after_epoch)
     f1 = [row["f1_macro"] for row in result.history]
     loss = [row["loss"] for row in result.history]
-    smoothed = [statistics.mean(f1[max(0, i - 1):i + 2]) for i in range(len(f1))]
+    smoothed = [smoothed_value(f1, epoch, 1) for epoch in range(1, len(f1) + 1)]  # train's rule, window 3
     chosen = {"best_f1": f1.index(max(f1)), "best_loss": loss.index(min(loss)),
               "smoothed_f1": smoothed.index(max(smoothed)), "last": len(f1) - 1, "oracle": tests.index(max(tests))}
     rules = {name: {"epoch": index + 1, "test_f1_macro": tests[index], "validation_f1_macro": f1[index]}
