@@ -26,7 +26,6 @@ from crosstune.training.checkpoints import Checkpointer, TrainState
 from crosstune.training.epoch_selection import settled_through, smoothed
 from crosstune.training.loop import (
     FAULT_KILL_AT_STEP,
-    autocast_dtype,
     train,
     validation_metrics,
 )
@@ -365,12 +364,6 @@ def test_gradient_clipping_bounds_each_update(attached: dict[str, Path]) -> None
     result = train(model, train_split, validation_split, params, seed=0, device="cpu")
     moved = torch.cat([p.detach().flatten() for p in head.parameters()]) - before
     assert 0 < float(moved.norm()) <= 1e-3 * result.steps + 1e-7
-
-
-def test_mixed_precision_is_off_on_cpu() -> None:
-    assert autocast_dtype("auto", "cpu") is None
-    assert autocast_dtype("bf16", "cpu") is None
-    assert autocast_dtype("off", "cuda") is None
 
 
 def test_finetune_params_reject_bad_values() -> None:

@@ -13,7 +13,9 @@ frozen-prefix cache (its one-time cost reported separately and included in the t
 Run with one command (writes bench/speed/results.json; `table.py` prints the README table):
     .venv/bin/python bench/speed/run.py [--epochs 3] [--depths 0,3,all] [--tools crosstune,trainer,trainer_grouped]
 ``trainer_grouped`` adds Trainer with ``train_sampling_strategy="group_by_length"`` (length-grouped
-batches, off by default) as a third contestant.
+batches, off by default) as a third contestant, ``trainer_grouped_bf16`` that with ``bf16=True``
+(Trainer's CPU bfloat16 autocast). Trainer trains the model as its config has it (MiniLM: attention
+dropout 0.1, what a Trainer user gets); crosstune applies ``finetune.attention_dropout`` (default 0).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def run_trainer(workdir: Path, depth: int | str, params_path: Path, grouped: bool = False) -> dict:
+def run_trainer(workdir: Path, depth: int | str, params_path: Path, grouped: bool = False, bf16: bool = False) -> dict:
     import numpy as np
     import torch
     from transformers import (
@@ -155,7 +157,7 @@ def run_trainer(workdir: Path, depth: int | str, params_path: Path, grouped: boo
         save_strategy="epoch", save_total_limit=1, save_only_model=True, load_best_model_at_end=True,
         metric_for_best_model="f1_macro", logging_strategy="no", report_to="none", seed=42, use_cpu=True,
         dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
-        train_sampling_strategy="group_by_length" if grouped else "random")
+        train_sampling_strategy="group_by_length" if grouped else "random", bf16=bf16)
     trainer = Trainer(model=WithLoss(model), args=args, train_dataset=rows(splits["train"]),
                       eval_dataset=rows(splits["validation"]), data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=compute_metrics, callbacks=[Timer()])
@@ -177,7 +179,8 @@ def worker(tool: str, workdir: Path, depth: int | str, params_path: Path, out: P
     if tool == "crosstune":
         result = run_crosstune(workdir, depth, params_path)
     else:
-        result = run_trainer(workdir, depth, params_path, grouped=tool == "trainer_grouped")
+        result = run_trainer(workdir, depth, params_path, grouped=tool.startswith("trainer_grouped"),
+                             bf16=tool.endswith("_bf16"))
     result["total_seconds"] = time.perf_counter() - started
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(result, indent=1))
@@ -207,12 +210,12 @@ def summarise(depth: int | str, runs: dict[str, dict]) -> dict:
         "crosstune_peak_rss_mib": ours["peak_rss_mib"], "trainer_peak_rss_mib": peer["peak_rss_mib"],
         "crosstune_test": ours["test"], "trainer_test": peer["test"],
     }
-    if "trainer_grouped" in runs:
-        grouped = runs["trainer_grouped"]
-        grouped_epoch = sum(grouped["epoch_seconds"]) / len(grouped["epoch_seconds"])
-        summary.update({"trainer_grouped_epoch_s": grouped_epoch,
-                        "epoch_speedup_vs_grouped": grouped_epoch / max(ours_epoch, 1e-9),
-                        "trainer_grouped_test": grouped["test"]})
+    for variant, suffix in (("trainer_grouped", "grouped"), ("trainer_grouped_bf16", "grouped_bf16")):
+        if variant in runs:
+            epoch = sum(runs[variant]["epoch_seconds"]) / len(runs[variant]["epoch_seconds"])
+            summary.update({f"trainer_{suffix}_epoch_s": epoch,
+                            f"epoch_speedup_vs_{suffix}": epoch / max(ours_epoch, 1e-9),
+                            f"trainer_{suffix}_test": runs[variant]["test"]})
     return summary
 
 
@@ -222,8 +225,10 @@ def main() -> None:
     parser.add_argument("--depths", default="0,3,all")
     parser.add_argument("--out", default=str(REPO / "bench/speed/results.json"))
     parser.add_argument("--tools", default="crosstune,trainer",
-                        help="add trainer_grouped for Trainer with train_sampling_strategy=group_by_length")
-    parser.add_argument("--worker", choices=["crosstune", "trainer", "trainer_grouped"], help=argparse.SUPPRESS)
+                        help="add trainer_grouped for Trainer with train_sampling_strategy=group_by_length, "
+                             "trainer_grouped_bf16 for that with bf16=True (CPU autocast)")
+    parser.add_argument("--worker", choices=["crosstune", "trainer", "trainer_grouped", "trainer_grouped_bf16"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--depth", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)

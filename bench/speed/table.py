@@ -22,12 +22,14 @@ for row in report["summary"]:
           f"| {row['crosstune_peak_rss_mib']:.0f} / {row['trainer_peak_rss_mib']:.0f} "
           f"| {row['crosstune_test']['f1_macro']:.3f} / {row['trainer_test']['f1_macro']:.3f} "
           f"| {row['crosstune_test']['accuracy']:.3f} / {row['trainer_test']['accuracy']:.3f} |")
-if any("trainer_grouped_epoch_s" in row for row in report["summary"]):
+for suffix, name in (("grouped", "group_by_length"), ("grouped_bf16", "group_by_length + bf16=True")):
+    if not any(f"trainer_{suffix}_epoch_s" in row for row in report["summary"]):
+        continue
     print()
-    print("| freeze depth | crosstune s/epoch | Trainer, group_by_length, s/epoch | speed-up per epoch "
-          "| test macro-F1 (crosstune / Trainer grouped) |")
+    print(f"| freeze depth | crosstune s/epoch | Trainer, {name}, s/epoch | speed-up per epoch "
+          f"| test macro-F1 (crosstune / Trainer, {name}) |")
     print("| --- | --- | --- | --- | --- |")
     for row in report["summary"]:
-        print(f"| {row['depth']} | {row['crosstune_epoch_s']:.2f} | {row['trainer_grouped_epoch_s']:.2f} "
-              f"| **{row['epoch_speedup_vs_grouped']:.1f}x** "
-              f"| {row['crosstune_test']['f1_macro']:.3f} / {row['trainer_grouped_test']['f1_macro']:.3f} |")
+        print(f"| {row['depth']} | {row['crosstune_epoch_s']:.2f} | {row[f'trainer_{suffix}_epoch_s']:.2f} "
+              f"| **{row[f'epoch_speedup_vs_{suffix}']:.1f}x** "
+              f"| {row['crosstune_test']['f1_macro']:.3f} / {row[f'trainer_{suffix}_test']['f1_macro']:.3f} |")

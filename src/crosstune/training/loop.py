@@ -4,7 +4,7 @@ One epoch = one pass over seeded batches; after each epoch the validation split 
 weights by ``finetune.select_metric``, smoothed over ``select_window`` epochs
 (:mod:`crosstune.training.epoch_selection`), and stops early after ``early_stopping_patience`` settled epochs
 without improvement. Each optimizer step may accumulate several batches, clip the gradient norm and run
-under bf16/fp16 autocast on a GPU. The loss is the task loss (with label smoothing) plus the weighted
+under bf16/fp16 autocast (:mod:`crosstune.training.precision`). The loss is the task loss (with label smoothing) plus the weighted
 regularisers of :mod:`crosstune.methods.regularizers`; gradual unfreezing (:mod:`crosstune.freezing.gradual`) and
 layer-wise rates (:mod:`crosstune.training.optimization`) shape what trains how fast. With a
 :class:`~crosstune.training.checkpoints.Checkpointer` the whole state is saved after every epoch and a killed
@@ -41,12 +41,14 @@ from crosstune.io import round_metrics
 from crosstune.methods.registry import ADAPTATIONS, NO_ADAPTATION
 from crosstune.methods.regularizers import build_regularizers
 from crosstune.model.transfer_model import ModelForward, PrefixLevel, TransferModel
+from crosstune.training.attention_dropout import KEEP, set_attention_dropout
 from crosstune.training.checkpoints import Checkpointer, TrainState
 from crosstune.training.distributed import Distributed
 from crosstune.training.domain_streams import build_streams
 from crosstune.training.epoch_selection import settled_through, smoothed
 from crosstune.training.losses import build_loss, class_weight_tensor
 from crosstune.training.optimization import build_optimizer, build_scheduler
+from crosstune.training.precision import autocast, autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +87,6 @@ def validation_metrics(model: torch.nn.Module, split: Split, loss_fn: torch.nn.M
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
-    """bf16 (or fp16 where bf16 is unsupported) autocast on GPUs with ``auto``; always off on CPU."""
-    if not device.startswith("cuda"):
-        if setting in ("bf16", "fp16"):
-            logger.warning("finetune.mixed_precision: %s is for GPUs; training in float32 on %s", setting, device)
-        return None
-    if setting == "off":
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 class _Logger:
@@ -216,6 +205,9 @@ def build_run(model: TransferModel, train_split: Any, source_split: Any | None, 
     loss_fn = build_loss(params.loss, task, weights.to(device) if weights is not None else None,
                          params.label_smoothing)
     model.to(device)
+    if params.attention_dropout != KEEP:
+        changed = set_attention_dropout(model, float(params.attention_dropout))
+        logger.info("attention dropout %.2f in %d attention modules", float(params.attention_dropout), changed)
     forward = ModelForward(model, level)
     runner = distributed.wrap(forward) if distributed is not None else forward
     regularizers = build_regularizers(model, params)  # L2-SP remembers the starting (pretrained) weights
@@ -278,7 +270,7 @@ def train_epoch(run: TrainingRun, train_split: Any, params: FinetuneParams, stat
             target_batch = target_batch.to(device)
             if distributed is not None:
                 target_batch = distributed.shard(target_batch)
-        with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        with autocast(device, run.amp_dtype):
             loss = run.objective(batch, target_batch, state.step / max(run.total_steps, 1))
         scaled = loss / params.grad_accumulation
         (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
@@ -305,8 +297,9 @@ def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, s
     """Validate; settle every epoch whose smoothed ``select_metric`` is now final, keeping the best one's
     weights; decide early stopping. ``pending`` holds the weights of the epochs not settled yet (with a
     window of 1 there are none: the epoch settles at once). Returns the best weights so far."""
-    metrics = validation_metrics(run.forward, validation_split, run.objective.loss_fn, run.task, run.labels,
-                                 run.batching, device)
+    with autocast(device, run.amp_dtype):
+        metrics = validation_metrics(run.forward, validation_split, run.objective.loss_fn, run.task, run.labels,
+                                     run.batching, device)
     metrics["epoch"] = epoch
     state.history.append(metrics)
     state.epoch = epoch
