@@ -2,18 +2,16 @@
 
 Dropout on the (batch, heads, tokens, tokens) attention matrix draws a mask as large as the scores on every
 step, and a non-zero rate keeps PyTorch's scaled-dot-product attention off its fused CPU kernel. A MiniLM-L6
-training step (batch 16 x 128 tokens, AdamW, 2 cores) took 0.54x the time with the rate at 0
-(bench/speed/precision.json), at the same test macro-F1 over 3 seeds. The hidden-state dropout after each block and the head's own dropout
-are untouched. ``backbone`` keeps the pretrained config's rate (BERT: ``attention_probs_dropout_prob`` 0.1).
+training step (batch 16 x 128 tokens, AdamW, 2 cores) took 0.54x the time with the rate at 0, at the same
+test macro-F1 over 3 seeds (bench/speed/precision.json). The hidden-state dropout after each block and the
+head's own dropout are untouched. ``backbone`` keeps the pretrained config's rate (BERT:
+``attention_probs_dropout_prob`` 0.1).
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-logger = logging.getLogger(__name__)
 KEEP = "backbone"  # finetune.attention_dropout: the backbone's own rate
 
 

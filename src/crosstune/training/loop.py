@@ -4,9 +4,10 @@ One epoch = one pass over seeded batches; after each epoch the validation split 
 weights by ``finetune.select_metric``, smoothed over ``select_window`` epochs
 (:mod:`crosstune.training.epoch_selection`), and stops early after ``early_stopping_patience`` settled epochs
 without improvement. Each optimizer step may accumulate several batches, clip the gradient norm and run
-under bf16/fp16 autocast (:mod:`crosstune.training.precision`). The loss is the task loss (with label smoothing) plus the weighted
-regularisers of :mod:`crosstune.methods.regularizers`; gradual unfreezing (:mod:`crosstune.freezing.gradual`) and
-layer-wise rates (:mod:`crosstune.training.optimization`) shape what trains how fast. With a
+under bf16/fp16 autocast (:mod:`crosstune.training.precision`). The loss is the task loss (with label
+smoothing) plus the weighted regularisers of :mod:`crosstune.methods.regularizers`; gradual unfreezing
+(:mod:`crosstune.freezing.gradual`) and layer-wise rates (:mod:`crosstune.training.optimization`) shape what
+trains how fast. With a
 :class:`~crosstune.training.checkpoints.Checkpointer` the whole state is saved after every epoch and a killed
 run resumes from the last complete epoch with the same final result. Training loss (every
 ``log_every`` steps) and validation metrics (every epoch) go to dvclive, keyed by optimizer step.
