@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import signal
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -276,3 +280,43 @@ def audio_batch(model, count: int = 3, seed: int = 0):
     clip = model.backbone.preprocessing
     waveforms = (torch.randn(count, clip.clip_samples, generator=generator) * 3000).to(torch.int16)
     return AudioBatcher(clip)(waveforms)
+
+
+# Headless Chromium with nothing that reaches a network: with background networking on, a browser on a
+# machine whose network drops packets can wait on its component updater instead of exiting.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-extensions",
+                  "--virtual-time-budget=15000")
+
+
+def run_chromium(profile: Path, *args: str, timeout: float = 120.0, attempts: int = 2) -> str:
+    """Run headless Chromium on ``args`` and return its stdout; skip the test where it is not installed.
+
+    The browser runs in its own process group with its output in a file: on a timeout the whole group is
+    killed (``subprocess.run(timeout=...)`` kills only the parent, and a renderer left holding the output pipe
+    keeps ``run`` waiting for ever), then it is tried once more with a fresh profile."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium); browser check skipped")
+    for attempt in range(1, attempts + 1):
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}-{attempt}", *args]
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(command, stdout=stdout, stderr=stderr, start_new_session=True)
+            try:
+                code = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # the browser's children, if any outlived it
+                except ProcessLookupError:
+                    pass
+                process.wait()
+            shutil.rmtree(f"{profile}-{attempt}", ignore_errors=True)
+            stdout.seek(0)
+            stderr.seek(0)
+            if code == 0:
+                return stdout.read().decode("utf-8", "replace")
+            if code is not None:
+                raise AssertionError(f"chromium exited {code}: {stderr.read().decode('utf-8', 'replace')[-2000:]}")
+    raise AssertionError(f"chromium did not finish within {timeout:.0f} s, {attempts} times: {' '.join(args)}")

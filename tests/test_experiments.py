@@ -1,10 +1,12 @@
-"""The sweep's grid, names and ranking (the queue itself runs in tests/test_pipeline_dvc.py)."""
+"""The sweep's grid, names and ranking, and the queue's wait loop (the real DVC queue runs in
+tests/test_pipeline_dvc.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from crosstune.errors import ConfigError
+from crosstune.errors import ConfigError, CrosstuneError
+from crosstune.experiments import dvc_queue
 from crosstune.experiments.sweep import (
     TrialResult,
     default_jobs,
@@ -140,3 +142,25 @@ def test_epoch_reports_reach_the_study_and_a_trial_below_the_median_is_pruned(tm
     with pytest.raises(TrialPruned, match="pruned by Optuna's median pruner after epoch 2"):
         report(2, {"f1_macro": 0.3})
     assert study.trials[-1].intermediate_values == {1: 0.2, 2: 0.3}
+
+
+def test_a_queue_whose_worker_stopped_early_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """treeverse/dvc#10562: the worker stops with trials still queued; the wait loop starts it again instead of
+    waiting for ever, and only once the trials have sat queued with none running for ``stall_polls`` polls."""
+    calls: list[tuple[str, ...]] = []
+    # poll by poll: one trial running, then both queued (the worker died), then, after the restart, both done
+    states = iter([["running", "queued"]] + [["queued", "queued"]] * 3 + [["running", "queued"], ["success", "failed"]])
+    monkeypatch.setattr(dvc_queue, "dvc", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(dvc_queue, "baseline_experiments", lambda repo: [
+        dvc_queue.Experiment(name=name, rev=name, state=state) for name, state in zip(("a", "b"), next(states))])
+    finished = dvc_queue.run_queue(["a", "b"], jobs=1, poll_seconds=0, stall_polls=3)
+    assert [experiment.state for experiment in finished] == ["success", "failed"]
+    assert calls == [("queue", "start", "-j", "1")] * 2
+
+
+def test_a_queue_that_never_finishes_gives_up_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dvc_queue, "dvc", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dvc_queue, "baseline_experiments",
+                        lambda repo: [dvc_queue.Experiment(name="a", rev="a", state="running")])
+    with pytest.raises(CrosstuneError, match="1 trial\\(s\\) still running after 0 s; see `dvc queue status`"):
+        dvc_queue.run_queue(["a"], jobs=1, poll_seconds=0, timeout_seconds=0)

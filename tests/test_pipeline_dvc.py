@@ -21,6 +21,7 @@ import yaml
 from conftest import (
     REPO_ROOT,
     make_texts,
+    run_chromium,
     write_audio_folder,
     write_image_folder,
     write_params,
@@ -207,21 +208,13 @@ def test_report_compares_revisions_and_renders_offline(repo: Repo, tmp_path: Pat
     assert "compared with HEAD~1" in page and "finetune.lr" in page and "metrics/eval.json:f1_macro" in page
     assert not re.search(r"<script[^>]+src=", page), "the report must not load scripts from anywhere"
     assert '<img src="data:image/png;base64,' in page and 'src="static/' not in page
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium); browser check skipped")
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-             "--virtual-time-budget=15000"]
     url = (repo.root / "report.html").as_uri()
-    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = run_chromium(tmp_path / "profile", "--dump-dom", url)
     rendered = re.findall(r'<canvas width="(\d+)" height="(\d+)" class="marks"', dom)
     assert len(rendered) >= 6, f"expected 6 rendered charts (5 curves + confusion matrix), found {len(rendered)}"
     assert all(int(width) > 100 and int(height) > 100 for width, height in rendered)
     screenshot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,1600",
-                    f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+    run_chromium(tmp_path / "profile", "--window-size=1280,1600", f"--screenshot={screenshot}", url)
     from PIL import Image
 
     image = Image.open(screenshot).convert("RGB")
@@ -301,7 +294,8 @@ def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> 
     """`crosstune sweep` over 2 x 2 values: four queued DVC experiments, ranked as `dvc exp show` has them;
     the same sweep again runs nothing; a failing trial is reported with how to re-queue it."""
     repo.baseline({"evaluate": {"guard": "off"}, "finetune": {"epochs": 1}})
-    sweep = [sys.executable, "-m", "crosstune", "sweep", "finetune.lr=0.01,0.002", "finetune.head_lr=0,0.01"]
+    sweep = [sys.executable, "-m", "crosstune", "sweep", "--timeout", "900", "finetune.lr=0.01,0.002",
+             "finetune.head_lr=0,0.01"]
     result = subprocess.run(sweep, cwd=repo.root, env=repo.env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line[:1].isdigit()]
@@ -330,18 +324,13 @@ def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> 
     page = (repo.root / "report.html").read_text(encoding="utf-8")
     section = page[page.index("<h2>Experiments</h2>"):]
     assert [name for name in re.findall(r"<tr><td>\d+</td><td>(sweep-\w+)</td>", section)] == [row[1] for row in rows]
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is not None:
-        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                              "--virtual-time-budget=15000", f"--user-data-dir={repo.root / '.profile'}",
-                              "--dump-dom", (repo.root / "report.html").as_uri()],
-                             capture_output=True, text=True, timeout=120, check=True).stdout
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        dom = run_chromium(repo.root / ".profile", "--dump-dom", (repo.root / "report.html").as_uri())
         plot = dom[dom.index('id="crosstune_experiments_parallel"'):]
         assert re.search(r'<canvas width="(\d{3,})" height="(\d{3,})" class="marks"', plot[:3000])
     (repo.root / "report.html").unlink()
-    shutil.rmtree(repo.root / ".profile", ignore_errors=True)
 
-    failing = subprocess.run([*sweep[:4], "finetune.lr=-1"], cwd=repo.root, env=repo.env, capture_output=True,
+    failing = subprocess.run([*sweep[:6], "finetune.lr=-1"], cwd=repo.root, env=repo.env, capture_output=True,
                              text=True, check=False)
     assert failing.returncode == 2
     assert "1 of 1 trial(s) failed" in failing.stderr and "run the same `crosstune sweep` again" in failing.stderr

@@ -110,13 +110,19 @@ def remove_experiments(names: Sequence[str], repo: str | Path = ".") -> None:
 
 
 def run_queue(names: Sequence[str], jobs: int, repo: str | Path = ".", poll_seconds: float = 5.0,
-              timeout_seconds: float | None = None) -> list[Experiment]:
-    """Start ``jobs`` queue workers and wait until every trial in ``names`` has succeeded or failed."""
+              timeout_seconds: float | None = None, stall_polls: int = 6) -> list[Experiment]:
+    """Start ``jobs`` queue workers and wait until every trial in ``names`` has succeeded or failed.
+
+    DVC's queue worker can stop while trials are still queued (treeverse/dvc#10562: `dvc queue status` then
+    shows them queued with "0 active, 0 idle" workers). When none of the trials has run for ``stall_polls``
+    polls in a row while some wait, the workers are started again: `dvc queue start` starts only the ones
+    missing, so this is a no-op while a worker is alive."""
     from tqdm import tqdm
 
     dvc("queue", "start", "-j", str(jobs), repo=repo)
     started = time.monotonic()
     wanted = set(names)
+    idle_polls = 0
     with tqdm(total=len(wanted), desc="trials", unit="trial", disable=None) as progress:
         while True:
             experiments = [experiment for experiment in baseline_experiments(repo) if experiment.name in wanted]
@@ -124,6 +130,13 @@ def run_queue(names: Sequence[str], jobs: int, repo: str | Path = ".", poll_seco
             progress.update(done - progress.n)
             if done >= len(wanted):
                 return experiments
+            running = any(experiment.state == "running" for experiment in experiments)
+            idle_polls = 0 if running else idle_polls + 1
+            if idle_polls >= stall_polls:
+                logger.warning("%d trial(s) queued and none running: starting the queue workers again "
+                               "(a DVC worker can stop early, treeverse/dvc#10562)", len(wanted) - done)
+                dvc("queue", "start", "-j", str(jobs), repo=repo)
+                idle_polls = 0
             if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
                 raise CrosstuneError(f"{len(wanted) - done} trial(s) still running after {timeout_seconds:.0f} s; "
                                      f"see `dvc queue status`, and `dvc queue logs NAME` for one trial's output.")
