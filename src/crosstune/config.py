@@ -145,12 +145,14 @@ class BackboneParams:
     selection_samples: int = 500  # training examples (seeded sample) features are scored on
 
     def __post_init__(self) -> None:
-        from crosstune.selection.scores import SCORES
+        from crosstune.selection.scores import SCORES, SOURCE_SCORES, score_names
 
         if not self.name:
             _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
         _check_choice("backbone.select", self.select, ("name", "score"))
-        _check_registered("backbone.score", self.score, SCORES)
+        if self.score not in SCORES and self.score not in SOURCE_SCORES:
+            _fail("backbone.score", f"unknown transferability score {self.score!r}; valid names: {score_names()} "
+                                    f"({SOURCE_SCORES.names()} need backbones with a source classifier)")
         _check_range("backbone.selection_samples", self.selection_samples, low=10)
         if self.select == "score" and not self.candidates:
             _fail("backbone.candidates", "is empty but backbone.select is 'score'; list the backbones to rank.")

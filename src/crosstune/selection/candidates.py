@@ -20,7 +20,7 @@ import numpy as np
 
 from crosstune.config import BackboneParams
 from crosstune.errors import ConfigError
-from crosstune.selection.scores import SCORES
+from crosstune.selection.scores import SCORES, SOURCE_SCORES
 
 logger = logging.getLogger(__name__)
 FEATURE_STORE = Path(".cache") / "crosstune" / "features"  # features of candidates, by content key
@@ -174,13 +174,20 @@ def score_candidates(params: BackboneParams, candidates: Sequence[str], modality
     ``labels`` with ``params.score`` (LogME in its regression form for numeric labels)."""
     from crosstune.selection.scores import logme
 
+    on_source_classifier = params.score in SOURCE_SCORES
+    if on_source_classifier and (regression or modality != "image"):
+        raise ConfigError(f"params.yaml: backbone.score: {params.score} scores a pretrained source classifier's "
+                          f"predictions of class labels; {'numeric labels' if regression else modality} backbones "
+                          f"have none here. Use one of {SCORES.names()}.")
     score = (lambda features, targets: logme(features, targets, regression=True)) if regression \
-        else SCORES.get(params.score)
+        else SOURCE_SCORES.get(params.score) if on_source_classifier else SCORES.get(params.score)
     result = SelectionResult(params.score)
     paths, extraction = candidate_features(params, candidates, modality, sample, train_texts, seed, cache_dir)
     for spec in candidates:
         started = time.perf_counter()
         features = np.load(paths[spec], allow_pickle=False)
+        if on_source_classifier:
+            features = _source_probabilities(spec, params, features, seed)
         broken = ~np.isfinite(features).all(axis=1)
         if broken.any():
             message = (f"backbone candidate {spec!r} gives non-finite (NaN or infinite) features for {int(broken.sum())} "
@@ -197,6 +204,22 @@ def score_candidates(params: BackboneParams, candidates: Sequence[str], modality
         logger.info("candidate %s: %s = %.4f (%d x %d features%s, %.1f s)", spec, params.score, result.scores[spec],
                     *features.shape, "" if spec in extraction else " from cache", result.seconds[spec])
     return result
+
+
+def _source_probabilities(spec: str, params: BackboneParams, features: np.ndarray, seed: int) -> np.ndarray:
+    """The candidate's pretrained classifier (its ImageNet head) applied to its pooled ``features``: the
+    source-class probabilities LEEP and NCE score. Shape: (N, D) -> (N, Z)."""
+    import torch
+
+    from crosstune.backbones.vision import build_vision_backbone
+
+    backbone = build_vision_backbone(spec, params.weights, seed, params.image_size)
+    if backbone.source_classifier is None:
+        raise ConfigError(f"params.yaml: backbone.score: {params.score} reads each candidate's pretrained source "
+                          f"classifier, and {spec!r} with backbone.weights {params.weights!r} has none (random "
+                          f"weights, or a weights file without its classifier). Use one of {SCORES.names()}, or "
+                          f"candidates with pretrained heads.")
+    return backbone.source_probabilities(torch.from_numpy(features)).double().numpy()
 
 
 def domain_gaps(params: BackboneParams, candidates: Sequence[str], modality: str, target_sample: Any,

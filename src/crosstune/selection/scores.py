@@ -9,6 +9,15 @@ fine-tuning. Each score is a plain function of features (N, D) and labels (N,); 
 - ``linear_probe`` / ``knn``: cross-validated accuracy of a logistic regression / a 5-nearest-neighbour
   classifier on the features: the simple reference scores.
 
+Two more read the backbone's own source classifier (an ImageNet head) instead of its features, so they
+exist only for backbones that carry one (:data:`SOURCE_SCORES`, functions of the source-class
+probabilities (N, Z) and the labels):
+
+- ``leep``: LEEP, Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned
+  Representations", ICML 2020 (https://arxiv.org/abs/2002.12462).
+- ``nce``: negative conditional entropy, Tran et al., "Transferability and Hardness of Supervised
+  Classification Tasks", ICCV 2019 (https://arxiv.org/abs/1908.08142).
+
 The domain gap between source and target features lives in :mod:`crosstune.selection.domain_gap`.
 """
 
@@ -22,6 +31,8 @@ from crosstune.registry import Registry
 
 Score = Callable[[np.ndarray, np.ndarray], float]
 SCORES: Registry[Score] = Registry("transferability score")
+# scores of a source classifier's probabilities (N, Z) instead of features; backbones without one have none
+SOURCE_SCORES: Registry[Score] = Registry("source-classifier score")
 MAX_FIXED_POINT_STEPS = 100
 
 
@@ -159,3 +170,65 @@ def knn(features: np.ndarray, labels: np.ndarray) -> float:
     return cross_validated_accuracy(KNeighborsClassifier(n_neighbors=5), features, labels)
 
 
+
+
+def _source_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or (probabilities < 0).any() or \
+            not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("source-classifier scores take (N, Z) probabilities: rows of non-negative numbers "
+                         "summing to 1 (a softmax over the source classes)")
+    return probabilities
+
+
+def _label_indices(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    classes, indices = np.unique(np.asarray(labels), return_inverse=True)
+    return indices.reshape(-1), len(classes)
+
+
+@SOURCE_SCORES.register("leep")
+def leep(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP: the average log-likelihood of the labels under the "expected empirical predictor" that maps
+    the source classifier's soft prediction θ(x) ∈ Δ^Z through the empirical conditional P̂(y | z):
+
+        P̂(y, z) = 1/N Σ_{i: y_i = y} θ(x_i)_z,   P̂(y | z) = P̂(y, z) / Σ_y' P̂(y', z),
+        LEEP = 1/N Σ_i log Σ_z P̂(y_i | z) θ(x_i)_z   (≤ 0; nearer 0 transfers better).
+
+    Shape:
+        probabilities (N, Z), labels (N,) -> scalar
+    """
+    probabilities = _source_probabilities(probabilities)
+    indices, classes = _label_indices(labels)
+    joint = np.zeros((classes, probabilities.shape[1]))
+    np.add.at(joint, indices, probabilities)
+    joint /= len(probabilities)
+    conditional = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-300)  # P(y | z), columns sum to 1
+    likelihood = np.einsum("nz,nz->n", probabilities, conditional[indices])
+    return float(np.mean(np.log(np.maximum(likelihood, 1e-300))))
+
+
+@SOURCE_SCORES.register("nce")
+def nce(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """NCE: the negative conditional entropy of the target labels given the source classifier's hard
+    prediction z_i = argmax θ(x_i), from their empirical joint distribution:
+
+        P̂(y, z) = #{i: y_i = y, z_i = z} / N,   NCE = −H(Y | Z) = Σ_{y,z} P̂(y, z) log (P̂(y, z) / P̂(z))
+
+    (≤ 0; 0 when the source prediction determines the label).
+
+    Shape:
+        probabilities (N, Z), labels (N,) -> scalar
+    """
+    probabilities = _source_probabilities(probabilities)
+    indices, classes = _label_indices(labels)
+    joint = np.zeros((classes, probabilities.shape[1]))
+    np.add.at(joint, (indices, probabilities.argmax(axis=1)), 1.0)
+    joint /= len(probabilities)
+    marginal = joint.sum(axis=0, keepdims=True)
+    present = joint > 0
+    return float(np.sum(joint[present] * np.log((joint / np.maximum(marginal, 1e-300))[present])))
+
+
+def score_names() -> list[str]:
+    """Every name ``backbone.score`` accepts: the feature scores and the source-classifier scores."""
+    return sorted([*SCORES.names(), *SOURCE_SCORES.names()])
