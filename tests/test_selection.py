@@ -246,8 +246,9 @@ def test_backbone_score_accepts_both_kinds_and_lists_them_when_unknown() -> None
         BackboneParams(score="logne")
 
 
-def _two_colour_images(per_class: int = 12, seed: int = 0) -> tuple["torch.Tensor", np.ndarray]:
-    """Red-noise squares against green-and-blue stripes: an ImageNet classifier sees two kinds of picture."""
+def _two_colour_images(per_class: int = 12, seed: int = 0) -> tuple[object, np.ndarray]:
+    """Red-noise squares against green-and-blue stripes (a uint8 tensor (2 * per_class, 3, 64, 64) and
+    labels): an ImageNet classifier sees two kinds of picture."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -274,7 +275,8 @@ def test_source_scores_rank_the_packaged_lite_models_by_their_imagenet_heads(sco
     params = BackboneParams(name="efficientnet-lite0", weights="DEFAULT", select="score", score=score,
                             candidates=tuple(candidates))
     true = score_candidates(params, candidates, "image", images, labels, [], 0, cache_dir=tmp_path)
-    shuffled = score_candidates(params, candidates, "image", images, np.random.default_rng(0).permutation(labels), [], 0, cache_dir=tmp_path)
+    shuffled_labels = np.random.default_rng(0).permutation(labels)
+    shuffled = score_candidates(params, candidates, "image", images, shuffled_labels, [], 0, cache_dir=tmp_path)
     for candidate in candidates:
         assert np.isfinite(true.scores[candidate]) and true.scores[candidate] <= 0.0
         assert true.scores[candidate] > shuffled.scores[candidate]
