@@ -43,9 +43,12 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
         _fail(key, f"{value!r} is not one of {allowed}; set one of those.")
 
 
-def _check_registered(key: str, value: str, registry: Any) -> None:
-    if value not in registry:
-        _fail(key, f"unknown {registry.kind} {value!r}; valid {registry.kind} names: {registry.names()}")
+def _check_registered(key: str, value: str, *registries: Any) -> None:
+    """``value`` must name an entry of one of ``registries`` (backbone.score: feature or source-classifier scores)."""
+    if not any(value in registry for registry in registries):
+        kind = " or ".join(registry.kind for registry in registries)
+        names = sorted(name for registry in registries for name in registry.names())
+        _fail(key, f"unknown {kind} {value!r}; valid {kind} names: {names}")
 
 
 def _check_range(key: str, value: float, low: float | None = None, high: float | None = None,
@@ -145,14 +148,12 @@ class BackboneParams:
     selection_samples: int = 500  # training examples (seeded sample) features are scored on
 
     def __post_init__(self) -> None:
-        from crosstune.selection.scores import SCORES, SOURCE_SCORES, score_names
+        from crosstune.selection.scores import SCORES, SOURCE_SCORES
 
         if not self.name:
             _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
         _check_choice("backbone.select", self.select, ("name", "score"))
-        if self.score not in SCORES and self.score not in SOURCE_SCORES:
-            _fail("backbone.score", f"unknown transferability score {self.score!r}; valid names: {score_names()} "
-                                    f"({SOURCE_SCORES.names()} need backbones with a source classifier)")
+        _check_registered("backbone.score", self.score, SCORES, SOURCE_SCORES)
         _check_range("backbone.selection_samples", self.selection_samples, low=10)
         if self.select == "score" and not self.candidates:
             _fail("backbone.candidates", "is empty but backbone.select is 'score'; list the backbones to rank.")

@@ -119,7 +119,10 @@ def run_queue(names: Sequence[str], jobs: int, repo: str | Path = ".", poll_seco
     missing, so this is a no-op while a worker is alive."""
     from tqdm import tqdm
 
-    dvc("queue", "start", "-j", str(jobs), repo=repo)
+    def start_workers() -> None:
+        dvc("queue", "start", "-j", str(jobs), repo=repo)
+
+    start_workers()
     started = time.monotonic()
     wanted = set(names)
     idle_polls = 0
@@ -135,7 +138,7 @@ def run_queue(names: Sequence[str], jobs: int, repo: str | Path = ".", poll_seco
             if idle_polls >= stall_polls:
                 logger.warning("%d trial(s) queued and none running: starting the queue workers again "
                                "(a DVC worker can stop early, treeverse/dvc#10562)", len(wanted) - done)
-                dvc("queue", "start", "-j", str(jobs), repo=repo)
+                start_workers()
                 idle_polls = 0
             if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
                 raise CrosstuneError(f"{len(wanted) - done} trial(s) still running after {timeout_seconds:.0f} s; "

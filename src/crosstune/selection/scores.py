@@ -228,7 +228,3 @@ def nce(probabilities: np.ndarray, labels: np.ndarray) -> float:
     present = joint > 0
     return float(np.sum(joint[present] * np.log((joint / np.maximum(marginal, 1e-300))[present])))
 
-
-def score_names() -> list[str]:
-    """Every name ``backbone.score`` accepts: the feature scores and the source-classifier scores."""
-    return sorted([*SCORES.names(), *SOURCE_SCORES.names()])
