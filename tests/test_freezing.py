@@ -26,7 +26,7 @@ from crosstune.backbones.vision import (
 from crosstune.config import (
     load_section,
 )
-from crosstune.errors import ConfigError
+from crosstune.errors import ArtifactError, ConfigError
 from crosstune.freezing.gradual import GradualUnfreezing
 from crosstune.freezing.policy import apply_freeze, set_train_mode
 from crosstune.model.transfer_model import (
@@ -235,3 +235,54 @@ def test_audio_freezing_counts_stem_and_blocks_exactly(name: str) -> None:
     assert apply_freeze(model, 1).frozen_parameters == count(stem) + count(blocks[0])
     assert apply_freeze(model, len(blocks)).frozen_parameters == count(stem) + count([m for b in blocks for m in b])
     assert apply_freeze(model, "all").trainable_parameters == sum(p.numel() for p in model.head.parameters())
+
+
+# freeze.depth: auto (crosstune.freezing.auto_depth): the rule, and the attach-head stage applying and reporting it.
+
+@pytest.mark.parametrize(("scores", "expected"), [
+    ([-0.46, -0.458, -0.457, -0.44, -0.425, -0.438, -0.487], 0),  # the blocks barely help: fine-tune everything
+    ([-0.32, 0.46, 0.57, 0.58, 0.576], 2),  # rises, then levels off: freeze up to 90 % of the best gain
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 5),  # still rising at the top: only the top block trains
+    ([0.0, None, 0.5, 0.2], 2),  # a non-finite block is never chosen
+    ([None, 0.3], 0),
+])
+def test_recommended_depth_follows_the_gain_over_the_stem(scores, expected) -> None:
+    from crosstune.freezing.auto_depth import recommend_depth
+
+    recommendation = recommend_depth(scores)
+    assert recommendation.depth == expected, recommendation.reason
+    metrics = recommendation.as_metrics()
+    assert metrics["depth_recommended"] == expected and metrics["block_0_logme"] == scores[0]
+
+
+def test_auto_depth_is_applied_saved_as_a_number_and_reported(tmp_path, attached) -> None:
+    """attach-head with freeze.depth: auto freezes the recommended depth, saves that number in config.json (later
+    stages never see "auto"), and reports the per-block scores, the recommendation and the request; a backbone
+    directory without block scores (saved before they existed) is refused with the fix."""
+    import json
+    import shutil
+
+    from conftest import write_params
+
+    from crosstune.freezing.auto_depth import read_block_scores, recommend_depth
+    from crosstune.pipeline.attach_head import attach_head_stage
+
+    blocks = read_block_scores(attached["backbone"])
+    assert blocks is not None and len(blocks["scores"]) == 3  # the embeddings' output + 2 tiny-bert blocks
+    expected = recommend_depth(blocks["scores"], blocks["score"]).depth
+    params = write_params(tmp_path / "auto.yaml", {"freeze": {"depth": "auto"}})
+    report = attach_head_stage(str(attached["backbone"]), str(attached["prepared"]), str(tmp_path / "auto-model"),
+                               str(tmp_path / "freeze.json"), str(params), str(tmp_path / "blocks.csv"))
+    saved = json.loads((tmp_path / "auto-model" / "config.json").read_text())
+    assert saved["freeze"]["depth"] == expected == report["depth"] == report["depth_recommended"]
+    assert report["depth_requested"] == "auto" and report["frozen_blocks"] == expected
+    table = (tmp_path / "blocks.csv").read_text().splitlines()
+    assert table[0] == "block,score,score_name,frozen" and len(table) == 4
+    assert [int(row.split(",")[-1]) for row in table[1:]] == [int(0 < expected and index <= expected)
+                                                             for index in range(3)]
+    shutil.copytree(attached["backbone"], tmp_path / "old-backbone")
+    (tmp_path / "old-backbone" / "block_scores.json").unlink()
+    with pytest.raises(ArtifactError, match=r"block_scores.json: missing, and freeze.depth: auto reads it.*dvc repro "
+                                            r"-f backbone"):
+        attach_head_stage(str(tmp_path / "old-backbone"), str(attached["prepared"]), str(tmp_path / "other"),
+                          str(tmp_path / "freeze2.json"), str(params))

@@ -100,12 +100,14 @@ def test_backbone_stage_picks_the_best_candidate_and_caches_features(
     assert selection["selected"] == max(scores, key=scores.get)
     saved = json.loads((tmp_path / "backbone" / "config.json").read_text())
     assert saved["num_hidden_layers"] == (1 if selection["selected"] == "tiny-bert@1" else 2)
-    cached = sorted((tmp_path / ".cache" / "crosstune" / "features").iterdir())
-    assert len(cached) == 2
+    store = tmp_path / ".cache" / "crosstune" / "features"
+    assert len(list(store.glob("*.npy"))) == 2 and len(list(store.glob("*.npz"))) == 1  # + every block of tiny-bert
+    blocks = json.loads((tmp_path / "backbone" / "block_scores.json").read_text())
+    assert blocks["score"] == "linear_probe" and len(blocks["scores"]) == saved["num_hidden_layers"] + 1
     write_params(tmp_path / "params.yaml", {"backbone": {
         "select": "score", "candidates": ["tiny-bert@1", "tiny-bert", "tiny-bert@2"], "score": "linear_probe"}})
     run()
-    assert len(sorted((tmp_path / ".cache" / "crosstune" / "features").iterdir())) == 3  # only the new one
+    assert len(list(store.glob("*.npy"))) == 3  # only the new one
     assert json.loads((tmp_path / "selection.json").read_text())["tiny-bert_linear_probe"] == scores["tiny-bert"]
 
 
@@ -116,19 +118,47 @@ def test_truncated_candidates_share_one_pass_and_equal_truncated_models(tmp_path
     from crosstune.backbones.text import load_backbone
     from crosstune.config import BackboneParams, TinyBertParams
     from crosstune.heads.registry import mean_pooling
-    from crosstune.selection.candidates import _text_features_by_depth
+    from crosstune.selection.candidates import _text_block_features
 
     texts = [text for text, _ in make_texts(6, seed=0)]
     params = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
-    by_depth = _text_features_by_depth("tiny-bert", [1, None], params, texts[:5], texts, seed=0)
+    by_depth = _text_block_features("tiny-bert", params, texts[:5], texts, seed=0)
+    assert len(by_depth) == 4  # the embeddings' output, then after each of the 3 blocks
     truncated = load_backbone(BackboneParams(name="tiny-bert@1", max_length=32, tiny=params.tiny), texts, 0)
     truncated.model.eval()
     encoded = truncated.tokenizer(texts[:5], truncation=True, max_length=32, padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = truncated.model(**encoded).last_hidden_state
     expected = mean_pooling(hidden, encoded["attention_mask"]).numpy()
-    np.testing.assert_allclose(by_depth[0], expected, rtol=1e-5, atol=1e-6)
-    assert by_depth[1].shape == expected.shape and not np.allclose(by_depth[1], expected)
+    np.testing.assert_allclose(by_depth[1], expected, rtol=1e-5, atol=1e-6)
+    assert by_depth[3].shape == expected.shape and not np.allclose(by_depth[3], expected)
+
+
+def test_block_scores_come_from_the_candidates_pass_and_stop_at_a_truncation(tmp_path) -> None:
+    """The chosen backbone's per-block scores reuse the features its selection score extracted (no second forward
+    pass); ``NAME@K`` has K + 1 of them (its stem and K blocks); more blocks than the backbone has is refused."""
+    from conftest import make_texts
+
+    from crosstune.config import BackboneParams, TinyBertParams
+    from crosstune.selection import candidates
+
+    rows = make_texts(12, seed=0)
+    texts, labels = [text for text, _ in rows], np.array([label for _, label in rows])
+    params = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
+    store = tmp_path / "features"
+    candidates.candidate_features(params, ["tiny-bert"], "text", texts, texts, 0, store)
+    calls = []
+    original = candidates._text_block_features
+    candidates._text_block_features = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    try:
+        name, values = candidates.block_scores(params, "tiny-bert", "text", texts, labels, texts, 0, store)
+        assert calls == [] and name == "logme" and len(values) == 4 and all(np.isfinite(values))
+        _, cut = candidates.block_scores(params, "tiny-bert@2", "text", texts, labels, texts, 0, store)
+        assert cut == values[:3]
+    finally:
+        candidates._text_block_features = original
+    with pytest.raises(Exception, match=r"asks for 5 blocks but tiny-bert has 3"):
+        candidates.block_features(params, "tiny-bert@5", "text", texts, texts, 0, store)
 
 
 def test_domain_gap_reported_per_candidate_when_a_source_domain_is_prepared(tmp_path, raw_data,

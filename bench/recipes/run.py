@@ -35,67 +35,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import default_params, merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+import tasks  # noqa: E402  (bench/tasks.py: the benchmarks' shared tasks)
+from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
-TASKS = {"text": None, "topic": None, "fashion": "examples/fashion.yaml", "digits": "examples/fashion.yaml",
-         "photo_digits": "examples/fashion.yaml", "speech": "examples/speech.yaml"}
-TOPICS = 6  # topic: the drug reviews' most frequent conditions in the training file, as the label
-SMALL_IMAGES = {  # digits, photo-digits: the image recipe at 64 px, no flips or crops (they change a digit)
-    "backbone": {"image_size": 64}, "augment": {"crop_scale_min": 1.0, "horizontal_flip": 0.0},
-    "prepare": {"min_examples_per_class": 2}, "finetune": {"class_weights": "none"}}
-DIGITS_TEST = 300  # scikit-learn digits: held-out test images (seeded), the rest train
 RECIPES = {"full": {"finetune": {"head_init": "random"}}, "lp_ft": {"finetune": {"head_init": "probe"}}}
 HEAD_ONLY = {"freeze": {"depth": "all"}, "finetune": {"head_lr": 1.0e-2, "head_init": "random"},
              "evaluate": {"guard": "off"}}
 KEPT = ("f1_macro", "accuracy")
+PANEL = ("text", "topic", "fashion", "digits", "photo_digits", "speech")  # the panel's tasks (bench/tasks.py)
 
 
 def task_params(task: str, work: Path) -> dict:
-    """params.yaml with the task's example laid over it, the guard on (report), data paths absolute; the
-    topic and digits tasks' data are written under ``work``."""
-    params = merge(default_params(TASKS[task]), {"evaluate": {"guard": "report"}})
-    if task == "topic":
-        params["data"].update(topic_tables(work / "topic"))
-        params["prepare"]["label_column"] = "condition"
-    elif task in ("digits", "photo_digits"):
-        params = merge(params, SMALL_IMAGES)
-        folders = digit_folders(work / "digits")
-        params["data"].update(folders[task])
-    return params
-
-
-def topic_tables(out: Path) -> dict[str, str]:
-    """The drug reviews labelled by condition (topic), kept to the :data:`TOPICS` most frequent in training."""
-    import pandas as pd
-
-    frames = {name: pd.read_csv(REPO / "data" / "raw" / f"{name}.csv") for name in ("train", "test")}
-    kept = frames["train"]["condition"].value_counts().index[:TOPICS]
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, frame in frames.items():
-        paths[name] = str(out / f"{name}.csv")
-        frame[frame["condition"].isin(kept)].to_csv(paths[name], index=False)
-    return paths
-
-
-def digit_folders(out: Path) -> dict[str, dict[str, str]]:
-    """scikit-learn's digits (grey, upscaled to 32 px; seeded train/test split) and the photo-digits target
-    of bench/adaptation/make_digits.py with its labels (its target pool and test set)."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    sys.path.insert(0, str(REPO / "bench" / "adaptation"))
-    from make_digits import make_digits, upscale, write_folder
-
-    made = make_digits(out / "photo", seed=0)
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.images))
-    images, labels = upscale(digits.images[order]), digits.target[order]
-    grey = np.repeat(images[:, :, :, None], 3, axis=3)
-    write_folder(out / "grey" / "test", grey[:DIGITS_TEST], labels[:DIGITS_TEST], "test")
-    write_folder(out / "grey" / "train", grey[DIGITS_TEST:], labels[DIGITS_TEST:], "train")
-    return {"digits": {"train": str(out / "grey" / "train"), "test": str(out / "grey" / "test")},
-            "photo_digits": {"train": str(made["target_train"]), "test": str(made["target_test"])}}
+    """The task's params (bench/tasks.py) with the guard on (report)."""
+    return merge(tasks.task_params(task, work), {"evaluate": {"guard": "report"}})
 
 
 def _write(path: Path, params: dict) -> str:
@@ -171,17 +123,17 @@ def run_seed(work: Path, params: dict, seed: int) -> dict:
     return result
 
 
-def run(tasks: list[str], seeds: list[int], out: Path) -> None:
+def run(names: list[str], seeds: list[int], out: Path) -> None:
     from crosstune.logging_setup import configure_logging
 
     configure_logging("WARNING")
     results = json.loads(out.read_text()) if out.exists() else {}
-    for task in tasks:
+    for task in names:
         work = Path(tempfile.mkdtemp(prefix=f"recipes-{task}-"))
         params = task_params(task, work)
         prepare_workdir(work, params, attach=False)
         runs = results.setdefault(task, {"runs": []})
-        runs["params"] = TASKS[task] or "params.yaml"
+        runs["params"] = tasks.TASKS[task] or "params.yaml"
         done = {entry["seed"] for entry in runs["runs"]}
         for seed in seeds:
             if seed in done:
@@ -193,7 +145,7 @@ def run(tasks: list[str], seeds: list[int], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join(PANEL))
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--out", default=str(REPO / "bench/recipes/results.json"))
     args = parser.parse_args()

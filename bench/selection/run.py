@@ -1,21 +1,36 @@
-"""Does the transferability score rank backbones the way fine-tuning does?
+"""Does a transferability score pick the backbone that fine-tunes best? Six tasks, genuinely different candidates.
 
-For three target tasks (drug reviews: text; Fashion-MNIST and scikit-learn digits: images) and four
-candidate backbones each, this scores every candidate's frozen features on the training split
-(LogME, H-score, linear probe) and fine-tunes every candidate with one fixed budget, then reports per
-task the Kendall tau between each score's ranking and the fine-tuned test accuracy ranking, whether the
-top-scored candidate is the best fine-tuned one, and the time to score all candidates as a fraction of
-the time to fine-tune one. Results: bench/selection/results.json and the table in README.md.
+Per task (bench/tasks.py) the data is prepared once (split of base.seed 42). Then two phases, each run alone on
+the machine (the first is timed):
 
-    .venv/bin/python bench/selection/run.py            # standard budget, about 15 minutes on 2 CPU cores
-    .venv/bin/python bench/selection/run.py short      # the 2-epoch budget, about 9 minutes
+1. ``score``: every candidate's frozen, pooled features of the same seeded sample of up to 500 training examples
+   (``backbone.selection_samples``) are extracted through the library (``crosstune.selection.candidates``, a fresh
+   feature store) and scored with LogME, H-score, the 5-fold linear probe and 5-NN, plus LEEP and NCE for the
+   candidates that keep a pretrained source classifier; the seconds of each extraction and each score are kept.
+2. ``finetune``: every candidate is fine-tuned with one fixed budget, the task's recipe, through the pipeline's
+   stage functions (backbone, attach-head, cache, finetune, evaluate with ``evaluate.guard: off``), for each seed,
+   and scored on the test split.
+
+Candidates: text (``text`` sentiment, ``topic`` condition): all-mpnet-base-v2 (``make zoo``), all-MiniLM-L6-v2,
+its static-embedding distillation and a random tiny BERT; images (``fashion``, ``digits``): EfficientNet-Lite0/1/2
+(ImageNet), the MNIST CNN (at its own 28 px) and a random tiny CNN; speech (``speech`` digits, ``speakers``):
+Whisper tiny.en's encoder, the GE2E speaker encoder, the Silero VAD encoder and a random 1-D CNN.
+
+The budget: text, the text default (full fine-tuning, 4 epochs, AdamW 1e-4) at 128 tokens; images and speech,
+the task's example recipe with the stem and the bottom half of the blocks frozen (the fashion example's own
+8 of 17 on Lite0), since full fine-tuning of a BatchNorm CNN on 1,500 upscaled digits is a recipe failure, not
+a transferability fact (bench/selection's earlier README).
+
+    .venv/bin/python bench/selection/run.py score                 # ~5 minutes; bench/selection/results.json
+    .venv/bin/python bench/selection/run.py finetune --seeds 42,1,2
+    .venv/bin/python bench/selection/table.py                     # the README's tables
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
-import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -25,168 +40,167 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
-TEXT_CANDIDATES = ["minilm-l6", "minilm-l6@3", "minilm-l6@1", "tiny-bert"]
-IMAGE_CANDIDATES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "tiny-cnn"]
-SCORES = ["logme", "hscore", "linear_probe"]
+import tasks  # noqa: E402  (bench/tasks.py: the benchmarks' shared tasks)
+from workdir import merge  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
-
-def digits_folder(root: Path) -> tuple[Path, Path]:
-    """scikit-learn's 8x8 digits as an ImageFolder, 70/30 stratified split (seed 0)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = (digits.images * (255 / 16)).astype("uint8")
-    train, test = train_test_split(np.arange(len(images)), test_size=0.3, random_state=0, stratify=digits.target)
-    for split, rows in (("train", train), ("test", test)):
-        for row in rows:
-            folder = root / split / str(digits.target[row])
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[row], mode="L").save(folder / f"{row:04d}.png")
-    return root / "train", root / "test"
+TEXT = ["mpnet-base", "minilm-l6", "minilm-static", "tiny-bert"]
+IMAGES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "mnist-cnn", "tiny-cnn"]
+SPEECH = ["whisper-tiny-en", "ge2e-speaker", "silero-vad", "tiny-audio-cnn"]
+CANDIDATES = {"text": TEXT, "topic": TEXT, "fashion": IMAGES, "digits": IMAGES, "speech": SPEECH, "speakers": SPEECH}
+FEATURE_SCORES = ["logme", "hscore", "linear_probe", "knn"]
+SOURCE_SCORES = ["leep", "nce"]
+TEXT_TOKENS = 128  # tokens per review for every text candidate (the default keeps 256; mpnet-base is 5x MiniLM)
+OWN_SIZE = {"mnist-cnn": 28}  # candidates whose weights only make sense at their own input side
+QUIET = {"evaluate": {"guard": "off", "baselines": ["majority"]}}
 
 
-BUDGETS = {
-    # 2 epochs at the learning rates of the defaults, kept for the record.
-    "short": {"epochs": 2, "image_lr": 1e-3},
-    # 4 epochs, a gentler rate for the CNNs (the README's main table).
-    "standard": {"epochs": 4, "image_lr": 3e-4},
-}
-BUDGET = BUDGETS["standard"]
+def task_params(task: str, work: Path) -> dict:
+    params = merge(tasks.task_params(task, work), QUIET)
+    if tasks.MODALITIES[task] == "text":
+        params = merge(params, {"backbone": {"max_length": TEXT_TOKENS}, "finetune": {"max_length": TEXT_TOKENS}})
+    return params
 
 
-def task_params(name: str) -> dict:
-    common = {"base": {"seed": 0, "device": "cpu", "num_threads": 0},
-              "evaluate": {"batch_size": 128, "baselines": ["majority"]}, "augment": {}}
-    if name == "drug_reviews":
-        return {**common, "prepare": {"text_column": "review", "label_column": "rating"},
-                "backbone": {"max_length": 128, "selection_samples": 500},
-                "freeze": {"depth": 0}, "head": {"type": "linear", "pooling": "mean"},
-                "finetune": {"lr": 1e-4, "epochs": BUDGET["epochs"], "batch_size": 16, "max_length": 128,
-                             "class_weights": "balanced"}}
-    size = 112 if name == "fashion" else 64
-    return {**common, "prepare": {"validation_fraction": 0.1, "min_image_size": 8},
-            "backbone": {"weights": "DEFAULT", "image_size": size, "selection_samples": 500},
-            "freeze": {"depth": 0}, "head": {"type": "linear"},
-            "finetune": {"lr": BUDGET["image_lr"], "epochs": BUDGET["epochs"], "batch_size": 32, "scheduler": "cosine",
-                         "class_weights": "none"}}
+def candidate_params(params: dict, candidate: str, modality: str, num_blocks: int | None = None) -> dict:
+    """The task's params for one candidate: its name, its own input side where it has one, and (with
+    ``num_blocks``) the budget's freeze depth: 0 for text, the bottom half of the blocks otherwise."""
+    extra: dict = {"backbone": {"name": candidate, "select": "name"}}
+    if candidate in OWN_SIZE:
+        extra["backbone"]["image_size"] = OWN_SIZE[candidate]
+    if num_blocks is not None:
+        extra["freeze"] = {"depth": 0 if modality == "text" else num_blocks // 2}
+    return merge(params, extra)
 
 
-def run_task(name: str, train: Path, test: Path, candidates: list[str], workdir: Path) -> dict:
+def prepare(task: str, work: Path) -> tuple[dict, Path]:
+    from crosstune.pipeline.prepare import prepare_stage
+
+    params = task_params(task, work)
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    if not (work / "prepared" / "labels.json").is_file():
+        prepare_stage(params["data"]["train"], params["data"]["test"], str(work / "prepared"), str(path))
+    return params, path
+
+
+def score_task(task: str, work: Path) -> dict:
+    """Phase 1: every candidate's features (fresh store) and every score, each timed."""
     from crosstune.config import load_section
     from crosstune.data.images import decode_images
     from crosstune.data.prepared import read_split
+    from crosstune.selection.candidates import candidate_features, sample_indices
+    from crosstune.selection.candidates import score_candidates as score_all
+
+    params, path = prepare(task, work)
+    modality = tasks.MODALITIES[task]
+    frame = read_split(str(work / "prepared"), "train")
+    seed = params["base"]["seed"]
+    rows = sample_indices(len(frame), params["backbone"]["selection_samples"], seed)
+    labels = np.asarray(frame["label"].iloc[rows])
+    sample = (decode_images(frame["image"].iloc[rows].tolist(), 256) if modality == "image"
+              else frame[modality].iloc[rows].tolist())
+    texts = frame["text"].tolist() if modality == "text" else []
+    store = work / "feature-store"
+    scores: dict[str, dict[str, float]] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    for candidate in CANDIDATES[task]:
+        own = work / f"params-{candidate}.yaml"
+        own.write_text(yaml.safe_dump(candidate_params(params, candidate, modality)))
+        backbone = load_section("backbone", str(own))
+        _, extraction = candidate_features(backbone, [candidate], modality, sample, texts, seed, store)
+        scores[candidate], seconds[candidate] = {}, {"extract": round(extraction[candidate], 3)}
+        for score in FEATURE_SCORES + (SOURCE_SCORES if modality == "image" else []):
+            started = time.perf_counter()
+            try:
+                result = score_all(dataclasses.replace(backbone, score=score), [candidate], modality, sample, labels,
+                                   texts, seed, store)
+            except Exception as error:  # a random candidate has no source classifier: LEEP/NCE refuse it
+                print(f"{task} {candidate} {score}: {error}", flush=True)
+                continue
+            scores[candidate][score] = result.scores[candidate]
+            seconds[candidate][score] = round(time.perf_counter() - started, 3)
+        print(task, candidate, json.dumps(scores[candidate]), json.dumps(seconds[candidate]), flush=True)
+    return {"scores": scores, "score_seconds": seconds, "samples": int(len(labels))}
+
+
+def finetune_run(task: str, work: Path, params: dict, candidate: str, seed: int) -> dict:
+    """Phase 2: one candidate, one seed, the fixed budget; test metrics and the seconds of fine-tuning."""
     from crosstune.pipeline.attach_head import attach_head_stage
     from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.cache import cache_stage
     from crosstune.pipeline.evaluate import evaluate_stage
     from crosstune.pipeline.finetune import finetune_stage
-    from crosstune.pipeline.prepare import prepare_stage
-    from crosstune.selection.candidates import sample_indices, score_candidates
 
-    params = task_params(name)
-    params_path = workdir / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    prepared = workdir / "prepared"
-    prepare_stage(str(train), str(test), str(prepared), str(params_path))
-    frame = read_split(prepared, "train")
-    modality = "image" if "image" in frame else "text"
-    rows = sample_indices(len(frame), 500, 0)
-    labels = np.asarray(frame["label"].iloc[rows])
-    sample = (frame["text"].iloc[rows].tolist() if modality == "text"
-              else decode_images(frame["image"].iloc[rows].tolist(), 256))
-    texts = frame["text"].tolist() if modality == "text" else []
-    backbone = load_section("backbone", params_path)
-    import dataclasses
-
-    scores, scoring_seconds = {}, {}
-    cache = workdir / "feature-cache"
-    started = time.perf_counter()  # a first pass extracts (and caches) every candidate's features
-    score_candidates(dataclasses.replace(backbone, score="logme"), candidates, modality, sample, labels, texts, 0,
-                     cache_dir=cache)
-    extraction = time.perf_counter() - started
-    for score in SCORES:
-        started = time.perf_counter()
-        result = score_candidates(dataclasses.replace(backbone, score=score), candidates, modality, sample, labels,
-                                  texts, 0, cache_dir=cache)
-        scores[score] = result.scores
-        scoring_seconds[score] = extraction + time.perf_counter() - started
-    finetuned, finetune_seconds = {}, {}
-    for candidate in candidates:
-        run = workdir / candidate.replace("@", "_at_")
-        params["backbone"]["name"] = candidate
-        params_path.write_text(yaml.safe_dump(params), encoding="utf-8")
-        started = time.perf_counter()
-        backbone_stage(str(prepared), str(run / "backbone"), str(run / "encoded"), str(run / "backbone.json"),
-                       str(run / "selection.json"), str(run / "selection.csv"), str(params_path))
-        attach_head_stage(str(run / "backbone"), str(prepared), str(run / "initial"), str(run / "freeze.json"),
-                          str(params_path))
-        finetune_stage(str(run / "initial"), str(run / "encoded"), str(run / "finetuned"), str(run / "live"),
-                       str(params_path))
-        metrics = evaluate_stage(str(run / "finetuned"), str(run / "encoded"), str(prepared), str(run / "eval.json"),
-                                 str(run / "predictions.csv"), str(run / "misclassified.png"), str(params_path))
-        finetune_seconds[candidate] = time.perf_counter() - started
-        finetuned[candidate] = {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}
-        print(f"{name} {candidate}: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f} "
-              f"in {finetune_seconds[candidate]:.0f} s", flush=True)
-    return {"scores": scores, "scoring_seconds": scoring_seconds, "finetuned": finetuned,
-            "finetune_seconds": finetune_seconds}
-
-
-def summarise(task: dict) -> dict:
-    """Per score: Kendall tau against fine-tuned test accuracy and macro-F1, top-1 hits, and the time to
-    score all candidates (feature extraction included) over the time to fine-tune one (mean and largest)."""
-    from scipy.stats import kendalltau
-
-    candidates = list(task["finetuned"])
-    summary = {}
-    mean_finetune = statistics.mean(task["finetune_seconds"].values())
-    largest_finetune = max(task["finetune_seconds"].values())
-    for score, values in task["scores"].items():
-        ranked = [values[c] for c in candidates]
-        entry = {}
-        for metric in ("accuracy", "f1_macro"):
-            outcome = [task["finetuned"][c][metric] for c in candidates]
-            entry[f"kendall_tau_{metric}"] = float(kendalltau(ranked, outcome).statistic)
-            entry[f"top1_hit_{metric}"] = bool(np.argmax(ranked) == np.argmax(outcome))
-        entry["score_time_over_mean_finetune"] = task["scoring_seconds"][score] / mean_finetune
-        entry["score_time_over_largest_finetune"] = task["scoring_seconds"][score] / largest_finetune
-        summary[score] = entry
-    return summary
+    modality = tasks.MODALITIES[task]
+    encoded = work / "candidates" / candidate
+    own = encoded / "params.yaml"
+    if not (encoded / "backbone" / "config.json").is_file():  # the candidate's backbone and encoding, once per task
+        encoded.mkdir(parents=True, exist_ok=True)
+        own.write_text(yaml.safe_dump(candidate_params(params, candidate, modality)))
+        backbone_stage(str(work / "prepared"), str(encoded / "backbone"), str(encoded / "encoded"),
+                       str(encoded / "backbone.json"), str(encoded / "selection.json"), str(encoded / "selection.csv"),
+                       str(own))
+    blocks = json.loads((encoded / "backbone.json").read_text())["num_blocks"]
+    run = encoded / f"seed-{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    run_params = merge(candidate_params(params, candidate, modality, blocks), {"base": {"seed": seed}})
+    path = run / "params.yaml"
+    path.write_text(yaml.safe_dump(run_params))
+    started = time.perf_counter()
+    attach_head_stage(str(encoded / "backbone"), str(work / "prepared"), str(run / "initial"),
+                      str(run / "freeze.json"), str(path))
+    cache_stage(str(run / "initial"), str(encoded / "encoded"), str(run / "features"), str(path))
+    fine = finetune_stage(str(run / "initial"), str(encoded / "encoded"), str(run / "model"), str(run / "live"),
+                          str(path), str(run / "features"))
+    seconds = time.perf_counter() - started
+    metrics = evaluate_stage(str(run / "model"), str(encoded / "encoded"), str(work / "prepared"),
+                             str(run / "eval.json"), str(run / "predictions.csv"), str(run / "misclassified.png"),
+                             str(path))
+    return {"candidate": candidate, "seed": seed, "f1_macro": metrics["f1_macro"], "accuracy": metrics["accuracy"],
+            "validation_f1_macro": fine.get("f1_macro"), "freeze_depth": run_params["freeze"]["depth"],
+            "num_blocks": blocks, "seconds": round(seconds, 1)}
 
 
 def main() -> None:
-    global BUDGET
-    budget = sys.argv[1] if len(sys.argv) > 1 else "standard"
-    BUDGET = BUDGETS[budget]
-    logging.basicConfig(level=logging.WARNING)
-    results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        digits_train, digits_test = digits_folder(scratch / "digits-images")
-        tasks = {
-            "drug_reviews": (REPO / "data/raw/train.csv", REPO / "data/raw/test.csv", TEXT_CANDIDATES),
-            "fashion": (REPO / "data/fashion/train", REPO / "data/fashion/test", IMAGE_CANDIDATES),
-            "digits": (digits_train, digits_test, IMAGE_CANDIDATES),
-        }
-        for name, (train, test, candidates) in tasks.items():
-            workdir = scratch / name
-            workdir.mkdir()
-            results[name] = run_task(name, train, test, candidates, workdir)
-            results[name]["summary"] = summarise(results[name])
-            print(name, "scores", json.dumps(results[name]["scores"]), flush=True)
-            print(name, json.dumps(results[name]["summary"]), flush=True)
-    tasks = list(results)
-    for score in SCORES:
-        for metric in ("accuracy", "f1_macro"):
-            taus = [results[name]["summary"][score][f"kendall_tau_{metric}"] for name in tasks]
-            results.setdefault("mean_kendall_tau", {}).setdefault(score, {})[metric] = statistics.mean(taus)
-    results["budget"] = {"name": budget, **BUDGET}
-    out = Path(__file__).with_name("results.json" if budget == "standard" else f"results_{budget}.json")
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print("mean Kendall tau:", results["mean_kendall_tau"])
+    from crosstune.logging_setup import configure_logging
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=("score", "finetune"))
+    parser.add_argument("--tasks", default=",".join(CANDIDATES))
+    parser.add_argument("--seeds", default="42,1,2")
+    parser.add_argument("--candidates", help="only these (comma-separated), e.g. to add one to a finished run")
+    parser.add_argument("--out", default=str(REPO / "bench/selection/results.json"))
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "crosstune-bench-selection"),
+                        help="scratch folder (kept between the phases: the prepared splits are reused)")
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    out, root = Path(args.out), Path(args.work)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    only = set(args.candidates.split(",")) if args.candidates else None
+    for task in args.tasks.split(","):
+        work = root / task
+        work.mkdir(parents=True, exist_ok=True)
+        entry = results.setdefault(task, {"runs": []})
+        entry["params"] = tasks.TASKS[task] or "params.yaml"
+        if args.phase == "score":
+            scored = score_task(task, work)
+            for key in ("scores", "score_seconds"):
+                entry.setdefault(key, {}).update({candidate: value for candidate, value in scored[key].items()
+                                                  if only is None or candidate in only})
+            entry["samples"] = scored["samples"]
+            out.write_text(json.dumps(results, indent=1) + "\n")
+            continue
+        params, _ = prepare(task, work)
+        done = {(run["candidate"], run["seed"]) for run in entry["runs"]}
+        for seed in (int(value) for value in args.seeds.split(",")):
+            for candidate in CANDIDATES[task]:
+                if (candidate, seed) in done or (only is not None and candidate not in only):
+                    continue
+                entry["runs"].append(finetune_run(task, work, params, candidate, seed))
+                out.write_text(json.dumps(results, indent=1) + "\n")
+                print(task, json.dumps(entry["runs"][-1]), flush=True)
 
 
 if __name__ == "__main__":

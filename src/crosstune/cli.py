@@ -83,6 +83,19 @@ def preset_overrides(path: str) -> list[str]:
     return arguments
 
 
+def _zoo(args: argparse.Namespace) -> None:
+    from crosstune.backbones.zoo import catalogue, install, opt_in_names
+
+    if args.action == "list":
+        print(catalogue())
+        return
+    if not args.names:
+        raise CrosstuneError(f"crosstune zoo install: name the entries to install, e.g. `crosstune zoo install "
+                             f"mpnet-base`; opt-in entries: {opt_in_names()}")
+    for name in args.names:
+        print(f"{name}: installed in {install(name)}")
+
+
 def _check(args: argparse.Namespace) -> None:
     from crosstune.checks import run_check
 
@@ -165,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("preset", help="YAML file of params.yaml keys to override")
     example.add_argument("dvc_args", nargs=argparse.REMAINDER, help="extra arguments for `dvc exp run`")
     example.set_defaults(handler=_example)
+    zoo = commands.add_parser("zoo", help="list the pretrained backbones (licence, source, installed here or not); "
+                                          "`crosstune zoo install NAME` installs an opt-in one (make zoo)")
+    zoo.add_argument("action", nargs="?", choices=("list", "install"), default="list")
+    zoo.add_argument("names", nargs="*", help="with install: the opt-in entries to install (e.g. mpnet-base)")
+    zoo.set_defaults(handler=_zoo)
     check = commands.add_parser("check", help="validate every params section and the data paths at once, before "
                                               "any stage runs; lists all problems")
     check.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

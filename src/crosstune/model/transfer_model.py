@@ -407,6 +407,9 @@ def _load_hf_weights(model: TransferModel, path: Path) -> None:
 def _backbone_config(config: dict[str, Any]) -> Any:
     from transformers import AutoConfig
 
+    from crosstune.backbones.static import register_architecture
+
+    register_architecture()  # crosstune's own text architecture (static token embeddings)
     backbone_config = dict(config["backbone_config"])
     return AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
 

@@ -15,6 +15,7 @@ from crosstune.io import (
     load_weights,
     read_artifact_json,
     write_metrics,
+    write_metrics_csv,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,20 +44,42 @@ def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
 
 
 def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, report_path: str,
-                      params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
-    """freeze-and-attach-head: put a new head on the backbone and freeze by policy."""
+                      params_path: str = DEFAULT_PARAMS_PATH, blocks_path: str | None = None) -> dict[str, Any]:
+    """freeze-and-attach-head: put a new head on the backbone and freeze by policy; ``freeze.depth: auto`` takes
+    the depth the backbone's per-block transferability recommends (:mod:`crosstune.freezing.auto_depth`), which
+    is reported whatever the depth, with the per-block scores (``blocks_path``: a table for ``dvc plots``)."""
+    import dataclasses
+
     from crosstune.data.prepared import read_label_info
+    from crosstune.freezing.auto_depth import read_block_scores, recommend_depth
     from crosstune.freezing.policy import apply_freeze
     from crosstune.model.transfer_model import build_transfer_model, save_transfer_model
 
     base = load_section("base", params_path)
     freeze, head = load_section("freeze", params_path), load_section("head", params_path)
     task, labels = read_label_info(prepared_dir)
+    blocks = read_block_scores(backbone_dir)
+    recommendation = recommend_depth(blocks["scores"], blocks["score"]) if blocks else None
+    requested = freeze.depth
+    if requested == "auto":
+        if recommendation is None:
+            raise ArtifactError(f"{Path(backbone_dir) / 'block_scores.json'}: missing, and freeze.depth: auto reads "
+                                f"it; rebuild the backbone stage's output with `dvc repro -f backbone`.")
+        freeze = dataclasses.replace(freeze, depth=recommendation.depth)
+        logger.info("freeze.depth: auto -> %d: %s", recommendation.depth, recommendation.reason)
+    elif recommendation is not None:
+        logger.info("freeze.depth: %s (auto would choose %d: %s)", requested, recommendation.depth,
+                    recommendation.reason)
     backbone, tokenizer = _load_saved_backbone(Path(backbone_dir))
     model = build_transfer_model(backbone, task=task, labels=labels, head_type=head.type, pooling=head.pooling,
                                  dropout=head.dropout, hidden_dim=head.hidden_dim, seed=base.seed)
     report = apply_freeze(model, freeze.depth, freeze.patterns, freeze.train_batchnorm).as_dict()
-    model.spec["freeze"] = to_dict(freeze)
+    report["depth_requested"] = requested
+    if recommendation is not None:
+        report.update(recommendation.as_metrics())
+    if blocks_path is not None:
+        _write_block_table(blocks_path, recommendation, freeze.depth)
+    model.spec["freeze"] = to_dict(freeze)  # the depth chosen, never "auto": later stages read what was applied
     with atomic_directory(model_dir) as staging:
         save_transfer_model(model, staging, tokenizer)
     if freeze.lora_r:
@@ -71,3 +94,15 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
                        "trainable_fraction": round((adapters + head_parameters) / report["total_parameters"], 6)})
     write_metrics(report_path, report)
     return report
+
+
+def _write_block_table(path: str, recommendation: Any, depth: int | str) -> None:
+    """One row per block (0 = the stem's output): its transferability score and whether it is frozen."""
+    import pandas as pd
+
+    scores = recommendation.scores if recommendation is not None else ()
+    frozen = len(scores) if depth == "all" else int(depth)
+    write_metrics_csv(path, pd.DataFrame({
+        "block": list(range(len(scores))), "score": list(scores),
+        "score_name": [recommendation.score if recommendation else ""] * len(scores),
+        "frozen": [int(index <= frozen and frozen > 0) for index in range(len(scores))]}))

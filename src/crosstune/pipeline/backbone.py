@@ -10,8 +10,10 @@ if TYPE_CHECKING:
 
 from crosstune.config import DEFAULT_PARAMS_PATH, load_section
 from crosstune.errors import ConfigError
+from crosstune.freezing.auto_depth import BLOCK_SCORES
 from crosstune.io import (
     atomic_directory,
+    round_metrics,
     write_json,
     write_metrics,
     write_metrics_csv,
@@ -63,15 +65,15 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
         return torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
 
     source = splits["source"] if len(splits["source"]) else None
-    selection, gaps = _select(params, candidates, modality, splits["train"], task, base.seed, source)
+    selection, gaps, blocks = _select(params, candidates, modality, splits["train"], task, base.seed, source)
     chosen = selection.best if params.select == "score" else params.name
     params = dataclasses.replace(params, name=chosen)
     if modality == "image":
-        summary = _image_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
+        summary = _image_backbone(params, base.seed, splits, targets, model_dir, encoded_dir, blocks)
     elif modality == "audio":
-        summary = _audio_backbone(params, base.seed, splits, targets, model_dir, encoded_dir)
+        summary = _audio_backbone(params, base.seed, splits, targets, model_dir, encoded_dir, blocks)
     else:
-        summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir, text_augment)
+        summary = _text_backbone(params, base.seed, splits, targets, model_dir, encoded_dir, text_augment, blocks)
     summary[f"{selection.score_name}"] = selection.scores[chosen]
     write_metrics(summary_path, summary)
     _write_selection(selection, gaps, chosen, params.select, selection_path, selection_table)
@@ -94,12 +96,14 @@ def _check_backbone_modality(candidate: str, modality: str) -> None:
 
 
 def _select(params: Any, candidates: list[str], modality: str, train: Any, task: str, seed: int,
-            source_frame: Any) -> tuple[Any, dict[str, dict[str, float]]]:
+            source_frame: Any) -> tuple[Any, dict[str, dict[str, float]], dict[str, Any]]:
     """Transferability of each candidate on a seeded sample of the labelled training rows (the labelled
-    source domain's when no target row has a label), and each candidate's domain gap to the source."""
+    source domain's when no target row has a label), each candidate's domain gap to the source, and the chosen
+    candidate's transferability after its stem and after each block (what ``freeze.depth: auto`` reads)."""
     import numpy as np
 
     from crosstune.selection.candidates import (
+        block_scores,
         domain_gaps,
         sample_indices,
         score_candidates,
@@ -133,7 +137,12 @@ def _select(params: Any, candidates: list[str], modality: str, train: Any, task:
                                  regression=task == "regression")
     gaps = domain_gaps(params, candidates, modality, target_sample, source, train_texts, seed) \
         if source is not None else {}
-    return selection, gaps
+    chosen = selection.best if params.select == "score" else params.name
+    score_name, values = block_scores(params, chosen, modality, sample, labels, train_texts, seed,
+                                      regression=task == "regression")
+    blocks = {"score": score_name, "samples": len(labels), "scores": [value if np.isfinite(value) else None
+                                                                      for value in values]}
+    return selection, gaps, blocks
 
 
 def _write_selection(selection: Any, gaps: dict[str, dict[str, float]], chosen: str, method: str, json_path: str,
@@ -156,7 +165,7 @@ def _write_selection(selection: Any, gaps: dict[str, dict[str, float]], chosen: 
 
 
 def _text_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
-                   encoded_dir: str, text_augment: Any) -> dict[str, Any]:
+                   encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
     from crosstune.backbones.text import describe_backbone, load_backbone, save_backbone
     from crosstune.data.text_augmentation import augment_split
     from crosstune.data.text_encoding import encode_texts, save_split
@@ -165,6 +174,7 @@ def _text_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any,
     summary = describe_backbone(loaded, params.name)
     with atomic_directory(model_dir) as staging:
         save_backbone(loaded, staging)
+        write_json(staging / BLOCK_SCORES, round_metrics(blocks))
     with atomic_directory(encoded_dir) as staging:
         for name, frame in splits.items():
             encoded = encode_texts(loaded.tokenizer, frame["text"].tolist(), targets(frame), params.max_length)
@@ -184,7 +194,7 @@ def _text_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any,
 
 
 def _image_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
-                    encoded_dir: str) -> dict[str, Any]:
+                    encoded_dir: str, blocks: dict[str, Any]) -> dict[str, Any]:
     from safetensors.torch import save_model
 
     from crosstune.backbones.vision import build_vision_backbone, vision_config
@@ -201,6 +211,7 @@ def _image_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any
     with atomic_directory(model_dir) as staging:
         write_json(staging / "config.json", config)
         save_model(backbone, str(staging / "model.safetensors"))
+        write_json(staging / BLOCK_SCORES, round_metrics(blocks))
     with atomic_directory(encoded_dir) as staging:
         for name, frame in splits.items():
             images = decode_images(frame["image"].tolist(), size)
@@ -214,7 +225,7 @@ def _image_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any
 
 
 def _audio_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
-                    encoded_dir: str) -> dict[str, Any]:
+                    encoded_dir: str, blocks: dict[str, Any]) -> dict[str, Any]:
     """Save the audio backbone with its clip length fixed from the training recordings
     (``backbone.clip_seconds``), and decode every split once at its sample rate."""
     from safetensors.torch import save_model
@@ -240,6 +251,7 @@ def _audio_backbone(params: Any, seed: int, splits: dict[str, Any], targets: Any
     with atomic_directory(model_dir) as staging:
         write_json(staging / "config.json", audio_config(params.name, params.weights, backbone))
         save_model(backbone, str(staging / "model.safetensors"))
+        write_json(staging / BLOCK_SCORES, round_metrics(blocks))
     with atomic_directory(encoded_dir) as staging:
         for name, frame in splits.items():
             waveforms = decode_audio(frame["audio"].tolist(), rate, length, params.clip_align)

@@ -47,11 +47,11 @@ def sample_indices(size: int, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(size, size=cap, replace=False))
 
 
-def _text_features_by_depth(base: str, depths: Sequence[int | None], params: BackboneParams,
-                            texts: Sequence[str], train_texts: Sequence[str], seed: int) -> list[np.ndarray]:
-    """Mean-pooled features of ``base`` cut after each of ``depths`` blocks (None: all of them), from ONE
-    forward pass with every block's output: ``NAME@K`` candidates of one backbone cost no extra pass.
-    Block K's output is exactly what the model truncated to K blocks returns."""
+def _text_block_features(base: str, params: BackboneParams, texts: Sequence[str], train_texts: Sequence[str],
+                         seed: int) -> list[np.ndarray]:
+    """Mean-pooled features of ``base`` after its embeddings (index 0) and after each block K (index K), from ONE
+    forward pass with every block's output: ``NAME@K`` candidates and the per-block scores of ``freeze.depth:
+    auto`` cost no extra pass. Block K's output is exactly what the model truncated to K blocks returns."""
     import torch
 
     from crosstune.backbones.text import load_backbone, transformer_blocks
@@ -59,46 +59,52 @@ def _text_features_by_depth(base: str, depths: Sequence[int | None], params: Bac
 
     loaded = load_backbone(replace(params, name=base), train_texts, seed)
     total = len(transformer_blocks(loaded.model))
-    for depth in depths:
-        if depth is not None and not 1 <= depth <= total:
-            raise ConfigError(f"params.yaml: backbone.candidates: {base}@{depth} asks for {depth} blocks but "
-                              f"{base} has {total}; use 1..{total}.")
     loaded.model.eval()
     # Tokenize once, then batch texts of similar length together: far fewer padding tokens to run.
     encoded = loaded.tokenizer(list(texts), truncation=True, max_length=params.max_length)["input_ids"]
     order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
-    columns = [np.zeros((len(encoded), int(loaded.model.config.hidden_size)), dtype=np.float32) for _ in depths]
+    columns = [np.zeros((len(encoded), int(loaded.model.config.hidden_size)), dtype=np.float32)
+               for _ in range(total + 1)]
     with torch.inference_mode():
         for start in range(0, len(order), BATCH_SIZE):
             rows = order[start : start + BATCH_SIZE]
             batch = loaded.tokenizer.pad({"input_ids": [encoded[row] for row in rows]}, return_tensors="pt")
             hidden_states = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                          output_hidden_states=True).hidden_states
-            for column, depth in zip(columns, depths):
-                pooled = mean_pooling(hidden_states[total if depth is None else depth], batch["attention_mask"])
-                column[rows] = pooled.float().numpy()
+            for depth, column in enumerate(columns):
+                column[rows] = mean_pooling(hidden_states[depth], batch["attention_mask"]).float().numpy()
     return columns
 
 
-def _image_features(spec: str, params: BackboneParams, images: Any, seed: int) -> np.ndarray:
+def _staged_block_features(backbone: Any, inputs: Any) -> list[np.ndarray]:
+    """Pooled outputs of a staged (image or audio) backbone after its stem (index 0) and after each block, from
+    one pass over ``inputs`` (a list of model-ready batches). The last one is ``forward_features``."""
     import torch
 
+    stages = len(backbone.blocks) + 1
+    columns: list[list[torch.Tensor]] = [[] for _ in range(stages)]
+    with torch.inference_mode():
+        for batch in inputs:
+            outputs = batch
+            for stage in range(stages):
+                outputs = backbone.forward_stages(outputs, stage, stage + 1)
+                columns[stage].append(backbone.pool(outputs).float())
+    return [torch.cat(column).numpy() for column in columns]
+
+
+def _image_block_features(spec: str, params: BackboneParams, images: Any, seed: int) -> list[np.ndarray]:
     from crosstune.backbones.vision import build_vision_backbone
     from crosstune.data.images import ImageBatcher
 
     backbone = build_vision_backbone(spec, params.weights, seed, params.image_size)
     backbone.eval()
     batcher = ImageBatcher(backbone.preprocessing)
-    with torch.inference_mode():
-        rows = [backbone.forward_features(batcher(images[start : start + BATCH_SIZE]))
-                for start in range(0, len(images), BATCH_SIZE)]
-    return torch.cat(rows).float().numpy()
+    return _staged_block_features(backbone, (batcher(images[start : start + BATCH_SIZE])
+                                             for start in range(0, len(images), BATCH_SIZE)))
 
 
-def _audio_features(spec: str, params: BackboneParams, paths: Sequence[str], seed: int) -> np.ndarray:
+def _audio_block_features(spec: str, params: BackboneParams, paths: Sequence[str], seed: int) -> list[np.ndarray]:
     """Pooled features of recordings, decoded at the candidate's own sample rate and clip length."""
-    import torch
-
     from crosstune.backbones.audio import build_audio_backbone
     from crosstune.data.audio import AudioBatcher, clip_length, decode_audio
 
@@ -109,10 +115,8 @@ def _audio_features(spec: str, params: BackboneParams, paths: Sequence[str], see
     backbone.eval()
     waveforms = decode_audio(paths, rate, length, params.clip_align)
     batcher = AudioBatcher(backbone.preprocessing)
-    with torch.inference_mode():
-        rows = [backbone.forward_features(batcher(waveforms[start : start + BATCH_SIZE]))
-                for start in range(0, len(waveforms), BATCH_SIZE)]
-    return torch.cat(rows).float().numpy()
+    return _staged_block_features(backbone, (batcher(waveforms[start : start + BATCH_SIZE])
+                                             for start in range(0, len(waveforms), BATCH_SIZE)))
 
 
 # Every file of the code that shapes the features: reading and encoding the sample (data), the backbones,
@@ -147,11 +151,7 @@ def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_dige
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def candidate_features(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
-                       train_texts: Sequence[str], seed: int,
-                       cache_dir: Path = FEATURE_STORE) -> tuple[dict[str, Path], dict[str, float]]:
-    """Each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor), extracted where
-    not cached yet. Returns the cache file of each and the seconds spent extracting (uncached ones)."""
+def _sample_digests(modality: str, sample: Any, train_texts: Sequence[str]) -> tuple[str, str]:
     if modality == "text":
         raw: str | bytes = json.dumps(list(sample))
     elif modality == "audio":  # recording paths: their bytes are the sample
@@ -159,12 +159,66 @@ def candidate_features(params: BackboneParams, candidates: Sequence[str], modali
     else:
         raw = sample.numpy().tobytes()
     digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
-    train_digest = hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
+    return digest, hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
+
+
+def _base_name(spec: str, modality: str) -> tuple[str, int | None]:
+    from crosstune.backbones.text import split_candidate
+
+    return split_candidate(spec) if modality == "text" else (spec, None)
+
+
+def candidate_features(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
+                       train_texts: Sequence[str], seed: int,
+                       cache_dir: Path = FEATURE_STORE) -> tuple[dict[str, Path], dict[str, float]]:
+    """Each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor), extracted where
+    not cached yet. Returns the cache file of each and the seconds spent extracting (uncached ones).
+
+    Extracting a candidate also stores its base backbone's features after every block (:func:`block_features`)."""
+    digest, train_digest = _sample_digests(modality, sample, train_texts)
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = {spec: cache_dir / f"{_cache_key(spec, params, digest, train_digest, seed)}.npy" for spec in candidates}
     extraction = _extract_missing(params, [spec for spec in candidates if not paths[spec].is_file()], paths,
-                                  modality, sample, train_texts, seed)
+                                  modality, sample, train_texts, seed, cache_dir, digest, train_digest)
     return paths, extraction
+
+
+def block_features(params: BackboneParams, spec: str, modality: str, sample: Any, train_texts: Sequence[str],
+                   seed: int, cache_dir: Path = FEATURE_STORE) -> list[np.ndarray]:
+    """Pooled features of ``sample`` after ``spec``'s stem or embeddings (index 0) and after each of its blocks
+    (index K): what freezing the bottom K blocks leaves as input to the trained part, read from the feature store
+    (extracted in the same pass as the candidate's own features)."""
+    base, keep = _base_name(spec, modality)
+    digest, train_digest = _sample_digests(modality, sample, train_texts)
+    path = _blocks_path(cache_dir, base, params, digest, train_digest, seed)
+    if not path.is_file():
+        _extract_missing(params, [base], {base: cache_dir / f"{_cache_key(base, params, digest, train_digest, seed)}"
+                                                             f".npy"},
+                         modality, sample, train_texts, seed, cache_dir, digest, train_digest)
+    with np.load(path, allow_pickle=False) as stored:
+        columns = [stored[f"block_{index}"] for index in range(len(stored.files))]
+    if keep is not None:
+        if not 1 <= keep < len(columns):
+            raise ConfigError(f"params.yaml: backbone: {spec!r} asks for {keep} blocks but {base} has "
+                              f"{len(columns) - 1}; use 1..{len(columns) - 1}.")
+        columns = columns[: keep + 1]
+    return columns
+
+
+def block_scores(params: BackboneParams, spec: str, modality: str, sample: Any, labels: np.ndarray,
+                 train_texts: Sequence[str], seed: int, cache_dir: Path = FEATURE_STORE,
+                 regression: bool = False) -> tuple[str, list[float]]:
+    """The transferability of ``spec``'s features after its stem (index 0) and after each block: ``params.score``,
+    or LogME where that score reads a source classifier (which only sees the last block). Returns the score's
+    name and the values."""
+    from crosstune.selection.scores import logme
+
+    name = "logme" if regression or params.score in SOURCE_SCORES else params.score
+    score = (lambda features, targets: logme(features, targets, regression=True)) if regression else SCORES.get(name)
+    columns = block_features(params, spec, modality, sample, train_texts, seed, cache_dir)
+    values = [float(score(column, labels)) if np.isfinite(column).all() else float("-inf") for column in columns]
+    logger.info("%s after the stem and each block of %s: %s", name, spec, [round(value, 4) for value in values])
+    return name, values
 
 
 def score_candidates(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
@@ -239,30 +293,47 @@ def domain_gaps(params: BackboneParams, candidates: Sequence[str], modality: str
     return gaps
 
 
-def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict[str, Path], modality: str,
-                     sample: Any, train_texts: Sequence[str], seed: int) -> dict[str, float]:
-    """Extract and cache the features not cached yet; returns each candidate's share of the seconds."""
-    from collections import defaultdict
+def _blocks_path(cache_dir: Path, base: str, params: BackboneParams, digest: str, train_digest: str,
+                 seed: int) -> Path:
+    return cache_dir / f"{_cache_key(base + '#blocks', params, digest, train_digest, seed)}.npz"
 
-    from crosstune.backbones.text import split_candidate
+
+def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict[str, Path], modality: str,
+                     sample: Any, train_texts: Sequence[str], seed: int, cache_dir: Path, digest: str,
+                     train_digest: str) -> dict[str, float]:
+    """Extract and cache the features not cached yet (one pass per base backbone, every block's output kept);
+    returns each candidate's share of the seconds."""
+    from collections import defaultdict
 
     groups: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
     for spec in missing:
-        base, depth = split_candidate(spec) if modality == "text" else (spec, None)
+        base, depth = _base_name(spec, modality)
         groups[base].append((spec, depth))
     seconds: dict[str, float] = {}
     for base, members in groups.items():
         started = time.perf_counter()
         if modality == "text":
-            features = _text_features_by_depth(base, [depth for _, depth in members], params, sample, train_texts, seed)
+            columns = _text_block_features(base, params, sample, train_texts, seed)
         elif modality == "audio":
-            features = [_audio_features(base, params, sample, seed)]
+            columns = _audio_block_features(base, params, sample, seed)
         else:
-            features = [_image_features(base, params, sample, seed)]
-        for (spec, _), values in zip(members, features):
-            temporary = paths[spec].with_suffix(".tmp.npy")
-            np.save(temporary, values, allow_pickle=False)
-            temporary.replace(paths[spec])
+            columns = _image_block_features(base, params, sample, seed)
+        for spec, depth in members:
+            if depth is not None and not 1 <= depth < len(columns):
+                raise ConfigError(f"params.yaml: backbone.candidates: {spec} asks for {depth} blocks but {base} has "
+                                  f"{len(columns) - 1}; use 1..{len(columns) - 1}.")
+            _save_atomically(paths[spec], lambda temporary, depth=depth: np.save(
+                temporary, columns[-1 if depth is None else depth], allow_pickle=False))
+        blocks = _blocks_path(cache_dir, base, params, digest, train_digest, seed)
+        _save_atomically(blocks, lambda temporary: np.savez(
+            temporary, **{f"block_{index}": column for index, column in enumerate(columns)}))
         for spec, _ in members:
             seconds[spec] = (time.perf_counter() - started) / len(members)
     return seconds
+
+
+def _save_atomically(path: Path, write: Any) -> None:
+    """``write(temporary)`` next to ``path``, then rename: a killed run leaves no half-written feature file."""
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(temporary)
+    temporary.replace(path)
