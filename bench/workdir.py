@@ -40,6 +40,16 @@ def default_params(example: str | None = None) -> dict:
     return params
 
 
+def record_run(results: dict, out: Path, task: str, runs: list, run: dict) -> None:
+    """Append ``run`` to ``runs`` (a list inside ``results``), rewrite ``out`` whole and print the run: a
+    benchmark stopped part-way keeps every run it finished, and a rerun skips them."""
+    import json
+
+    runs.append(run)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(task, json.dumps(run), flush=True)
+
+
 def prepare_workdir(work: Path, params: dict, attach: bool = True) -> Path:
     """Write ``params`` to ``work/params.yaml``, run the first stages into ``work``; returns the params path.
 

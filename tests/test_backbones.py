@@ -120,8 +120,8 @@ def test_local_weights_file_round_trip(tmp_path: Path) -> None:
 
 # Audio backbones: every registry entry, with random and (where shipped) pretrained weights.
 
-AUDIO_CASES = [(name, "none") for name in AUDIO_BACKBONES.names()] + [("whisper-tiny-en", "DEFAULT"),
-                                                                      ("ge2e-speaker", "DEFAULT"), ("silero-vad", "DEFAULT")]
+AUDIO_CASES = [(name, "none") for name in AUDIO_BACKBONES.names()] + [
+    ("whisper-tiny-en", "DEFAULT"), ("ge2e-speaker", "DEFAULT"), ("silero-vad", "DEFAULT")]
 
 
 @pytest.mark.parametrize(("name", "weights"), AUDIO_CASES)

@@ -57,8 +57,9 @@ def render(results: dict) -> str:
         for depth, row in depths.items():
             marks = [name for name, chosen in (("best", summary["best"]), ("auto", summary["auto"]),
                                                ("best on validation", summary["by_validation"])) if chosen == depth]
-            lines.append(f"| {depth} | {row['mean']:.3f} ± {row['std']:.3f} ({row['seeds']}) | {row['validation']:.3f} | "
-                         f"{row['trainable']:,} | {row['seconds']:.0f} | {', '.join(marks)} |")
+            lines.append(f"| {depth} | {row['mean']:.3f} ± {row['std']:.3f} ({row['seeds']}) | "
+                         f"{row['validation']:.3f} | {row['trainable']:,} | {row['seconds']:.0f} | "
+                         f"{', '.join(marks)} |")
         lines.append("")
     lines += ["| task | best depth | auto | auto's loss (points) | best on validation | its loss (points) | "
               "full fine-tuning's loss (points) |", "| --- | --- | --- | ---: | --- | ---: | ---: |"]

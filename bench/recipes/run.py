@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import tasks  # noqa: E402  (bench/tasks.py: the benchmarks' shared tasks)
-from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+from workdir import merge, prepare_workdir, record_run  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 RECIPES = {"full": {"finetune": {"head_init": "random"}}, "lp_ft": {"finetune": {"head_init": "probe"}}}
 HEAD_ONLY = {"freeze": {"depth": "all"}, "finetune": {"head_lr": 1.0e-2, "head_init": "random"},
@@ -138,9 +138,7 @@ def run(names: list[str], seeds: list[int], out: Path) -> None:
         for seed in seeds:
             if seed in done:
                 continue
-            runs["runs"].append(run_seed(work, params, seed))
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            print(task, json.dumps(runs["runs"][-1]), flush=True)
+            record_run(results, out, task, runs["runs"], run_seed(work, params, seed))
 
 
 def main() -> None:

@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import PANEL, task_params  # noqa: E402  (bench/recipes/run.py: the panel's tasks)
+from run import PANEL as TASKS  # noqa: E402  (bench/recipes/run.py: the panel's tasks)
+from run import task_params  # noqa: E402
 from workdir import merge, prepare_workdir  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 PANEL = Path(__file__).resolve().parent / "results.json"
@@ -161,7 +162,7 @@ def summarise(runs: list[dict], panel_runs: dict[int, dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="text", help=f"comma-separated, of {', '.join(PANEL)}")
+    parser.add_argument("--tasks", default="text", help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--head-init", default="random", choices=("random", "probe"))
     parser.add_argument("--lr", type=float, default=None, help="finetune.lr (default: the task's)")
@@ -175,8 +176,8 @@ def main() -> None:
     panel = json.loads(PANEL.read_text()) if PANEL.exists() else {}
     name = f"head_init_{args.head_init}" + (f"_lr_{args.lr:g}" if args.lr else "")
     for task in args.tasks.split(","):
-        if task not in PANEL:
-            raise SystemExit(f"--tasks: unknown task {task!r}; valid: {', '.join(PANEL)}")
+        if task not in TASKS:
+            raise SystemExit(f"--tasks: unknown task {task!r}; valid: {', '.join(TASKS)}")
         runs = results.setdefault(task, {}).setdefault(name, {"runs": []})
         seeds = [int(seed) for seed in args.seeds.split(",")]
         if any(seed not in {entry["seed"] for entry in runs["runs"]} for seed in seeds):

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import tasks  # noqa: E402  (bench/tasks.py: the benchmarks' shared tasks)
-from workdir import merge  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
+from workdir import merge, record_run  # noqa: E402  (bench/workdir.py; also puts src/ on the path)
 
 TEXT = ["mpnet-base", "minilm-l6", "minilm-static", "tiny-bert"]
 IMAGES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "mnist-cnn", "tiny-cnn"]
@@ -198,9 +198,7 @@ def main() -> None:
             for candidate in CANDIDATES[task]:
                 if (candidate, seed) in done or (only is not None and candidate not in only):
                     continue
-                entry["runs"].append(finetune_run(task, work, params, candidate, seed))
-                out.write_text(json.dumps(results, indent=1) + "\n")
-                print(task, json.dumps(entry["runs"][-1]), flush=True)
+                record_run(results, out, task, entry["runs"], finetune_run(task, work, params, candidate, seed))
 
 
 if __name__ == "__main__":

