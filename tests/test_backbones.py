@@ -319,3 +319,21 @@ def test_silero_encoder_equals_the_packaged_onnx_model() -> None:
         ours = backbone.forward_stages(torch.from_numpy(chunks), 0, 5)
     np.testing.assert_allclose(ours.numpy().transpose(0, 2, 1), reference, rtol=1e-5, atol=1e-5)
     assert backbone.preprocessing.features == "waveform" and backbone.feature_dim == 128
+
+
+def test_zoo_command_lists_without_heavy_imports_and_install_names_the_entries(capsys: pytest.CaptureFixture,
+                                                                               tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from crosstune.cli import main as cli_main
+    from crosstune.cli import run_main
+
+    probe = ("import sys\nfrom crosstune.cli import main\nmain(['zoo'])\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
+    listed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "| `mnist-cnn` | image |" in listed.stdout and listed.stdout.strip().endswith("[]")
+    assert run_main(cli_main, ["zoo", "install"]) == 2
+    assert "crosstune zoo install mpnet-base`; opt-in entries: ['mpnet-base']" in capsys.readouterr().err
+    assert run_main(cli_main, ["zoo", "install", "minilm-l6"]) == 2
+    assert "installs with `make install`" in capsys.readouterr().err

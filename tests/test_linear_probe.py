@@ -174,3 +174,34 @@ def test_lp_ft_starts_fine_tuning_from_the_probes_head(attached, tmp_path: Path)
     with pytest.raises(ArtifactError, match="finetune.head_init: probe"):
         finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(tmp_path / "x"), str(tmp_path / "l"),
                        str(params), probe_dir=str(tmp_path / "absent"))
+
+
+def test_auto_head_init_starts_from_the_probe_only_when_the_backbone_is_frozen_whole(attached, tmp_path: Path) -> None:
+    """finetune.head_init: auto (the default): with every block frozen the head starts from the probe's closed-form
+    fit (with a vanishing rate it stays the probe's); with anything in the backbone trainable it starts from
+    attach_head's random head, exactly as head_init: random does."""
+    from safetensors.torch import load_file
+
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.cache import cache_stage
+    from crosstune.pipeline.finetune import finetune_stage
+
+    frozen = write_params(tmp_path / "frozen.yaml", {"freeze": {"depth": "all"},
+                                                      "finetune": {"lr": 1e-12, "epochs": 1}})
+    paths = {**attached, "initial": tmp_path / "initial-all"}
+    attach_head_stage(str(attached["backbone"]), str(attached["prepared"]), str(paths["initial"]),
+                      str(tmp_path / "freeze.json"), str(frozen))
+    cache_stage(str(paths["initial"]), str(attached["encoded"]), str(tmp_path / "features"), str(frozen))
+    _probe(paths, tmp_path / "probe", frozen, str(tmp_path / "features"))
+    finetune_stage(str(paths["initial"]), str(attached["encoded"]), str(tmp_path / "auto-all"), str(tmp_path / "l1"),
+                   str(frozen), str(tmp_path / "features"), probe_dir=str(tmp_path / "probe"))
+    probe = load_file(str(tmp_path / "probe" / "model.safetensors"))["head.classifier.weight"]
+    tuned = load_file(str(tmp_path / "auto-all" / "model.safetensors"))["head.classifier.weight"]
+    assert tuned == pytest.approx(probe.numpy(), abs=1e-6)
+    heads = {}
+    for init in ("auto", "random"):
+        params = write_params(tmp_path / f"{init}.yaml", {"finetune": {"head_init": init, "lr": 1e-12, "epochs": 1}})
+        finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(tmp_path / init),
+                       str(tmp_path / f"live-{init}"), str(params), probe_dir=str(tmp_path / "probe"))
+        heads[init] = load_file(str(tmp_path / init / "model.safetensors"))
+    assert all(torch.equal(heads["auto"][name], heads["random"][name]) for name in heads["random"])

@@ -5,7 +5,8 @@ Per task the data is prepared and encoded once (split of base.seed 42) through t
 the backbone stage writes ``block_scores.json`` (the backbone's transferability after its stem and after each
 block, on the same seeded sample the selection scores use). Then per seed and depth: attach-head with that
 ``freeze.depth``, cache, finetune and evaluate (``evaluate.guard: off``: the guard's models are not what is
-compared), recording the test and validation metrics and the seconds. Writes bench/freeze/results.json after
+compared), recording the test and validation metrics and the seconds. Where every block is frozen the probe stage
+runs too: ``finetune.head_init: auto`` (the default) starts the head from the probe's closed-form fit there. Writes bench/freeze/results.json after
 every run (a rerun skips what is there); ``table.py`` prints the tables and scores the ``auto`` rule.
 
 Tasks (bench/tasks.py): ``text`` (MiniLM-L6, 6 blocks), ``fashion`` (EfficientNet-Lite0, 17 blocks: a grid),
@@ -46,17 +47,23 @@ def run_depth(work: Path, params: dict, seed: int, depth: int | str) -> dict:
     from crosstune.pipeline.cache import cache_stage
     from crosstune.pipeline.evaluate import evaluate_stage
     from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.probe import probe_stage
 
     run = work / f"seed-{seed}" / f"depth-{depth}"
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)
     path = run / "params.yaml"
     path.write_text(yaml.safe_dump(merge(params, {"base": {"seed": seed}, "freeze": {"depth": depth}})))
     started = time.perf_counter()
     freeze = attach_head_stage(str(work / "backbone"), str(work / "prepared"), str(run / "initial"),
                                str(run / "freeze.json"), str(path))
     cache_stage(str(run / "initial"), str(work / "encoded"), str(run / "features"), str(path))
+    probe = None
+    if depth == "all" or depth >= freeze["num_blocks"]:  # finetune.head_init: auto starts from the probe's head
+        probe = str(run / "probe")
+        probe_stage(str(run / "initial"), str(work / "encoded"), probe, str(run / "probe.json"), str(path),
+                    str(run / "features"))
     fine = finetune_stage(str(run / "initial"), str(work / "encoded"), str(run / "model"), str(run / "live"),
-                          str(path), str(run / "features"))
+                          str(path), str(run / "features"), probe_dir=probe)
     metrics = evaluate_stage(str(run / "model"), str(work / "encoded"), str(work / "prepared"),
                              str(run / "eval.json"), str(run / "predictions.csv"), str(run / "misclassified.png"),
                              str(path))

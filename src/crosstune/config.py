@@ -210,7 +210,7 @@ class HeadParams:
         _check_range("head.hidden_dim", self.hidden_dim, low=1)
 
 
-HEAD_INITS = ("random", "probe")  # finetune.head_init: where fine-tuning's head starts
+HEAD_INITS = ("auto", "random", "probe")  # finetune.head_init: where fine-tuning's head starts
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,9 @@ class FinetuneParams:
     select_metric: str = "f1_macro"  # validation metric that picks the best epoch
     select_window: int = 3  # odd: epochs (centred) whose mean select_metric ranks an epoch; 1 = its own value
     log_every: int = 5  # optimizer steps between logged training losses
-    head_init: str = "random"  # random (attach_head's head) | probe (LP-FT: start from the probe stage's fitted head)
+    # where the head starts: random (attach_head's head) | probe (LP-FT: the probe stage's fitted head) | auto (probe
+    # when nothing in the backbone trains, where head-only training at the backbone's rate barely moves; else random)
+    head_init: str = "auto"
     # transfer-aware rates and schedules
     head_lr: float = 0.0  # learning rate of the new head; 0 = finetune.lr
     layer_decay: float = 1.0  # discriminative rates: block k below the top trains at lr * layer_decay**k

@@ -58,7 +58,10 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     """fine-tune: train the attached model and save the best epoch's weights.
 
     It starts from ``initial_dir`` (the attach_head stage's random head), or with ``finetune.head_init:
-    probe`` from ``probe_dir`` (the same backbone, its head fitted on the frozen features: LP-FT).
+    probe`` from ``probe_dir`` (the same backbone, its head fitted on the frozen features: LP-FT). ``auto`` (the
+    default) starts from the probe when nothing in the backbone trains (every block frozen, no LoRA): training a
+    random head alone at a rate chosen for the backbone barely moves it in a few epochs, and the probe is the
+    closed-form fit of that very head on those very features.
 
     With ``checkpoint_dir`` the run saves its state after every epoch and resumes an interrupted run
     with the same params and inputs; under torchrun (``finetune.num_processes`` > 1) every process
@@ -86,10 +89,14 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     if distributed is not None:
         device = distributed.device
     is_main = distributed is None or distributed.is_main
-    start_dir = _start_dir(params.head_init, initial_dir, probe_dir)
+    start_dir = _probe_dir(probe_dir, "probe") if params.head_init == "probe" else initial_dir
     model, config = load_transfer_model(start_dir)
     freeze = saved_freeze(config)
     report = apply_policy(model, freeze, base.seed)  # requires_grad is not saved with the weights
+    if params.head_init == "auto" and backbone_frozen_whole(model, freeze):
+        start_dir = _probe_dir(probe_dir, "auto")
+        model, config = load_transfer_model(start_dir)
+        report = apply_policy(model, freeze, base.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if augment.enabled and model.modality != "image":
         logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
@@ -160,15 +167,20 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     return {"best_epoch": result.best_epoch, **result.best_metrics}
 
 
-def _start_dir(head_init: str, initial_dir: str, probe_dir: str | None) -> str:
-    """The model fine-tuning starts from: the attached one, or the probe stage's (LP-FT)."""
-    if head_init == "random":
-        return initial_dir
+def backbone_frozen_whole(model: Any, freeze: Any) -> bool:
+    """Whether only the head trains: no backbone parameter left trainable by the policy, and no LoRA adapters."""
+    return not freeze.lora_r and not any(parameter.requires_grad for parameter in model.backbone.parameters())
+
+
+def _probe_dir(probe_dir: str | None, head_init: str) -> str:
+    """The probe stage's model, which fine-tuning starts from with ``head_init`` probe (LP-FT) or auto (frozen whole)."""
     if probe_dir is None or not (Path(probe_dir) / "model.safetensors").is_file():
-        raise ArtifactError(f"params.yaml: finetune.head_init: probe starts from the probe stage's model, but "
-                            f"{probe_dir or 'no --probe directory'} holds none; run `dvc repro probe` (or pass "
+        why = "" if head_init == "probe" else " when every block of the backbone is frozen"
+        raise ArtifactError(f"params.yaml: finetune.head_init: {head_init} starts from the probe stage's model{why}, "
+                            f"but {probe_dir or 'no --probe directory'} holds none; run `dvc repro probe` (or pass "
                             f"--probe models/probe), or set finetune.head_init: random.")
-    logger.info("finetune: starting from the linear probe's head (%s): LP-FT", probe_dir)
+    logger.info("finetune: starting from the linear probe's fitted head (%s)%s", probe_dir,
+                ": LP-FT" if head_init == "probe" else ": nothing in the backbone trains (finetune.head_init: auto)")
     return probe_dir
 
 
