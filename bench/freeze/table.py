@@ -21,7 +21,9 @@ from crosstune.freezing.auto_depth import recommend_depth  # noqa: E402
 def by_depth(entry: dict) -> dict[str, dict[str, float]]:
     """Per swept depth (as text): mean and std of test macro-F1 and validation macro-F1, seconds, seeds."""
     out: dict[str, dict[str, float]] = {}
-    for depth in dict.fromkeys(str(run["depth"]) for run in entry["runs"]):
+    swept = sorted({str(run["depth"]) for run in entry["runs"]}, key=lambda depth: (depth == "all", int(depth) if
+                                                                                      depth != "all" else 0))
+    for depth in swept:
         runs = [run for run in entry["runs"] if str(run["depth"]) == depth]
         tests = [run["f1_macro"] for run in runs]
         out[depth] = {"mean": statistics.mean(tests), "std": statistics.stdev(tests) if len(tests) > 1 else 0.0,

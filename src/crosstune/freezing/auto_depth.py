@@ -1,8 +1,8 @@
 """``freeze.depth: auto``: how deep to freeze, from the backbone's transferability after each block.
 
 The backbone stage scores the pooled features the backbone gives after its stem (or embeddings), s_0, and after
-each block K, s_K, on the same sample and with the same score as backbone selection (LogME by default; one
-forward pass yields them all, ``crosstune.selection.candidates.block_scores``). Freezing the bottom K blocks
+each block K, s_K, with LogME (You et al., ICML 2021) on the backbone-selection sample (one forward pass yields
+them all, ``crosstune.selection.candidates.block_scores``). Freezing the bottom K blocks
 keeps s_K's features as the input of what trains, so the curve says how far the pretrained computation carries
 towards the target labels (Yosinski et al., "How transferable are features in deep neural networks?", NeurIPS
 2014, https://arxiv.org/abs/1411.1792: lower layers general, upper layers specific to the source task).

@@ -208,15 +208,15 @@ def block_features(params: BackboneParams, spec: str, modality: str, sample: Any
 def block_scores(params: BackboneParams, spec: str, modality: str, sample: Any, labels: np.ndarray,
                  train_texts: Sequence[str], seed: int, cache_dir: Path = FEATURE_STORE,
                  regression: bool = False) -> tuple[str, list[float]]:
-    """The transferability of ``spec``'s features after its stem (index 0) and after each block: ``params.score``,
-    or LogME where that score reads a source classifier (which only sees the last block). Returns the score's
-    name and the values."""
+    """LogME of ``spec``'s features after its stem (index 0) and after each block, whatever ``backbone.score`` ranks
+    the candidates with: the scale ``freeze.depth: auto``'s threshold is set in (nats per example and label column;
+    a source-classifier score would only see the last block). Returns the score's name and the values."""
     from crosstune.selection.scores import logme
 
-    name = "logme" if regression or params.score in SOURCE_SCORES else params.score
-    score = (lambda features, targets: logme(features, targets, regression=True)) if regression else SCORES.get(name)
+    name = "logme"
     columns = block_features(params, spec, modality, sample, train_texts, seed, cache_dir)
-    values = [float(score(column, labels)) if np.isfinite(column).all() else float("-inf") for column in columns]
+    values = [float(logme(column, labels, regression=regression)) if np.isfinite(column).all() else float("-inf")
+              for column in columns]
     logger.info("%s after the stem and each block of %s: %s", name, spec, [round(value, 4) for value in values])
     return name, values
 
