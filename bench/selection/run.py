@@ -125,13 +125,16 @@ def score_task(task: str, work: Path) -> dict:
     return {"scores": scores, "score_seconds": seconds, "samples": int(len(labels))}
 
 
-def finetune_run(task: str, work: Path, params: dict, candidate: str, seed: int) -> dict:
-    """Phase 2: one candidate, one seed, the fixed budget; test metrics and the seconds of fine-tuning."""
+def finetune_run(task: str, work: Path, params: dict, candidate: str, seed: int, head_init: str = "auto") -> dict:
+    """Phase 2: one candidate, one seed, the fixed budget; test metrics and the seconds of fine-tuning. With
+    ``head_init: probe`` the probe stage fits the head on the frozen features first and fine-tuning starts from it
+    (LP-FT); its seconds count in the fine-tuning's."""
     from crosstune.pipeline.attach_head import attach_head_stage
     from crosstune.pipeline.backbone import backbone_stage
     from crosstune.pipeline.cache import cache_stage
     from crosstune.pipeline.evaluate import evaluate_stage
     from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.pipeline.probe import probe_stage
 
     modality = tasks.MODALITIES[task]
     encoded = work / "candidates" / candidate
@@ -143,24 +146,30 @@ def finetune_run(task: str, work: Path, params: dict, candidate: str, seed: int)
                        str(encoded / "backbone.json"), str(encoded / "selection.json"), str(encoded / "selection.csv"),
                        str(own))
     blocks = json.loads((encoded / "backbone.json").read_text())["num_blocks"]
-    run = encoded / f"seed-{seed}"
+    run = encoded / (f"seed-{seed}" if head_init == "auto" else f"seed-{seed}-{head_init}")
     run.mkdir(parents=True, exist_ok=True)
-    run_params = merge(candidate_params(params, candidate, modality, blocks), {"base": {"seed": seed}})
+    run_params = merge(candidate_params(params, candidate, modality, blocks),
+                       {"base": {"seed": seed}, "finetune": {"head_init": head_init}})
     path = run / "params.yaml"
     path.write_text(yaml.safe_dump(run_params))
     started = time.perf_counter()
     attach_head_stage(str(encoded / "backbone"), str(work / "prepared"), str(run / "initial"),
                       str(run / "freeze.json"), str(path))
     cache_stage(str(run / "initial"), str(encoded / "encoded"), str(run / "features"), str(path))
+    probe = None
+    if head_init == "probe":
+        probe = str(run / "probe")
+        probe_stage(str(run / "initial"), str(encoded / "encoded"), probe, str(run / "probe.json"), str(path),
+                    str(run / "features"))
     fine = finetune_stage(str(run / "initial"), str(encoded / "encoded"), str(run / "model"), str(run / "live"),
-                          str(path), str(run / "features"))
+                          str(path), str(run / "features"), probe_dir=probe)
     seconds = time.perf_counter() - started
     metrics = evaluate_stage(str(run / "model"), str(encoded / "encoded"), str(work / "prepared"),
                              str(run / "eval.json"), str(run / "predictions.csv"), str(run / "misclassified.png"),
                              str(path))
     return {"candidate": candidate, "seed": seed, "f1_macro": metrics["f1_macro"], "accuracy": metrics["accuracy"],
             "validation_f1_macro": fine.get("f1_macro"), "freeze_depth": run_params["freeze"]["depth"],
-            "num_blocks": blocks, "seconds": round(seconds, 1)}
+            "num_blocks": blocks, "head_init": head_init, "seconds": round(seconds, 1)}
 
 
 def main() -> None:
@@ -171,6 +180,8 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(CANDIDATES))
     parser.add_argument("--seeds", default="42,1,2")
     parser.add_argument("--candidates", help="only these (comma-separated), e.g. to add one to a finished run")
+    parser.add_argument("--head-init", default="auto", choices=("auto", "probe"),
+                        help="finetune.head_init of every run: auto (the budget) or probe (LP-FT; use another --out)")
     parser.add_argument("--out", default=str(REPO / "bench/selection/results.json"))
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "crosstune-bench-selection"),
                         help="scratch folder (kept between the phases: the prepared splits are reused)")
@@ -198,7 +209,8 @@ def main() -> None:
             for candidate in CANDIDATES[task]:
                 if (candidate, seed) in done or (only is not None and candidate not in only):
                     continue
-                record_run(results, out, task, entry["runs"], finetune_run(task, work, params, candidate, seed))
+                run = finetune_run(task, work, params, candidate, seed, args.head_init)
+                record_run(results, out, task, entry["runs"], run)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
         return backbone, None
     from transformers import AutoModel, AutoTokenizer
 
+    from crosstune.backbones.static import register_architecture
+
+    register_architecture()  # a saved static-embedding backbone, in a process that has not imported it yet
     load_tensors(directory / "model.safetensors")  # a damaged file: one clear line, not a loader traceback
     try:
         return AutoModel.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
