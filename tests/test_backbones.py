@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -271,6 +273,11 @@ def test_static_backbone_is_model2vecs_distillation_and_round_trips(tmp_path: Pa
     again, _ = load_transfer_model(tmp_path / "attached")
     with torch.no_grad():
         torch.testing.assert_close(again(**batch), model(**batch))
+    save_backbone(loaded, tmp_path / "saved")  # as the backbone stage leaves it for attach-head, a fresh process
+    script = ("import sys; from pathlib import Path; from crosstune.pipeline.attach_head import _load_saved_backbone; "
+              "print(type(_load_saved_backbone(Path(sys.argv[1]))[0]).__name__)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "saved")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "StaticEmbeddingModel", done.stderr[-500:]
 
 
 def test_mnist_cnn_carries_its_digit_classifier() -> None:
