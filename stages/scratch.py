@@ -1,8 +1,10 @@
 """Stage 7, scratch: the negative-transfer guard's model, the same architecture trained from random
-initialisation with the same data, finetune params and budget (only when evaluate.guard is not off).
+initialisation with the same data, finetune params and budget (only when evaluate.guard is not off, and with
+evaluate.scratch: auto only when the fine-tuned model validates below a learned baseline).
 
-Reads params sections `base`, `finetune`, `augment` and `evaluate.guard`. By hand:
-    python stages/scratch.py --initial models/initial --encoded data/encoded --model models/scratch
+Reads params sections `base`, `finetune`, `augment` and `evaluate`. By hand:
+    python stages/scratch.py --initial models/initial --encoded data/encoded --model models/scratch \
+        --finetuned models/finetuned --prepared data/prepared
 """
 
 import argparse
@@ -17,9 +19,12 @@ def main(argv=None) -> None:
     parser.add_argument("--initial", required=True, help="model directory from the attach-head stage")
     parser.add_argument("--encoded", required=True, help="encoded splits from the backbone stage")
     parser.add_argument("--model", required=True, help="directory for the scratch model")
+    parser.add_argument("--finetuned", help="the fine-tuned model (evaluate.scratch: auto weighs it against the "
+                        "baselines); without it the scratch model is trained")
+    parser.add_argument("--prepared", help="prepared splits from the prepare stage (the baselines' texts)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    scratch_stage(args.initial, args.encoded, args.model, args.params)
+    scratch_stage(args.initial, args.encoded, args.model, args.params, args.finetuned, args.prepared)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ IMAGE_SCENARIO = {
     "backbone": {"name": "tiny-cnn", "weights": "none"},
     "freeze": {"depth": 1},
     "finetune": {"epochs": 1, "lr": 0.01, "class_weights": "none", "adaptation": "dann"},
-    "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "fallback"},
+    # scratch: always, so the scratch stage trains here whatever the evidence (text and audio go through auto)
+    "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "fallback", "scratch": "always"},
 }
 AUDIO_SCENARIO = {
     "data": {"train": "data/audio/train", "test": "data/audio/test"},
@@ -149,6 +150,7 @@ def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario
     if scenario is TEXT_SCENARIO:
         assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
         assert "crosstune.selection.candidates" in results["backbone"]["record"]["modules"]
+        assert "crosstune.evaluation.baselines" in results["scratch"]["record"]["modules"]  # evaluate.scratch: auto
     elif scenario is IMAGE_SCENARIO:
         assert "crosstune.methods.adaptation" in results["finetune"]["record"]["modules"]
     else:

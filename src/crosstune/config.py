@@ -377,11 +377,14 @@ class EvaluateParams:
     batch_size: int = 64
     baselines: tuple[str, ...] = ("majority", "tfidf_logreg")
     guard: str = "fallback"  # off | report (fine-tuned vs scratch vs probe) | fallback (export the best on validation)
+    scratch: str = "auto"  # auto (train the guard's scratch model only when the fine-tuned model validates below a
+    #                        learned baseline) | always
 
     def __post_init__(self) -> None:
         from crosstune.evaluation.baselines import BASELINES
 
         _check_choice("evaluate.guard", self.guard, ("off", "report", "fallback"))
+        _check_choice("evaluate.scratch", self.scratch, ("auto", "always"))
         _check_range("evaluate.batch_size", self.batch_size, low=1)
         for name in self.baselines:
             _check_registered("evaluate.baselines", name, BASELINES)

@@ -1,6 +1,8 @@
 """Baselines reported beside the fine-tuned model, so users see whether transfer helped at all.
 
-Each baseline fits on the prepared training texts and predicts the test texts in seconds.
+Each baseline fits on the prepared training texts and predicts the test texts in seconds. They are also the
+negative-transfer guard's cheap from-scratch learners: the scratch stage trains its model only when the
+fine-tuned model does not validate above every one of them (:func:`crosstune.evaluation.guard.scratch_decision`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,58 @@ def image_pixels(images: Any) -> Any:
 
     grey = images.float().mean(dim=1, keepdim=True)
     return F.resize(grey, [PIXELS_SIDE, PIXELS_SIDE], antialias=True).flatten(1).numpy() / 255.0
+
+
+def baseline_inputs(splits: dict[str, Any], prepared_dir: str, config: dict[str, Any],
+                    split: str) -> tuple[Any, list[Any], Any]:
+    """What every baseline learns from and predicts: (training inputs, their labels, ``split``'s inputs).
+
+    Baselines learn from every labelled training row, the target's and the source domain's: texts from the
+    prepared tables, 16x16 grey pixels for images, MFCC statistics for audio (``splits``: the encoded splits,
+    ``config``: the model's)."""
+    import numpy as np
+    import pandas as pd
+
+    from crosstune.data.prepared import has_source, read_split
+
+    modality, labels = config["modality"], config["labels"]
+    if modality in ("image", "audio"):
+        sample_rate = int(config["backbone"]["preprocessing"]["sample_rate"]) if modality == "audio" else 0
+
+        def rows(values: Any) -> Any:
+            return image_pixels(values) if modality == "image" else audio_mfcc(values, sample_rate)
+
+        def inputs(part: Any) -> Any:
+            return part.images if modality == "image" else part.waveforms
+
+        parts = [splits["train"]] + ([splits["source"]] if len(splits["source"]) else [])
+        masks = [part.labels >= 0 for part in parts]
+        train_inputs = np.concatenate([rows(inputs(part)[mask]) for part, mask in zip(parts, masks)])
+        train_targets = [labels[int(i)] for part, mask in zip(parts, masks) for i in part.labels[mask]]
+        return train_inputs, train_targets, rows(inputs(splits[split]))
+    frames = [read_split(prepared_dir, "train")] + ([read_split(prepared_dir, "source")]
+                                                    if has_source(prepared_dir) else [])
+    training = pd.concat(frames, ignore_index=True)
+    if config["task"] == "classification":
+        training = training[training["label"] != ""]
+    return training["text"], list(training["label"]), read_split(prepared_dir, split)["text"]
+
+
+def baseline_scores(names: Sequence[str], config: dict[str, Any], targets: Sequence[Any], train_inputs: Any,
+                    train_targets: Sequence[Any], inputs: Any, seed: int) -> dict[str, dict[str, float]]:
+    """Each baseline's metrics on ``inputs`` against ``targets`` (label indices, or values for regression)."""
+    from crosstune.evaluation.metrics import classification_metrics, regression_metrics
+
+    task, labels = config["task"], config["labels"]
+    scores: dict[str, dict[str, float]] = {}
+    for name in names:
+        predictions = run_baseline(name, task, train_inputs, train_targets, inputs, seed, config["modality"])
+        if task == "classification":
+            index = {label: position for position, label in enumerate(labels)}
+            scores[name] = classification_metrics(list(targets), [index[label] for label in predictions], labels)
+        else:
+            scores[name] = regression_metrics(list(targets), predictions)
+    return scores
 
 
 def run_baseline(name: str, task: str, train_texts: Sequence[Any], train_targets: Sequence[Any],

@@ -10,6 +10,15 @@ fine-tuned minus scratch on the test headline metric; below zero the pretrained 
 left frozen (Kumar et al., ICLR 2022, https://arxiv.org/abs/2202.10054). With ``evaluate.guard: fallback``
 the model exported is the one of the three that validates best (ties: fine-tuned, then probe), so the
 choice never looks at test.
+
+The scratch model costs as much as fine-tuning, so by default (``evaluate.scratch: auto``) the scratch stage
+trains it only when the answer is unclear (:func:`scratch_decision`). A learned baseline (TF-IDF, pixel or MFCC
+logistic regression) is a from-scratch learner too, and on small data the same transformer trained from random
+weights stays below it (every task and seed of bench/recipes). When the fine-tuned model validates at least as
+well as every learned baseline, scratch <= best baseline <= fine-tuned, and the scratch model could neither win
+the fallback nor flag negative transfer. What this can miss: a task where the scratch model would beat every
+learned baseline (large data, or a modality whose baselines are weak); ``evaluate.scratch: always`` trains it
+whatever the evidence. Measured against the full guard in bench/guard/README.md.
 """
 
 from __future__ import annotations
@@ -27,6 +36,40 @@ WHAT_TO_TRY = ("freeze more of the backbone (freeze.depth), lower finetune.lr, s
                "rank other backbones (backbone.select: score), or set evaluate.guard: fallback to export whichever "
                "of the fine-tuned, probe and scratch models validates best")
 GUARD_MODELS = ("finetuned", "probe", "scratch")  # the fallback's candidates, in the order that wins a tie
+TRIVIAL_BASELINES = ("majority", "mean")  # learn nothing from the inputs: no evidence about a from-scratch model
+
+
+@dataclass
+class ScratchDecision:
+    """Whether the scratch stage trains its model, and the validation figures it decided by."""
+
+    train: bool
+    reason: str
+    evidence: dict[str, float]
+
+
+def scratch_decision(mode: str, finetuned_validation: float | None, baselines_validation: dict[str, float],
+                     headline: str) -> ScratchDecision:
+    """``evaluate.scratch``: ``always`` trains; ``auto`` skips when the fine-tuned model's validation
+    ``headline`` (higher is better) is at least every learned baseline's (``baselines_validation``: each
+    baseline's, trivial ones ignored), so that scratch <= best baseline <= fine-tuned (module docstring)."""
+    if mode == "always":
+        return ScratchDecision(True, "evaluate.scratch: always", {})
+    learned = {name: value for name, value in baselines_validation.items() if name not in TRIVIAL_BASELINES}
+    if finetuned_validation is None or not learned:
+        missing = "the fine-tuned model" if finetuned_validation is None else \
+            "a learned baseline in evaluate.baselines (only trivial ones are listed)"
+        return ScratchDecision(True, f"no evidence to skip it: {missing}", {})
+    best = max(learned, key=learned.__getitem__)
+    evidence = {f"finetuned_validation_{headline}": finetuned_validation,
+                f"best_baseline_validation_{headline}": learned[best]}
+    if finetuned_validation >= learned[best]:
+        return ScratchDecision(False, f"the fine-tuned model validates at {headline} {finetuned_validation:.4f}, at "
+                               f"least the best learned baseline's ({best} {learned[best]:.4f}), which a model "
+                               f"trained from scratch on this data stays below", evidence)
+    return ScratchDecision(True, f"the fine-tuned model validates at {headline} {finetuned_validation:.4f}, below "
+                           f"baseline {best} ({learned[best]:.4f}): whether the pretrained weights helped is unclear",
+                           evidence)
 
 
 @dataclass
@@ -39,33 +82,40 @@ class GuardOutcome:
 
 
 def judge_transfer(models: dict[str, Any], splits: dict[str, Split], batching: Batching, device: str, mode: str,
-                   test_metrics: dict[str, Any], headline: str) -> GuardOutcome:
+                   test_metrics: dict[str, Any], headline: str,
+                   skipped: ScratchDecision | None = None) -> GuardOutcome:
     """Compare the fine-tuned model (``models["finetuned"]``, whose test scores are ``test_metrics``) with
     ``models["scratch"]`` and ``models["probe"]`` on test (``transfer_gain``, ``finetuning_gain``) and on
-    validation (what ``fallback`` decides by)."""
+    validation (what ``fallback`` decides by). ``skipped``: the scratch stage's decision when it trained no
+    scratch model (``models`` then has none); the verdict is its evidence."""
     from crosstune.inference.outputs import predict_outputs, score_outputs
 
     finetuned = models["finetuned"]
     task, labels = finetuned.spec["task"], finetuned.spec["labels"]
+    compared = tuple(name for name in GUARD_MODELS if skipped is None or name != "scratch")
     test_outputs: dict[str, Any] = {}
     scores = {"finetuned": test_metrics}
-    for name in ("scratch", "probe"):
+    for name in compared[1:]:
         test_outputs[name] = predict_outputs(models[name], splits["test"], batching, device)
         scores[name] = score_outputs(test_outputs[name], splits["test"], task, labels, per_class=False)
-    gain = test_metrics[headline] - scores["scratch"][headline]
-    metrics: dict[str, Any] = {"guard": mode, "transfer_gain": gain,
-                               "finetuning_gain": test_metrics[headline] - scores["probe"][headline],
-                               "negative_transfer": flag_negative_transfer(gain, headline, test_metrics[headline],
-                                                                           scores["scratch"][headline])}
+    metrics: dict[str, Any] = {"guard": mode, "scratch_model": "trained" if skipped is None else "skipped"}
+    if skipped is None:
+        gain = test_metrics[headline] - scores["scratch"][headline]
+        metrics.update(transfer_gain=gain, negative_transfer=flag_negative_transfer(
+            gain, headline, test_metrics[headline], scores["scratch"][headline]))
+    else:
+        logger.info("guard: no negative transfer, and no scratch model trained: %s", skipped.reason)
+        metrics.update(negative_transfer=False, **{f"guard_{key}": value for key, value in skipped.evidence.items()})
+    metrics["finetuning_gain"] = test_metrics[headline] - scores["probe"][headline]
     for key in ("accuracy", "f1_macro", "r2", "mae"):
-        if key in scores["scratch"]:
-            for name in GUARD_MODELS:
+        if key in scores["probe"]:
+            for name in compared:
                 metrics[f"{name}_{key}"] = scores[name][key]
     if metrics["negative_transfer"]:
         metrics["negative_transfer_advice"] = WHAT_TO_TRY
     validation = {name: score_outputs(predict_outputs(models[name], splits["validation"], batching, device),
                                       splits["validation"], task, labels, per_class=False)[headline]
-                  for name in GUARD_MODELS}
+                  for name in compared}
     metrics.update({f"{name}_validation_{headline}": value for name, value in validation.items()})
     exported = choose_export(validation, headline) if mode == "fallback" else "finetuned"
     if exported != "finetuned":
@@ -76,10 +126,11 @@ def judge_transfer(models: dict[str, Any], splits: dict[str, Split], batching: B
 
 def choose_export(validation: dict[str, float], headline: str) -> str:
     """The candidate with the best validation ``headline`` metric (higher is better for f1_macro and r2);
-    a tie goes to the earlier of :data:`GUARD_MODELS`, so fine-tuning is kept unless something beats it."""
+    a tie goes to the earlier of :data:`GUARD_MODELS`, so fine-tuning is kept unless something beats it.
+    ``validation`` may lack the scratch model (not trained: :func:`scratch_decision`)."""
     best = GUARD_MODELS[0]
     for name in GUARD_MODELS[1:]:
-        if validation[name] > validation[best]:
+        if name in validation and validation[name] > validation[best]:
             best = name
     return best
 

@@ -51,9 +51,11 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     if guarded:
         from crosstune.evaluation.guard import judge_transfer
 
-        candidates = {"finetuned": model, "scratch": _load_scratch(scratch_dir, params.guard).to(device),
-                      "probe": load_transfer_model(probe_dir)[0].to(device)}
-        outcome = judge_transfer(candidates, splits, batching, device, params.guard, metrics, headline)
+        scratch, skipped = _load_scratch(scratch_dir, params.guard)
+        candidates = {"finetuned": model, "probe": load_transfer_model(probe_dir)[0].to(device)}
+        if scratch is not None:
+            candidates["scratch"] = scratch.to(device)
+        outcome = judge_transfer(candidates, splits, batching, device, params.guard, metrics, headline, skipped)
         if outcome.exported != "finetuned":
             exported, exported_outputs = outcome.exported, outcome.test_outputs[outcome.exported]
             metrics = score_outputs(exported_outputs, splits["test"], task, labels)
@@ -69,18 +71,22 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     return metrics
 
 
-def _load_scratch(scratch_dir: str, guard: str) -> Any:
-    """The scratch stage's trained model; a clear error when that stage ran with the guard off."""
+def _load_scratch(scratch_dir: str, guard: str) -> tuple[Any, Any]:
+    """The scratch stage's trained model, or None and the stage's reason (``ScratchDecision``) for not training
+    it; a clear error when that stage ran with the guard off."""
     from crosstune.errors import ArtifactError
+    from crosstune.evaluation.guard import ScratchDecision
     from crosstune.io import read_json
     from crosstune.model.saved import GUARD_RECORD
     from crosstune.model.transfer_model import load_transfer_model
 
-    record = Path(scratch_dir) / GUARD_RECORD
-    if record.is_file() and read_json(record).get("guard") == "off":
+    record = read_json(Path(scratch_dir) / GUARD_RECORD) if (Path(scratch_dir) / GUARD_RECORD).is_file() else {}
+    if record.get("guard") == "off":
         raise ArtifactError(f"{scratch_dir}: the scratch stage ran with evaluate.guard: off, but evaluate has "
                             f"evaluate.guard: {guard}; run `dvc repro` (or `dvc repro scratch`) to train it.")
-    return load_transfer_model(scratch_dir)[0]
+    if record.get("skipped"):
+        return None, ScratchDecision(False, record["skipped"], record.get("evidence", {}))
+    return load_transfer_model(scratch_dir)[0], None
 
 
 def _domain_gaps(before: Any, after: Any, splits: dict[str, Any], seed: int) -> dict[str, float]:
@@ -102,7 +108,8 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, c
     """Predictions table, misclassified figure, baselines and the metrics file (``config``: the model's)."""
     import pandas as pd
 
-    from crosstune.data.prepared import has_source, read_split
+    from crosstune.data.prepared import read_split
+    from crosstune.evaluation.baselines import baseline_inputs
     from crosstune.inference.outputs import outputs_to_predictions
     from crosstune.reporting.figures import misclassified_figure
 
@@ -122,30 +129,9 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, c
     else:
         table["predicted"] = predicted
         misclassified_figure(examples_path, [], [], texts=[])
-    # Baselines learn from every labelled training row: the target's, and the source domain's.
-    frames = [read_split(prepared_dir, "train")] + ([read_split(prepared_dir, "source")] if has_source(prepared_dir)
-                                                    else [])
-    if modality in ("image", "audio"):
-        import numpy as np
-
-        from crosstune.evaluation.baselines import audio_mfcc, image_pixels
-
-        def rows(part: Any) -> Any:
-            return image_pixels(part) if modality == "image" else audio_mfcc(part, _sample_rate(config))
-
-        parts = [splits["train"]] + ([splits["source"]] if len(splits["source"]) else [])
-        masks = [part.labels >= 0 for part in parts]
-        inputs = [part.images if modality == "image" else part.waveforms for part in parts]
-        train_inputs = np.concatenate([rows(values[mask]) for values, mask in zip(inputs, masks)])
-        train_targets = [labels[int(i)] for part, mask in zip(parts, masks) for i in part.labels[mask]]
-        test_inputs = rows(test_split.images if modality == "image" else test_split.waveforms)
-    else:
-        training = pd.concat(frames, ignore_index=True)
-        if task == "classification":
-            training = training[training["label"] != ""]
-        train_inputs, train_targets, test_inputs = training["text"], training["label"], test_frame["text"]
-    metrics.update(_baseline_metrics(params.baselines, task, modality, labels, test_split.labels.tolist(),
-                                     train_inputs, train_targets, test_inputs, seed, headline, metrics[headline]))
+    train_inputs, train_targets, test_inputs = baseline_inputs(splits, prepared_dir, config, "test")
+    metrics.update(_baseline_metrics(params.baselines, config, test_split.labels.tolist(), train_inputs,
+                                     train_targets, test_inputs, seed, headline, metrics[headline]))
     write_metrics(metrics_path, metrics)
     write_metrics_csv(predictions_path, table)
     logger.info("test %s", {key: round(value, 4) for key, value in metrics.items()
@@ -156,22 +142,15 @@ def _sample_rate(config: dict[str, Any]) -> int:
     return int(config["backbone"]["preprocessing"]["sample_rate"])
 
 
-def _baseline_metrics(names: Any, task: str, modality: str, labels: list[str], targets: list[Any],
-                      train_inputs: Any, train_targets: Any, test_inputs: Any, seed: int, headline: str,
-                      model_score: float) -> dict[str, Any]:
+def _baseline_metrics(names: Any, config: dict[str, Any], targets: list[Any], train_inputs: Any, train_targets: Any,
+                      test_inputs: Any, seed: int, headline: str, model_score: float) -> dict[str, Any]:
     """Each baseline's scores, and the fine-tuned model's gain over the best of them."""
-    from crosstune.evaluation.baselines import run_baseline
-    from crosstune.evaluation.metrics import classification_metrics, regression_metrics
+    from crosstune.evaluation.baselines import baseline_scores
 
     metrics: dict[str, Any] = {}
     best: tuple[str, float] | None = None
-    for name in names:
-        predictions = run_baseline(name, task, train_inputs, train_targets, test_inputs, seed, modality)
-        if task == "classification":
-            index = {label: position for position, label in enumerate(labels)}
-            scores = classification_metrics(targets, [index[label] for label in predictions], labels)
-        else:
-            scores = regression_metrics(targets, predictions)
+    for name, scores in baseline_scores(names, config, targets, train_inputs, train_targets, test_inputs,
+                                        seed).items():
         for key in ("accuracy", "f1_macro", "f1_weighted", "mse", "mae", "r2"):
             if key in scores:
                 metrics[f"baseline_{name}_{key}"] = scores[key]

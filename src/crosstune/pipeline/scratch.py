@@ -6,7 +6,11 @@ one: it keeps its single best validation epoch (``select_window: 1``) whatever t
 That is the choice most favourable to the rival, so a positive ``transfer_gain`` is never the epoch rule's
 doing: a model trained from random weights zig-zags on validation, and the smoothed rule kept the dip between
 two peaks on the text default (test macro-F1 0.216 against 0.445 for its best epoch). As its own stage it
-trains once per change of what it reads: editing a metric or a baseline reruns evaluate only.
+trains once per change of what it reads: editing a metric reruns evaluate only.
+
+With ``evaluate.scratch: auto`` (the default) it first compares the fine-tuned model with the learned
+baselines on validation and trains only when that leaves the answer open
+(:func:`crosstune.evaluation.guard.scratch_decision`); the decision and its figures go to ``guard.json``.
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ from crosstune.io import atomic_directory, write_json
 logger = logging.getLogger(__name__)
 
 
-def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str,
-                  params_path: str = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
+def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_path: str = DEFAULT_PARAMS_PATH,
+                  finetuned_dir: str | None = None, prepared_dir: str | None = None) -> dict[str, Any]:
     """Train the scratch model into ``model_dir`` (``evaluate.guard`` report or fallback), or record that
-    the guard is off (``guard.json`` only)."""
+    the guard is off or that the evidence made it needless (``guard.json`` only). Without ``finetuned_dir``
+    and ``prepared_dir`` there is no evidence to weigh and it trains."""
     from crosstune.model.saved import GUARD_RECORD
 
-    guard = load_section("evaluate", params_path).guard
+    evaluate = load_section("evaluate", params_path)
+    guard = evaluate.guard
     if guard == "off":
         logger.info("scratch: evaluate.guard is off; no scratch model is trained")
         with atomic_directory(model_dir) as staging:
             write_json(staging / GUARD_RECORD, {"guard": "off", "scratch_model": None})
         return {"guard": "off"}
+    decision = _decide(evaluate, encoded_dir, finetuned_dir, prepared_dir, params_path)
+    if not decision.train:
+        logger.info("scratch: not trained (evaluate.scratch: auto): %s", decision.reason)
+        with atomic_directory(model_dir) as staging:
+            write_json(staging / GUARD_RECORD, {"guard": guard, "scratch_model": None, "skipped": decision.reason,
+                                                "evidence": decision.evidence})
+        return {"guard": guard, "scratch_model": "skipped"}
+    logger.info("scratch: training it: %s", decision.reason)
 
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.data.prepared import encoded_has_source
@@ -68,9 +82,41 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str,
     with atomic_directory(model_dir) as staging:
         save_transfer_model(scratch, staging, tokenizer, extra={"max_length": finetune.max_length})
         write_json(staging / GUARD_RECORD, {"guard": guard, "scratch_model": "random initialisation, same "
-                                          "architecture, data and finetune params"})
+                                          "architecture, data and finetune params", "trained": decision.reason,
+                                          "evidence": decision.evidence})
         write_json(staging / "params.json", {"base": to_dict(base), "finetune": to_dict(finetune),
                                              "freeze": scratch.spec["freeze"], "head": config["head"],
                                              "pooling": config["pooling"], "initialisation": "random"})
         write_json(staging / "train_history.json", result.history)
     return {"guard": guard, "best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def _decide(evaluate: Any, encoded_dir: str, finetuned_dir: str | None, prepared_dir: str | None,
+            params_path: str) -> Any:
+    """``evaluate.scratch``'s decision: the fine-tuned model's and each baseline's validation headline metric."""
+    from crosstune.evaluation.guard import scratch_decision
+
+    if evaluate.scratch == "always" or finetuned_dir is None or prepared_dir is None:
+        return scratch_decision(evaluate.scratch, None, {}, "")
+    from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.evaluation.baselines import baseline_inputs, baseline_scores
+    from crosstune.inference.outputs import predict_outputs, score_outputs
+    from crosstune.model.saved import saved_max_length
+    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.runtime import setup
+
+    base = load_section("base", params_path)
+    device = setup(base)
+    model, config = load_transfer_model(finetuned_dir)
+    headline = "f1_macro" if config["task"] == "classification" else "r2"
+    splits = {name: load_any_split(Path(encoded_dir) / f"{name}.safetensors")
+              for name in ("train", "validation", "source")}
+    validation = splits["validation"]
+    batching = batching_for(config, evaluate.batch_size, saved_max_length(config, finetuned_dir))
+    finetuned = score_outputs(predict_outputs(model.to(device), validation, batching, device), validation,
+                              config["task"], config["labels"], per_class=False)[headline]
+    train_inputs, train_targets, inputs = baseline_inputs(splits, prepared_dir, config, "validation")
+    baselines = baseline_scores(evaluate.baselines, config, validation.labels.tolist(), train_inputs, train_targets,
+                                inputs, base.seed)
+    return scratch_decision(evaluate.scratch, finetuned, {name: scores[headline] for name, scores in baselines.items()},
+                            headline)

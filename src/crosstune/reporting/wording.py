@@ -112,9 +112,16 @@ def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str
 
 def guard_html(test: dict[str, Any]) -> str:
     """The negative-transfer guard's answer to "did the pretrained weights help?", with its figures."""
+    metric = "f1_macro" if "finetuned_f1_macro" in test else "r2"
+    if test.get("scratch_model") == "skipped":
+        return (f"<p>Did the pretrained weights help? yes: on validation the fine-tuned model "
+                f"({float(test[f'guard_finetuned_validation_{metric}']):.3f}) is at least the best learned baseline "
+                f"({float(test[f'guard_best_baseline_validation_{metric}']):.3f}, {metric_words(metric)}), which a "
+                f"model trained from scratch on this data stays below, so none was trained "
+                f"(<code>evaluate.scratch: always</code> trains it). Exported: the "
+                f"{html.escape(str(test.get('exported_model', 'finetuned')))} model.</p>")
     if "transfer_gain" not in test:
         return ""
-    metric = "f1_macro" if "finetuned_f1_macro" in test else "r2"
     gain = float(test["transfer_gain"])
     answer = "no: <b>negative transfer</b>" if test.get("negative_transfer") else \
         ("yes" if gain > 0 else "not measurably")
