@@ -12,6 +12,7 @@ frozen-prefix cache (its one-time cost reported separately and included in the t
 
 Run with one command (writes bench/speed/results.json; `table.py` prints the README table):
     .venv/bin/python bench/speed/run.py [--epochs 3] [--depths 0,3,all] [--tools crosstune,trainer,trainer_grouped]
+        [--copies 3]    # bench/scaling: the training split grown by seeded token-level copies
 ``trainer_grouped`` adds Trainer with ``train_sampling_strategy="group_by_length"`` (length-grouped
 batches, off by default) as a third contestant, ``trainer_grouped_bf16`` that with ``bf16=True``
 (Trainer's CPU bfloat16 autocast). Trainer trains the model as its config has it (MiniLM: attention
@@ -223,6 +224,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--depths", default="0,3,all")
+    parser.add_argument("--copies", type=int, default=0,
+                        help="grow the training split: text_augment.copies seeded token-level copies of each review "
+                             "(both tools train on the same encoded rows; validation and test stay real)")
     parser.add_argument("--out", default=str(REPO / "bench/speed/results.json"))
     parser.add_argument("--tools", default="crosstune,trainer",
                         help="add trainer_grouped for Trainer with train_sampling_strategy=group_by_length, "
@@ -246,6 +250,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="crosstune-speed-"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["finetune"]["epochs"] = args.epochs
+    params["text_augment"]["copies"] = args.copies
     params["data"] = {"train": str(REPO / "data/raw/train.csv"), "test": str(REPO / "data/raw/test.csv")}
     print(f"preparing {workdir} ...", flush=True)
     params_path = prepare_workdir(workdir, params)
@@ -271,7 +276,8 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__},
         "command": "python bench/speed/run.py " + " ".join(sys.argv[1:]),
-        "model": "all-MiniLM-L6-v2 + mean pooling + linear head", "data": "drug reviews (data/raw), 510/90/379",
+        "model": "all-MiniLM-L6-v2 + mean pooling + linear head",
+        "data": f"drug reviews (data/raw), 509 train x (1 + {args.copies} token-level copies) / 90 / 379",
         "finetune": params["finetune"], "summary": summary, "runs": raw,
     }
     Path(args.out).write_text(json.dumps(report, indent=1))
