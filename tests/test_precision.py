@@ -21,48 +21,90 @@ from crosstune.training.precision import autocast, autocast_dtype
 
 @pytest.fixture
 def cpu_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Pretend the CPU has exactly the given flags (a fake /proc/cpuinfo)."""
-    def pretend(*flags: str) -> None:
+    """Pretend the CPU has exactly the given flags (a fake /proc/cpuinfo), that oneDNN runs bf16 on it, and
+    that its bf16 matmuls measured ``speedup`` times float32's speed."""
+    def pretend(*flags: str, speedup: float = 4.2) -> None:
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 {' '.join(flags)}\n\n")
         monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+        monkeypatch.setattr(precision, "onednn_runs_bf16", lambda: True)
+        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
         precision.cpu_flags.cache_clear()
+        precision._cpu_dtype.cache_clear()
 
     yield pretend
     precision.cpu_flags.cache_clear()
+    precision._cpu_dtype.cache_clear()
 
 
-def test_cpu_auto_is_float32_whatever_the_cpu(cpu_with) -> None:
-    cpu_with("avx512f", "avx512_bf16")  # bf16 instructions, but no matrix tiles: float32 is faster
-    assert autocast_dtype("auto", "cpu") is None
-    cpu_with("avx512_bf16", "amx_tile", "amx_bf16")  # tiles: faster, but other CPUs would round differently
-    assert autocast_dtype("auto", "cpu") is None
-    assert precision.cpu_runs_bf16_fast() == torch.backends.mkldnn.is_available()
+@pytest.mark.parametrize(("flags", "expected"), [(("avx512f", "avx512_bf16"), torch.bfloat16),
+                                                 (("avx512_bf16", "amx_tile", "amx_bf16"), torch.bfloat16),
+                                                 (("avx2", "avx512f"), None)])
+def test_cpu_auto_is_bf16_where_the_cpu_has_bf16_instructions(cpu_with, flags: tuple[str, ...], expected) -> None:
+    cpu_with(*flags, speedup=0.58)  # instructions decide, not the timing: the same params, the same precision
+    assert autocast_dtype("auto", "cpu") is expected
 
 
-def test_cpu_bf16_without_amx_warns(cpu_with, caplog: pytest.LogCaptureFixture) -> None:
+def test_cpu_auto_needs_onednn_bf16(cpu_with, monkeypatch: pytest.MonkeyPatch) -> None:
     cpu_with("avx512_bf16")
+    monkeypatch.setattr(precision, "onednn_runs_bf16", lambda: False)
+    assert autocast_dtype("auto", "cpu") is None
+
+
+def test_cpu_bf16_measured_slower_warns_and_names_off(cpu_with, caplog: pytest.LogCaptureFixture) -> None:
+    cpu_with("avx512_bf16", speedup=0.58)
+    with caplog.at_level("WARNING", logger="crosstune.training.precision"):
+        assert autocast_dtype("auto", "cpu") is torch.bfloat16
+        assert autocast_dtype("auto", "cpu") is torch.bfloat16
+    assert "0.58x" in caplog.text and "set it to off" in caplog.text
+    assert caplog.text.count("0.58x") == 1  # one warning per run, however often the run asks
+    caplog.clear()
+    cpu_with("avx512_bf16", speedup=4.2)
+    with caplog.at_level("WARNING", logger="crosstune.training.precision"):
+        assert autocast_dtype("auto", "cpu") is torch.bfloat16
+    assert not caplog.text
+    cpu_with("avx2", speedup=0.0)  # no oneDNN bf16 kernels: bf16 asked for is emulated
     with caplog.at_level("WARNING", logger="crosstune.training.precision"):
         assert autocast_dtype("bf16", "cpu") is torch.bfloat16
-    assert "without AMX" in caplog.text
+    assert "runs no bf16" in caplog.text and "set it to off" in caplog.text
 
 
 def test_cpu_explicit_settings(cpu_with) -> None:
     cpu_with("avx2")
-    assert autocast_dtype("bf16", "cpu") is torch.bfloat16  # asked for: honoured even where slower
+    assert autocast_dtype("bf16", "cpu") is torch.bfloat16  # asked for: honoured without bf16 instructions
     assert autocast_dtype("fp16", "cpu") is None  # CPU fp16 autocast: float32 instead, with a warning
-    assert autocast_dtype("off", "cpu") is None
+    cpu_with("avx512_bf16")
+    assert autocast_dtype("off", "cpu") is None  # off pins float32 whatever the CPU has
     assert autocast_dtype("off", "cuda") is None
 
 
 def test_missing_cpuinfo_means_no_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(precision, "CPUINFO", tmp_path / "absent")
     precision.cpu_flags.cache_clear()
+    precision._cpu_dtype.cache_clear()
     try:
         assert precision.cpu_flags() == frozenset()
         assert autocast_dtype("auto", "cpu") is None
     finally:
         precision.cpu_flags.cache_clear()
+        precision._cpu_dtype.cache_clear()
+
+
+def test_the_probe_measures_without_touching_the_seeded_generator() -> None:
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    precision.cpu_bf16_speedup.cache_clear()
+    speedup = precision.cpu_bf16_speedup()
+    assert torch.equal(torch.rand(4), expected)
+    # a ratio of two timings of the same product, or 0.0 where oneDNN has no bf16 kernels to time
+    assert 0.01 < speedup < 100 if precision.onednn_runs_bf16() else speedup == 0.0
+    assert precision.cpu_bf16_speedup() == speedup  # measured once per process
+
+
+def test_precision_names() -> None:
+    assert [precision.precision_name(dtype) for dtype in (None, torch.bfloat16, torch.float16)] == \
+        ["float32", "bfloat16", "float16"]
 
 
 def test_autocast_runs_linear_layers_in_bf16() -> None:
@@ -88,9 +130,25 @@ def test_bf16_training_on_cpu_trains(attached: dict[str, Path]) -> None:
         results[name] = train(model, train_split, validation_split, run_params, seed=0, device="cpu")
         assert all(math.isfinite(value) for value in results[name].best_metrics.values())
         assert next(model.parameters()).dtype is torch.float32  # autocast leaves the weights in float32
+    assert (results["bf16"].precision, results["float32"].precision) == ("bfloat16", "float32")
     # bf16 rounds every matmul: the runs are close, not equal (proof that autocast was on)
     assert results["bf16"].best_metrics["loss"] != results["float32"].best_metrics["loss"]
     assert abs(results["bf16"].best_metrics["loss"] - results["float32"].best_metrics["loss"]) < 0.1
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("avx512_bf16", "bfloat16"), ("avx2", "float32")])
+def test_finetune_stage_records_the_precision_auto_chose(attached: dict[str, Path], cpu_with, flag: str,
+                                                         expected: str) -> None:
+    """A teammate whose CPU decides otherwise sees why the metrics differ: dvc metrics show names it."""
+    import json
+
+    from crosstune.pipeline.finetune import finetune_stage
+
+    cpu_with(flag)
+    out = attached["initial"].parent
+    finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(out / "finetuned"), str(out / "live"),
+                   str(attached["params"]))
+    assert json.loads((out / "live" / "metrics.json").read_text())["precision"] == expected
 
 
 def _train_mode_outputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

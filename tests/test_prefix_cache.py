@@ -21,8 +21,10 @@ from crosstune.prefix_cache.store import (
 
 
 def _finetune(epochs: int = 2) -> FinetuneParams:
+    # float32: the cache holds the prefix's float32 outputs, while an uncached bf16 run (auto, on a CPU that runs
+    # bf16 fast) rounds the prefix too; equal runs are a float32 promise
     return FinetuneParams(lr=0.003, epochs=epochs, batch_size=8, max_length=32, class_weights="balanced",
-                          warmup_ratio=0.1, log_every=2)
+                          warmup_ratio=0.1, log_every=2, mixed_precision="off")
 
 
 def _train_both(initial: Path, encoded: Path, depth: object, tmp_path: Path, dtype: str = "float32"):

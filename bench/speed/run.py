@@ -60,7 +60,14 @@ def _test_metrics(logits, labels, names) -> dict[str, float]:
             if key in ("accuracy", "f1_macro")}
 
 
-def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
+# crosstune with finetune.mixed_precision pinned (plain "crosstune" runs params.yaml's setting)
+CROSSTUNE_PRECISIONS = {"crosstune_float32": "off", "crosstune_bf16": "bf16"}
+TOOLS = ("crosstune", *CROSSTUNE_PRECISIONS, "trainer", "trainer_grouped", "trainer_grouped_bf16")
+
+
+def run_crosstune(workdir: Path, depth: int | str, params_path: Path, mixed_precision: str | None = None) -> dict:
+    import dataclasses
+
     from crosstune.config import load_section
     from crosstune.data.batching import TextBatching, load_any_split
     from crosstune.inference.outputs import predict_outputs
@@ -69,6 +76,8 @@ def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
     from crosstune.training.loop import train
 
     params = load_section("finetune", params_path)
+    if mixed_precision is not None:
+        params = dataclasses.replace(params, mixed_precision=mixed_precision)
     model, config = _model(workdir, depth)
     train_split = load_any_split(workdir / "encoded/train.safetensors")
     validation_split = load_any_split(workdir / "encoded/validation.safetensors")
@@ -86,6 +95,7 @@ def run_crosstune(workdir: Path, depth: int | str, params_path: Path) -> dict:
     return {"epoch_seconds": result.epoch_seconds, "elapsed_at_epoch": [cache_seconds + t for t in result.elapsed_at_epoch],
             "validation_accuracy": [entry["accuracy"] for entry in result.history], "cache_seconds": cache_seconds,
             "test": _test_metrics(logits, test_split.labels, config["labels"]), "cached_level": plan.level,
+            "precision": result.precision,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
@@ -165,7 +175,10 @@ def run_trainer(workdir: Path, depth: int | str, params_path: Path, grouped: boo
     trainer.train()
     prediction = trainer.predict(rows(splits["test"]))
     logits = torch.as_tensor(prediction.predictions)
-    return {**timings, "cache_seconds": 0.0, "test": _test_metrics(logits, splits["test"].labels, config["labels"]),
+    # the labels in prediction order: with group_by_length Trainer predicts in length-grouped order too
+    # (transformers 5's _get_eval_sampler), so the split's own label order would pair rows wrongly
+    labels = torch.as_tensor(prediction.label_ids)
+    return {**timings, "cache_seconds": 0.0, "test": _test_metrics(logits, labels, config["labels"]),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
@@ -177,8 +190,8 @@ def worker(tool: str, workdir: Path, depth: int | str, params_path: Path, out: P
     configure_logging("WARNING")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     started = time.perf_counter()
-    if tool == "crosstune":
-        result = run_crosstune(workdir, depth, params_path)
+    if tool.startswith("crosstune"):
+        result = run_crosstune(workdir, depth, params_path, CROSSTUNE_PRECISIONS.get(tool))
     else:
         result = run_trainer(workdir, depth, params_path, grouped=tool.startswith("trainer_grouped"),
                              bf16=tool.endswith("_bf16"))
@@ -211,11 +224,20 @@ def summarise(depth: int | str, runs: dict[str, dict]) -> dict:
         "crosstune_peak_rss_mib": ours["peak_rss_mib"], "trainer_peak_rss_mib": peer["peak_rss_mib"],
         "crosstune_test": ours["test"], "trainer_test": peer["test"],
     }
+    summary["crosstune_precision"] = ours.get("precision")
+    for variant in CROSSTUNE_PRECISIONS:
+        if variant in runs:
+            epoch = sum(runs[variant]["epoch_seconds"]) / len(runs[variant]["epoch_seconds"])
+            summary.update({f"{variant}_epoch_s": epoch, f"{variant}_total_s": runs[variant]["total_seconds"],
+                            f"{variant}_peak_rss_mib": runs[variant]["peak_rss_mib"],
+                            f"{variant}_test": runs[variant]["test"]})
     for variant, suffix in (("trainer_grouped", "grouped"), ("trainer_grouped_bf16", "grouped_bf16")):
         if variant in runs:
             epoch = sum(runs[variant]["epoch_seconds"]) / len(runs[variant]["epoch_seconds"])
             summary.update({f"trainer_{suffix}_epoch_s": epoch,
                             f"epoch_speedup_vs_{suffix}": epoch / max(ours_epoch, 1e-9),
+                            f"trainer_{suffix}_total_s": runs[variant]["total_seconds"],
+                            f"trainer_{suffix}_peak_rss_mib": runs[variant]["peak_rss_mib"],
                             f"trainer_{suffix}_test": runs[variant]["test"]})
     return summary
 
@@ -230,9 +252,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench/speed/results.json"))
     parser.add_argument("--tools", default="crosstune,trainer",
                         help="add trainer_grouped for Trainer with train_sampling_strategy=group_by_length, "
-                             "trainer_grouped_bf16 for that with bf16=True (CPU autocast)")
-    parser.add_argument("--worker", choices=["crosstune", "trainer", "trainer_grouped", "trainer_grouped_bf16"],
-                        help=argparse.SUPPRESS)
+                             "trainer_grouped_bf16 for that with bf16=True (CPU autocast), crosstune_float32 / "
+                             "crosstune_bf16 for crosstune with finetune.mixed_precision off / bf16; of "
+                             + ", ".join(TOOLS))
+    parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--depth", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -241,6 +264,10 @@ def main() -> None:
     if args.worker:
         worker(args.worker, Path(args.workdir), _depth(args.depth), Path(args.params), Path(args.result))
         return
+    tools = args.tools.split(",")
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown or "crosstune" not in tools or "trainer" not in tools:
+        parser.error(f"--tools: crosstune and trainer, and any of {', '.join(TOOLS)}; unknown: {', '.join(unknown)}")
 
     import yaml
 
@@ -256,7 +283,6 @@ def main() -> None:
     params_path = prepare_workdir(workdir, params)
     summary, raw = [], {}
     for position, depth in enumerate(args.depths.split(",")):
-        tools = args.tools.split(",")
         order = tools if position % 2 == 0 else tools[::-1]
         runs = {}
         for tool in order:

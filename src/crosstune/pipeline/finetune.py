@@ -123,8 +123,12 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         data = [Path(features_dir)] if cached is not None else \
             [Path(encoded_dir) / f"{name}.safetensors" for name in ("train", "validation", "source")]
         inputs = [Path(start_dir) / "model.safetensors", Path(start_dir) / "config.json", *data]
+        from crosstune.training.precision import autocast_dtype, precision_name
+
         settings = {"base": to_dict(base), "finetune": to_dict(params), "augment": to_dict(augment),
-                    "cached_level": level, "world_size": distributed.world_size if distributed else 1}
+                    "cached_level": level, "world_size": distributed.world_size if distributed else 1,
+                    # auto's CPU choice is this machine's: a checkpoint made in one precision resumes in it only
+                    "precision": precision_name(autocast_dtype(params.mixed_precision, device))}
         checkpoint = Checkpointer(checkpoint_dir, fingerprint(settings, inputs))
     if is_main:
         logger.info("finetune: %d train / %d validation examples, %d trainable of %d parameters, device %s, "
@@ -144,6 +148,7 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
                 "best_validation": {key: value for key, value in result.best_metrics.items() if key != "epoch"},
                 "trainable_parameters": trainable,
                 "epochs_run": len(result.history),
+                "precision": result.precision,  # finetune.mixed_precision: auto decides by this machine's CPU
             }))
     finally:
         if live is not None:

@@ -49,7 +49,7 @@ from crosstune.training.domain_streams import build_streams
 from crosstune.training.epoch_selection import settled_through, smoothed
 from crosstune.training.losses import build_loss, class_weight_tensor
 from crosstune.training.optimization import build_optimizer, build_scheduler
-from crosstune.training.precision import autocast, autocast_dtype
+from crosstune.training.precision import autocast, autocast_dtype, precision_name
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class TrainResult:
     elapsed_at_epoch: list[float] = field(default_factory=list)  # wall time since start at each epoch's end
     stopped_early: bool = False
     resumed_from_epoch: int = 0
+    precision: str = "float32"  # of the matrix products: float32, bfloat16 or float16 (finetune.mixed_precision)
 
 
 def validation_metrics(model: torch.nn.Module, split: Split, loss_fn: torch.nn.Module, task: str,
@@ -378,7 +379,7 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
     kill_at = int(os.environ.get(FAULT_KILL_AT_STEP, "0"))
 
     result = TrainResult(best_epoch=state.best_epoch, best_metrics=dict(state.best_metrics),
-                         resumed_from_epoch=state.epoch)
+                         resumed_from_epoch=state.epoch, precision=precision_name(run.amp_dtype))
     started = time.perf_counter()
     progress = tqdm(total=run.steps_per_epoch * params.epochs, initial=state.step, desc="finetune", unit="step",
                     mininterval=2.0, disable=not is_main)
