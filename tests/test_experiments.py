@@ -3,6 +3,8 @@ tests/test_pipeline_dvc.py)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from crosstune.errors import ConfigError, CrosstuneError
@@ -164,3 +166,46 @@ def test_a_queue_that_never_finishes_gives_up_after_the_timeout(monkeypatch: pyt
                         lambda repo: [dvc_queue.Experiment(name="a", rev="a", state="running")])
     with pytest.raises(CrosstuneError, match="1 trial\\(s\\) still running after 0 s; see `dvc queue status`"):
         dvc_queue.run_queue(["a"], jobs=1, poll_seconds=0, timeout_seconds=0)
+
+
+def test_a_dvc_command_that_leaves_a_daemon_behind_returns_when_the_command_exits(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """`dvc queue start` leaves a daemon holding its stdout; waiting for that output to close hung a sweep."""
+    import signal
+    import sys
+    import time
+
+    script = ("import subprocess, sys; "
+              "daemon = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print('workers started'); print(daemon.pid, file=sys.stderr)")
+    monkeypatch.setattr(dvc_queue, "dvc_command", lambda *args: [sys.executable, "-c", script])
+    started = time.monotonic()
+    completed = dvc_queue.dvc("queue", "start", repo=tmp_path)
+    elapsed = time.monotonic() - started
+    os.kill(int(completed.stderr), signal.SIGTERM)
+    assert elapsed < 30  # the daemon sleeps 60 s: returning before it ends is the point
+    assert (completed.returncode, completed.stdout) == (0, "workers started\n")
+
+
+def test_the_wait_loop_polls_again_when_dvc_exp_show_fails_mid_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's temporary workspace deleted while `dvc exp show` reads it fails that one poll, not the sweep;
+    failures that persist still stop the wait with DVC's message."""
+    polls = iter([CrosstuneError("`dvc exp show --json` failed: directory '.dvc/tmp/exps/tmp8demfmxx/.dvc' does "
+                                 "not exist"), [dvc_queue.Experiment(name="a", rev="a", state="failed")]])
+
+    def listing(repo):
+        poll = next(polls)
+        if isinstance(poll, Exception):
+            raise poll
+        return poll
+
+    monkeypatch.setattr(dvc_queue, "dvc", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dvc_queue, "baseline_experiments", listing)
+    assert [experiment.state for experiment in dvc_queue.run_queue(["a"], jobs=1, poll_seconds=0)] == ["failed"]
+
+    def broken(repo):
+        raise CrosstuneError("`dvc exp show --json` failed: not a DVC repository")
+
+    monkeypatch.setattr(dvc_queue, "baseline_experiments", broken)
+    with pytest.raises(CrosstuneError, match="not a DVC repository"):
+        dvc_queue.run_queue(["a"], jobs=1, poll_seconds=0)

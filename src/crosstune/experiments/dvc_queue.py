@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from crosstune.errors import CrosstuneError
 logger = logging.getLogger(__name__)
 
 DONE_STATES = ("success", "failed")
+MAX_FAILED_POLLS = 3  # `dvc exp show` failures in a row before the wait loop gives up
 
 
 @dataclass
@@ -59,9 +61,17 @@ def dvc_command(*args: str) -> list[str]:
 
 
 def dvc(*args: str, repo: str | Path = ".", check: bool = True) -> subprocess.CompletedProcess:
-    """Run `dvc ARGS` in ``repo``; a failure names the command and its output."""
-    completed = subprocess.run(dvc_command(*args), cwd=repo, capture_output=True, text=True, check=False,
-                               env=dvc_environment())
+    """Run `dvc ARGS` in ``repo``; a failure names the command and its output.
+
+    The output goes through a temporary file, not a pipe: `dvc queue start` leaves a daemon behind that
+    inherits the command's stdout, and reading a pipe until it closes then waits for that daemon, seen hanging
+    a sweep past its timeout. Waiting for the command's own exit and then reading the file does not."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        returncode = subprocess.run(dvc_command(*args), cwd=repo, stdout=stdout, stderr=stderr,
+                                    stdin=subprocess.DEVNULL, check=False, env=dvc_environment()).returncode
+        stdout.seek(0)
+        stderr.seek(0)
+        completed = subprocess.CompletedProcess(dvc_command(*args), returncode, stdout.read(), stderr.read())
     if check and completed.returncode:
         output = (completed.stderr or completed.stdout).strip().splitlines()
         raise CrosstuneError(f"`dvc {' '.join(args)}` failed in {repo} (exit {completed.returncode}): "
@@ -126,9 +136,23 @@ def run_queue(names: Sequence[str], jobs: int, repo: str | Path = ".", poll_seco
     started = time.monotonic()
     wanted = set(names)
     idle_polls = 0
+    failed_polls = 0
     with tqdm(total=len(wanted), desc="trials", unit="trial", disable=None) as progress:
         while True:
-            experiments = [experiment for experiment in baseline_experiments(repo) if experiment.name in wanted]
+            try:
+                listed = baseline_experiments(repo)
+            except CrosstuneError as error:
+                # `dvc exp show` reads every trial's temporary workspace under .dvc/tmp/exps/ and fails when a
+                # trial ends and DVC deletes that directory mid-read ("directory ... does not exist"): seen in
+                # the sweep test; the next poll reads a settled queue.
+                failed_polls += 1
+                if failed_polls >= MAX_FAILED_POLLS:
+                    raise
+                logger.info("`dvc exp show` failed while the queue changed (%s); polling again", error)
+                time.sleep(poll_seconds)
+                continue
+            failed_polls = 0
+            experiments = [experiment for experiment in listed if experiment.name in wanted]
             done = sum(experiment.state in DONE_STATES for experiment in experiments)
             progress.update(done - progress.n)
             if done >= len(wanted):

@@ -43,6 +43,7 @@ from crosstune.methods.registry import ADAPTATIONS, NO_ADAPTATION
 from crosstune.methods.regularizers import build_regularizers
 from crosstune.model.transfer_model import ModelForward, PrefixLevel, TransferModel
 from crosstune.training.attention_dropout import KEEP, set_attention_dropout
+from crosstune.training.attention_kernel import attention_kernel
 from crosstune.training.checkpoints import Checkpointer, TrainState
 from crosstune.training.distributed import Distributed
 from crosstune.training.domain_streams import build_streams
@@ -272,7 +273,8 @@ def train_epoch(run: TrainingRun, train_split: Any, params: FinetuneParams, stat
             target_batch = target_batch.to(device)
             if distributed is not None:
                 target_batch = distributed.shard(target_batch)
-        with autocast(device, run.amp_dtype):
+        step_inputs = (batch.inputs,) if target_batch is None else (batch.inputs, target_batch.inputs)
+        with autocast(device, run.amp_dtype), attention_kernel(device, run.amp_dtype, *step_inputs):
             loss = run.objective(batch, target_batch, state.step / max(run.total_steps, 1))
         scaled = loss / params.grad_accumulation
         (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()

@@ -27,6 +27,16 @@ SCHEDULERS: Registry[SchedulerFactory] = Registry("scheduler")
 NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
+def _fusable(groups: list[dict[str, Any]]) -> bool | None:
+    """True when every parameter is a floating-point tensor on a CPU or a GPU: the fused Adam(W) kernel then
+    updates all of them in one pass. On 2 CPU cores it took an AdamW step over MiniLM-L6 (22.7M parameters)
+    from 32 ms (foreach) to 6 ms (bench/speed/kernels.json). None leaves the choice to torch."""
+    parameters = [parameter for group in groups for parameter in group["params"]]
+    fusable = all(parameter.is_floating_point() and parameter.device.type in ("cpu", "cuda")
+                  for parameter in parameters)
+    return True if parameters and fusable else None
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torch.optim.Optimizer":
     import torch
@@ -38,7 +48,8 @@ def sgd(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torch.op
 def adam(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torch.optim.Optimizer":
     import torch
 
-    return torch.optim.Adam(groups, lr=params.lr)
+    groups = list(groups)
+    return torch.optim.Adam(groups, lr=params.lr, fused=_fusable(groups))
 
 
 @OPTIMIZERS.register("adamw")
@@ -46,8 +57,7 @@ def adamw(groups: Iterable[dict[str, Any]], params: "FinetuneParams") -> "torch.
     import torch
 
     groups = list(groups)
-    on_gpu = all(parameter.is_cuda for group in groups for parameter in group["params"])
-    return torch.optim.AdamW(groups, lr=params.lr, fused=on_gpu or None)  # fused: one kernel per step on GPUs
+    return torch.optim.AdamW(groups, lr=params.lr, fused=_fusable(groups))
 
 
 @OPTIMIZERS.register("rmsprop")
