@@ -1,7 +1,8 @@
 """Print bench/scaling's tables (README.md) and draw cost against size (cost.png).
 
-copies_*.json: every contestant, before the kernel choices; kernels_copies_*.json: crosstune with the fused
-AdamW and the bf16 math attention kernel against Trainer with group_by_length + bf16=True, re-run side by side.
+copies_*.json: every contestant, before the kernel choices (AMD EPYC); kernels_copies_*.json: crosstune with the
+fused AdamW and the bf16 math attention kernel against the Trainer setups re-run beside it (an Intel Xeon with
+AMX: ratios hold within a run, not across the two machines).
 
     .venv/bin/python bench/scaling/table.py
 """
@@ -55,25 +56,26 @@ def table(rows: list[tuple[int, dict, dict]]) -> None:
               + f" | {totals} | {row['crosstune_peak_rss_mib']:.0f} / {row['trainer_peak_rss_mib']:.0f} | {scores} |")
 
 
-def table_after(rows: list[tuple[int, dict, dict]], before: list[tuple[int, dict, dict]]) -> None:
-    """crosstune now against the grouped bf16 Trainer re-run beside it, and against the earlier runs."""
-    earlier = {(size, row["depth"]): row for size, _, row in before}
-    print("| training examples | epochs | crosstune s/epoch | (before the kernel choices) | Trainer group_by_length "
-          "+ bf16=True s/epoch, same run | vs Trainer (earlier run) | vs Trainer group_by_length (earlier run) "
-          "| whole run s (crosstune / grouped bf16) | peak RSS MiB (crosstune / grouped bf16) "
-          "| test macro-F1 (crosstune / grouped bf16) |")
-    print("| --- " * 10 + "|")
+def table_after(rows: list[tuple[int, dict, dict]]) -> None:
+    """crosstune with the kernel choices against the Trainer setups run beside it (same machine, same run)."""
+    print("| training examples | epochs | crosstune s/epoch | " + " | ".join(f"{name} s/epoch" for name, _, _ in
+                                                                   CONTESTANTS[2:])
+          + " | whole run s (crosstune / " + " / ".join(name for name, _, _ in CONTESTANTS[2:])
+          + ") | peak RSS MiB (crosstune / Trainer setups) | test macro-F1 (crosstune / "
+          + " / ".join(name for name, _, _ in CONTESTANTS[2:]) + ") |")
+    print("| --- " * (3 + len(CONTESTANTS[2:]) + 3) + "|")
     for size, report, row in rows:
-        ours, old = row["crosstune_epoch_s"], earlier.get((size, row["depth"]), {})
-        peer = row["trainer_grouped_bf16_epoch_s"]
-        versus = [f"**{old[key] / ours:.1f}x**" if key in old else "" for key in
-                  ("trainer_epoch_s", "trainer_grouped_epoch_s")]
-        before_cell = f"{old['crosstune_epoch_s']:.2f} ({old['crosstune_epoch_s'] / ours:.2f}x)" if old else ""
-        print(f"| {size:,} | {report['finetune']['epochs']} | {ours:.2f} | {before_cell} | {peer:.2f} "
-              f"(**{peer / ours:.2f}x**) | {versus[0]} | {versus[1]} "
-              f"| {row['crosstune_total_s']:.0f} / {row['trainer_grouped_bf16_total_s']:.0f} "
-              f"| {row['crosstune_peak_rss_mib']:.0f} / {row['trainer_grouped_bf16_peak_rss_mib']:.0f} "
-              f"| {row['crosstune_test']['f1_macro']:.3f} / {row['trainer_grouped_bf16_test']['f1_macro']:.3f} |")
+        ours = row["crosstune_epoch_s"]
+        present = [key for _, key, _ in CONTESTANTS[2:] if key in row]
+        cells = [f"{row[key]:.2f} (**{row[key] / max(ours, 1e-9):.2f}x**)" if key in row else "-"
+                 for _, key, _ in CONTESTANTS[2:]]
+        totals = " / ".join(f"{row[key.replace('_epoch_s', '_total_s')]:.0f}" if key in row else "-"
+                            for _, key, _ in CONTESTANTS[2:])
+        memory = " / ".join(f"{row[key.replace('_epoch_s', '_peak_rss_mib')]:.0f}" for key in present)
+        scores = " / ".join(f"{row[test]['f1_macro']:.3f}" if test in row else "-" for _, _, test in CONTESTANTS[2:])
+        print(f"| {size:,} | {report['finetune']['epochs']} | {ours:.2f} | " + " | ".join(cells)
+              + f" | {row['crosstune_total_s']:.0f} / {totals} | {row['crosstune_peak_rss_mib']:.0f} / {memory} "
+              f"| {row['crosstune_test']['f1_macro']:.3f} / {scores} |")
 
 
 def plot(rows: list[tuple[int, dict, dict]], after: list[tuple[int, dict, dict]], out: Path) -> None:
@@ -88,10 +90,10 @@ def plot(rows: list[tuple[int, dict, dict]], after: list[tuple[int, dict, dict]]
     for name, key, _ in CONTESTANTS:
         points = [(size, row[key]) for size, row in full if key in row]
         if points:
-            axes.plot(*zip(*points), marker="o", label=name)
+            axes.plot(*zip(*points), marker="o", label=f"{name}, EPYC, before the kernel choices")
     later = [(size, row) for size, _, row in after if row["depth"] == 0]
-    for name, key in (("crosstune now (fused AdamW, bf16 math attention)", "crosstune_epoch_s"),
-                      ("Trainer group_by_length + bf16=True, re-run beside it", "trainer_grouped_bf16_epoch_s")):
+    for name, key in (("crosstune now (fused AdamW, bf16 math attention), Xeon", "crosstune_epoch_s"),
+                      ("Trainer group_by_length + bf16=True, beside it, Xeon", "trainer_grouped_bf16_epoch_s")):
         points = [(size, row[key]) for size, row in later if key in row]
         if points:
             axes.plot(*zip(*points), marker="s", linestyle="--", label=name)
@@ -111,5 +113,5 @@ if __name__ == "__main__":
     loaded, kernels = load(), load("kernels_copies")
     table(loaded)
     print()
-    table_after(kernels, loaded)
+    table_after(kernels)
     plot(loaded, kernels, HERE / "cost.png")
