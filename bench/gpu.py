@@ -61,14 +61,15 @@ def main() -> None:
 
     import torch
 
-    from crosstune.config import load_section
+    from crosstune.config import BaseParams, FinetuneParams, load_section
     from crosstune.data.batching import TextBatching, load_any_split
     from crosstune.freezing.policy import apply_freeze
     from crosstune.logging_setup import configure_logging
-    from crosstune.model.transfer_model import load_transfer_model
     from crosstune.prefix_cache.store import CachedBatching, build_cached_split
     from crosstune.runtime import setup
-    from crosstune.training.loop import train
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.run_context import RunContext
+    from crosstune.transfer_model.storage import load_transfer_model
 
     configure_logging("WARNING")
     if not args.smoke and not torch.cuda.is_available():
@@ -84,8 +85,8 @@ def main() -> None:
         params["backbone"].update({"name": "tiny-bert", "max_length": 64})
         params["finetune"]["max_length"] = 64
     path = prepare_workdir(work, params)
-    device = setup(load_section("base", path))
-    finetune = load_section("finetune", path)
+    device = setup(load_section(BaseParams, path))
+    finetune = load_section(FinetuneParams, path)
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = peak_flops(device_name, args.peak_tflops) if device == "cuda" else None
     results = {"device": device_name, "torch": torch.__version__, "epochs": epochs, "batch_size": batch_size,
@@ -106,7 +107,8 @@ def main() -> None:
                                              for split in (train_split, validation_split))
             cache_seconds = time.perf_counter() - started
             batching, level = CachedBatching(batch_size, "text"), frozen
-        result = train(model, train_split, validation_split, finetune, 42, device, batching=batching, level=level)
+        result = train(model, TrainingData(train_split, validation_split, batching, level), finetune, 42,
+                       RunContext.single_process(device, finetune.mixed_precision))
         timed = result.epoch_seconds[1:] or result.epoch_seconds
         seconds = sum(timed) / len(timed)
         flops = training_flops(lengths, config["backbone_config"], frozen, cached_half)

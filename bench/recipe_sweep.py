@@ -16,16 +16,18 @@ from pathlib import Path
 
 import torch
 
-from crosstune.config import load_section
+from crosstune.config import FinetuneParams, load_section
 from crosstune.data.batching import TextBatching
 from crosstune.data.text_encoding import load_split
-from crosstune.evaluation.metrics import classification_metrics
 from crosstune.freezing.policy import apply_freeze
-from crosstune.inference.outputs import outputs_to_predictions, predict_outputs
+from crosstune.inference.outputs import predict_outputs
 from crosstune.logging_setup import configure_logging
-from crosstune.model.transfer_model import build_transfer_model
 from crosstune.runtime import seed_everything
-from crosstune.training.loop import train
+from crosstune.tasks.classification import classification_metrics
+from crosstune.tasks.registry import TASKS
+from crosstune.training.loop import TrainingData, train
+from crosstune.training.run_context import RunContext
+from crosstune.transfer_model.modules import build_transfer_model
 
 RECIPES = {
     "full_lr1e-4_4ep": ({"lr": 1e-4, "epochs": 4}, 0),
@@ -40,7 +42,7 @@ def main() -> None:
     from transformers import AutoModel
 
     torch.set_num_threads(2)
-    finetune = load_section("finetune")
+    finetune = load_section(FinetuneParams)
     encoded = {name: load_split(Path("data/encoded") / f"{name}.safetensors") for name in ("train", "validation", "test")}
     labels = json.loads(Path("data/prepared/labels.json").read_text())["labels"]
     wanted = sys.argv[1:] or list(RECIPES)
@@ -56,10 +58,12 @@ def main() -> None:
                                          hidden_dim=256, seed=seed)
             apply_freeze(model, depth)
             started = time.perf_counter()
-            train(model, encoded["train"], encoded["validation"], params, seed, "cpu")
+            train(model, TrainingData(encoded["train"], encoded["validation"],
+                                      TextBatching(params.batch_size, params.max_length)),
+                  params, seed, RunContext.single_process("cpu", params.mixed_precision))
             batching = TextBatching(64, params.max_length)
-            predicted, _ = outputs_to_predictions(predict_outputs(model, encoded["test"], batching, "cpu"),
-                                                  "classification")
+            predicted, _ = TASKS.get("classification").predictions(predict_outputs(model, encoded["test"], batching,
+                                                                                   "cpu"))
             f1 = classification_metrics(encoded["test"].labels.tolist(), predicted, labels)["f1_macro"]
             scores.append({"seed": seed, "test_f1_macro": round(f1, 4), "seconds": round(time.perf_counter() - started, 1)})
             print(recipe, scores[-1], flush=True)

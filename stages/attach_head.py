@@ -8,7 +8,7 @@ Reads params sections `base` (seed), `freeze` and `head`. By hand:
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 from crosstune.pipeline.attach_head import attach_head_stage
 
 

@@ -10,7 +10,7 @@ Reads params sections `base` (seed), `backbone` and `text_augment`. By hand:
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 from crosstune.pipeline.backbone import backbone_stage
 
 

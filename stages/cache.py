@@ -9,7 +9,7 @@ By hand:
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 from crosstune.pipeline.cache import cache_stage
 
 

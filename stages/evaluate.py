@@ -1,9 +1,8 @@
-"""Stage 8, evaluate: test-split metrics, confusion matrix, predictions, misclassified examples, baselines,
-the negative-transfer guard (the fine-tuned model against the scratch and the probe models; with fallback
-the best of the three on validation is exported) and the domain gap before and after.
+"""Stage 8, evaluate: test-split metrics (the task's), predictions, the task's picture of test examples,
+baselines, the negative-transfer guard (the fine-tuned model against the scratch and the probe models; with
+fallback the best of the three on validation is exported) and the domain gap before and after.
 
-Reads params sections `base` (seed, device) and `evaluate`, and `finetune`/`augment` for the scratch
-model's budget. By hand:
+Reads params sections `base` (seed, device) and `evaluate`. By hand:
     python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \
         --initial models/initial --scratch models/scratch --probe models/probe \
         --metrics metrics/eval.json --predictions metrics/predictions.csv --examples metrics/misclassified.png
@@ -12,7 +11,7 @@ model's budget. By hand:
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 from crosstune.pipeline.evaluate import evaluate_stage
 
 

@@ -12,7 +12,7 @@ Several GPUs, directly: torchrun --nproc_per_node 4 stages/finetune.py <the same
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 
 
 def main(argv=None) -> None:

@@ -8,7 +8,7 @@ Reads params sections `base` (seed) and `prepare`. Run by `dvc repro`; by hand:
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 from crosstune.pipeline.prepare import prepare_stage
 
 

@@ -11,7 +11,7 @@ Reads params sections `base` (seed, device), `cache.batch_size` and `finetune` k
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 
 
 def main(argv=None) -> None:

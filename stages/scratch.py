@@ -10,7 +10,7 @@ Reads params sections `base`, `finetune`, `augment` and `evaluate`. By hand:
 import argparse
 import sys
 
-from crosstune.cli import run_main
+from crosstune.entry_point import run_main
 from crosstune.pipeline.scratch import scratch_stage
 
 

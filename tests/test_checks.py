@@ -10,13 +10,13 @@ from conftest import make_texts, write_table
 
 from crosstune.checks import apply_overrides, check_project
 from crosstune.cli import main as cli_main
-from crosstune.cli import run_main
 from crosstune.config import (
     EvaluateParams,
     from_mapping,
     params_problems,
     section_problems,
 )
+from crosstune.entry_point import run_main
 from crosstune.errors import ConfigError
 
 
@@ -29,7 +29,11 @@ def _project(tmp_path: Path, params: dict) -> Path:
 
 
 def test_every_problem_of_a_section_is_listed() -> None:
-    problems = section_problems("finetune", {"lrr": 1e-4, "optimizer": "adamx", "epochs": "two", "batch_size": 0})
+    """The section's own checks and the registry names (looked up where the section has other problems too)."""
+    from crosstune.checks import name_problems
+
+    finetune = {"lrr": 1e-4, "optimizer": "adamx", "epochs": "two", "batch_size": 0}
+    problems = section_problems("finetune", finetune) + name_problems({"finetune": finetune})
     assert len(problems) == 4, problems
     text = "\n".join(problems)
     assert "finetune.lrr: unknown key; did you mean 'lr'?" in text

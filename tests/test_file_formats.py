@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO_ROOT, make_texts, write_table
 
 from crosstune.config import TABLE_SEPARATORS, PrepareParams
-from crosstune.data.preparation import prepare_target_data
+from crosstune.data.splitting import prepare_target_data
 from crosstune.data.tables import READERS, read_table, sniff_separator
 from crosstune.errors import ConfigError, DataError
 

@@ -10,30 +10,20 @@ import torch
 from conftest import (
     attached_model,
     audio_model,
+    fit,
     image_model,
     load_splits,
     tiny_model,
     token_batch,
 )
 
-from crosstune.backbones.audio import AUDIO_BACKBONES
-from crosstune.backbones.text import (
-    transformer_blocks,
-)
-from crosstune.backbones.vision import (
-    VISION_BACKBONES,
-)
-from crosstune.config import (
-    load_section,
-)
+from crosstune.backbones.registry import backbone_names
+from crosstune.backbones.text import transformer_blocks
+from crosstune.config import FinetuneParams, load_section
 from crosstune.errors import ArtifactError, ConfigError
 from crosstune.freezing.gradual import GradualUnfreezing
 from crosstune.freezing.policy import apply_freeze, set_train_mode
-from crosstune.model.transfer_model import (
-    load_transfer_model,
-    save_transfer_model,
-)
-from crosstune.training.loop import train
+from crosstune.transfer_model.storage import load_transfer_model, save_transfer_model
 
 
 def _parameter_count(module: torch.nn.Module) -> int:
@@ -125,10 +115,10 @@ def test_gradual_unfreezing_in_training_leaves_lower_blocks_at_their_start(attac
     """Per-epoch unfreezing over 2 epochs: epoch 1 trains the head, epoch 2 adds the top block only."""
     model = attached_model(attached)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=2, unfreeze="gradual",
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=2, unfreeze="gradual",
                                  select_metric="loss", lr=1e-2)
     train_split, validation_split = load_splits(attached)
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    result = fit(model, train_split, validation_split, params)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert any(name.startswith("backbone.encoder.layer.1.") for name in changed) or result.best_epoch == 1
@@ -146,10 +136,10 @@ def test_lora_trains_only_adapters_and_head_and_merges_back(attached: dict[str, 
     assert count > 0 and trainable
     assert all("lora_" in name or name.startswith("head.") for name in trainable)
     assert any(name.startswith("head.") for name in trainable)
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=1, lr=1e-2,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=1, lr=1e-2,
                                  select_metric="loss")
     train_split, validation_split = load_splits(attached)
-    train(model, train_split, validation_split, params, seed=0, device="cpu")
+    fit(model, train_split, validation_split, params)
     base_weights = {name.replace(".base_layer", ""): value for name, value in model.state_dict().items()
                     if "lora_" not in name}
     for name, value in base_weights.items():
@@ -182,7 +172,7 @@ def _batchnorms(module: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Bat
     return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
-@pytest.mark.parametrize("name", VISION_BACKBONES.names())
+@pytest.mark.parametrize("name", backbone_names("image"))
 def test_trainable_counts_at_each_depth(name: str) -> None:
     model = image_model(name)
     blocks, stem = model.block_modules(), model.stem_modules()
@@ -222,7 +212,7 @@ def test_frozen_batchnorm_statistics_do_not_move(train_batchnorm: bool) -> None:
         assert not torch.equal(before[index], after[index]), "trainable blocks' BN statistics should update"
 
 
-@pytest.mark.parametrize("name", AUDIO_BACKBONES.names())
+@pytest.mark.parametrize("name", backbone_names("audio"))
 def test_audio_freezing_counts_stem_and_blocks_exactly(name: str) -> None:
     model = audio_model(name)
     blocks, stem = model.block_modules(), model.stem_modules()

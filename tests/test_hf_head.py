@@ -15,11 +15,8 @@ from test_prefix_cache import _train_both
 from crosstune.config import HeadParams
 from crosstune.errors import ConfigError
 from crosstune.heads.hf import DROPOUT_KEYS
-from crosstune.model.transfer_model import (
-    build_transfer_model,
-    load_transfer_model,
-    save_transfer_model,
-)
+from crosstune.transfer_model.modules import build_transfer_model
+from crosstune.transfer_model.storage import load_transfer_model, save_transfer_model
 
 LABELS = ["a", "b", "c"]
 
@@ -216,7 +213,9 @@ def _tiny_gpt2_config() -> Any:
 
 
 def test_head_params_reject_a_pooling_the_hf_head_does_not_use() -> None:
-    assert HeadParams(type="hf", pooling="cls").pooling == "cls"
+    from crosstune.heads.registry import check_head_params
+
+    check_head_params(HeadParams(type="hf", pooling="cls"))
     with pytest.raises(ConfigError, match=r"head\.pooling: 'mean' does not apply to head\.type: hf.*"
                                           r"set head\.pooling: cls"):
-        HeadParams(type="hf", pooling="mean")
+        check_head_params(HeadParams(type="hf", pooling="mean"))

@@ -16,8 +16,7 @@ def test_predict_cli_errors_clearly(tmp_path: Path) -> None:
 def test_model_card_says_which_model_the_guard_exported(tmp_path: Path) -> None:
     """The card names what the directory holds: a fine-tuned model, the probe stage's, or the scratch stage's."""
     from crosstune.inference.export import model_card, trained_as
-    from crosstune.model.saved import GUARD_RECORD
-    from crosstune.pipeline.probe import PROBE_RECORD
+    from crosstune.transfer_model.settings import GUARD_RECORD, PROBE_RECORD
 
     kinds = {}
     for kind, record in (("finetuned", None), ("probe", PROBE_RECORD), ("scratch", GUARD_RECORD)):

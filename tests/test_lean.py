@@ -23,7 +23,7 @@ def test_loading_every_params_section_imports_nothing_heavy(tmp_path: Path) -> N
     write_params(tmp_path / "params.yaml")
     code = ("from crosstune.config import SECTIONS, load_section\n"
             "import crosstune.pipeline.prepare, crosstune.pipeline.cache, crosstune.cli\n"
-            "[load_section(name, 'params.yaml') for name in SECTIONS if name != 'data']")
+            "[load_section(cls, 'params.yaml') for cls in SECTIONS.values()]")
     assert _imported_after(code, tmp_path) == []
 
 
@@ -38,6 +38,14 @@ def test_cache_stage_without_a_frozen_prefix_imports_nothing_heavy(tmp_path: Pat
             "assert meta['cached'] is False and 'freeze.depth is 0' in meta['reason']")
     assert _imported_after(code, tmp_path) == []
     assert json.loads((tmp_path / "features" / "meta.json").read_text())["cached"] is False
+
+
+def test_task_and_modality_registries_import_nothing_heavy() -> None:
+    code = ("from crosstune.tasks.registry import TASKS\nfrom crosstune.modalities import MODALITIES\n"
+            "from crosstune.backbones.registry import BACKBONES, backbone_modality\n"
+            "assert backbone_modality('whisper-tiny-en') == 'audio'\n"
+            "[TASKS.get(name).headline for name in TASKS]")
+    assert _imported_after(code, REPO_ROOT) == []
 
 
 def test_stage_scripts_answer_help_without_torch() -> None:

@@ -13,10 +13,7 @@ from conftest import (
     token_batch,
 )
 
-from crosstune.model.transfer_model import (
-    load_transfer_model,
-    save_transfer_model,
-)
+from crosstune.transfer_model.storage import load_transfer_model, save_transfer_model
 
 
 def test_save_load_round_trip_gives_equal_predictions(tmp_path: Path) -> None:

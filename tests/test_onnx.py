@@ -26,7 +26,7 @@ from conftest import (
 from crosstune.cli import main
 from crosstune.inference.onnx_runtime import OnnxModel
 from crosstune.inference.predictor import Predictor
-from crosstune.model.transfer_model import load_transfer_model, save_transfer_model
+from crosstune.transfer_model.storage import load_transfer_model, save_transfer_model
 
 MODALITIES = ("text", "image", "audio")
 TOLERANCE = 1e-4  # max abs logit difference, ONNX Runtime vs PyTorch (float32)

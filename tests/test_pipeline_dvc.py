@@ -150,6 +150,13 @@ def test_full_run_then_no_op(repo: Repo) -> None:
     assert metrics["scratch_model"] == "trained"  # the tiny model validates below TF-IDF: the answer is open
     assert metrics["transfer_gain"] == pytest.approx(metrics["f1_macro"] - metrics["scratch_f1_macro"], abs=2e-6)
     assert repo.repro() == set()
+    # the command line is no stage's dependency: rewording `crosstune tune`'s help reruns nothing
+    cli = repo.root / "src" / "crosstune" / "cli.py"
+    reworded = cli.read_text(encoding="utf-8").replace('help="trials this worker runs', 'help="trials run by this worker')
+    cli.write_text(reworded, encoding="utf-8")
+    assert "trials run by this worker" in cli.read_text(encoding="utf-8")
+    assert "up to date" in repo.dvc("status")
+    repo.git("checkout", "-q", "--", "src/crosstune/cli.py")
 
 
 def test_exported_model_card_and_round_trip(repo: Repo) -> None:
@@ -266,7 +273,10 @@ def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:
     uninterrupted run (forced afterwards, from scratch) ends. The guard is off: only finetune trains."""
     repo.baseline({"evaluate": {"guard": "off"}})
     repo.set_param("finetune", "epochs", 3)
-    env = {**repo.env, "CROSSTUNE_FAULT_KILL_AT_STEP": "13"}  # 9 optimizer steps an epoch
+    # dvc runs `python stages/finetune.py ...`: the shim first on PATH runs it under a SIGKILL-at-step callback
+    shim = REPO_ROOT / "tests" / "helpers" / "python_shim"
+    env = {**repo.env, "PATH": f"{shim}{os.pathsep}{repo.env['PATH']}", "CROSSTUNE_TEST_PYTHON": sys.executable,
+           "CROSSTUNE_TEST_KILL_AT_STEP": "13"}  # 9 optimizer steps an epoch
     killed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.root, env=env,
                             capture_output=True, text=True, check=False)
     assert killed.returncode != 0

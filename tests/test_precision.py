@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_splits, tiny_model, token_batch
+from conftest import fit, load_splits, tiny_model, token_batch
 
 from crosstune.config import FinetuneParams, load_section
 from crosstune.errors import ConfigError
 from crosstune.training import precision
 from crosstune.training.attention_dropout import set_attention_dropout
-from crosstune.training.loop import train
 from crosstune.training.precision import autocast, autocast_dtype
 
 
@@ -116,18 +115,18 @@ def test_autocast_runs_linear_layers_in_bf16() -> None:
 
 
 def test_bf16_training_on_cpu_trains(attached: dict[str, Path]) -> None:
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=2, lr=1e-3,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=2, lr=1e-3,
                                  mixed_precision="bf16", select_metric="loss")
     float32 = dataclasses.replace(params, mixed_precision="off")
     results = {}
     for name, run_params in (("bf16", params), ("float32", float32)):
         from crosstune.freezing.policy import apply_freeze
-        from crosstune.model.transfer_model import load_transfer_model
+        from crosstune.transfer_model.storage import load_transfer_model
 
         model, _ = load_transfer_model(attached["initial"])
         apply_freeze(model, 0)
         train_split, validation_split = load_splits(attached)
-        results[name] = train(model, train_split, validation_split, run_params, seed=0, device="cpu")
+        results[name] = fit(model, train_split, validation_split, run_params)
         assert all(math.isfinite(value) for value in results[name].best_metrics.values())
         assert next(model.parameters()).dtype is torch.float32  # autocast leaves the weights in float32
     assert (results["bf16"].precision, results["float32"].precision) == ("bfloat16", "float32")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write_audio_folder, write_image_folder, write_params
+from conftest import fit, write_audio_folder, write_image_folder, write_params
 
 from crosstune.config import AugmentParams, CacheParams, FinetuneParams
 from crosstune.prefix_cache.plan import plan_cache
@@ -31,8 +31,7 @@ def _train_both(initial: Path, encoded: Path, depth: object, tmp_path: Path, dty
     """Train the attached model twice from the same seed, uncached and on the cache; return both models."""
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.freezing.policy import apply_freeze
-    from crosstune.model.transfer_model import load_transfer_model
-    from crosstune.training.loop import train
+    from crosstune.transfer_model.storage import load_transfer_model
 
     params = _finetune()
     results = []
@@ -54,7 +53,7 @@ def _train_both(initial: Path, encoded: Path, depth: object, tmp_path: Path, dty
                 cached.append(load_cached_split(path))
             train_split, validation_split = cached
             batching, level = CachedBatching(params.batch_size, model.modality), plan.level
-        result = train(model, train_split, validation_split, params, 7, "cpu", batching=batching, level=level)
+        result = fit(model, train_split, validation_split, params, 7, batching=batching, level=level)
         results.append((model, result))
     return results
 
@@ -100,7 +99,7 @@ def test_half_precision_cache_stays_close(attached: dict[str, Path], tmp_path: P
 
 def test_cache_batches_follow_the_uncached_order(attached: dict[str, Path]) -> None:
     from crosstune.data.batching import TextBatching, load_any_split
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     model, _ = load_transfer_model(attached["initial"])
     split = load_any_split(attached["encoded"] / "train.safetensors")

@@ -1,8 +1,9 @@
 """Every registry, parametrised over every entry: a new entry is tested the moment it is registered.
 
-Backbones (text and image), heads and poolings, optimizers and schedulers have their own parametrised tests
-(tests/test_models.py, tests/test_vision.py, tests/test_transfer.py); here: adaptation losses, baselines,
-task losses, regularisers, transferability scores and the text backbones' loaders.
+Image and audio backbones (tests/test_backbones.py, tests/test_freezing.py), heads and poolings
+(tests/test_heads.py), optimizers and schedulers (tests/test_training.py), tasks and modalities
+(tests/test_tasks.py) have their own parametrised tests; here: adaptation losses, baselines, task losses,
+regularisers, transferability scores and the text backbones' loaders.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from crosstune.backbones.text import BACKBONES
+from crosstune.backbones.registry import BACKBONES, backbone_names
 from crosstune.config import BackboneParams, FinetuneParams
 from crosstune.evaluation.baselines import (
     BASELINE_MODALITIES,
@@ -22,7 +23,8 @@ from crosstune.evaluation.baselines import (
 from crosstune.methods.registry import ADAPTATIONS
 from crosstune.methods.regularizers import REGULARIZERS
 from crosstune.selection.scores import SCORES
-from crosstune.training.losses import LOSS_TASKS, LOSSES, build_loss
+from crosstune.tasks.registry import TASKS
+from crosstune.training.losses import LOSSES
 
 
 def _domains(shift: float, scale: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +61,7 @@ def test_statistical_alignment_losses_see_a_shift(name: str) -> None:
 @pytest.mark.parametrize("name", BASELINES.names())
 def test_every_baseline_fits_and_predicts_its_task(name: str) -> None:
     rng = np.random.default_rng(0)
-    task, modality = BASELINE_TASKS[name], BASELINE_MODALITIES[name][0]
+    task, modality = BASELINE_TASKS[name], (BASELINE_MODALITIES[name] or ("text",))[0]
     words = {"a": "great relief helped", "b": "awful nausea worse"}
     if modality == "text":
         train = [f"{words[label]} day {index}" for index, label in enumerate("ab" * 10)]
@@ -80,8 +82,10 @@ def test_every_baseline_fits_and_predicts_its_task(name: str) -> None:
 
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_every_loss_is_finite_on_its_task(name: str) -> None:
-    task = LOSS_TASKS[name]
-    loss_fn = build_loss(name, task, None, 0.0)
+    suited = [task for task in TASKS if name in TASKS.get(task).losses]
+    assert suited, f"loss {name!r} suits no task: list it in a task's losses"
+    task = suited[0]
+    loss_fn = TASKS.get(task).build_loss(name, None, 0.0)
     if task == "classification":
         outputs, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
         perfect = torch.nn.functional.one_hot(targets, 3).float() * 20
@@ -95,7 +99,7 @@ def test_every_loss_is_finite_on_its_task(name: str) -> None:
 
 @pytest.mark.parametrize("name", REGULARIZERS.names())
 def test_every_regularizer_is_zero_or_small_at_the_start_and_a_finite_scalar(name: str, attached) -> None:
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     model, _ = load_transfer_model(attached["initial"])
     regularizer = REGULARIZERS.get(name)(model, FinetuneParams(**{name: 0.1}))
@@ -113,14 +117,14 @@ def test_every_score_ranks_separable_features_above_shuffled_labels(name: str) -
     assert SCORES.get(name)(features, labels) > SCORES.get(name)(features, shuffled)
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", backbone_names("text"))
 def test_every_text_backbone_loads_offline_and_encodes(name: str) -> None:
     from crosstune.backbones.zoo import ZOO
 
     if name in ZOO and not ZOO.get(name).installed():
         pytest.skip(f"{name} is not installed here ({ZOO.get(name).install}); tests/test_backbones.py checks its error")
     texts = ["the drug helped a lot", "terrible nausea every day"] * 5
-    loaded = BACKBONES.get(name)(BackboneParams(name=name, max_length=32), texts, 0)
+    loaded = BACKBONES.get(name).loader()(BackboneParams(name=name, max_length=32), texts, 0)
     batch = loaded.tokenizer(texts[:2], return_tensors="pt", padding=True)
     with torch.inference_mode():
         hidden = loaded.model(**batch).last_hidden_state

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from crosstune.experiments.dvc_queue import Experiment
-from crosstune.reporting.experiments import (
+from crosstune.reporting.experiment_ranking import (
     parallel_coordinates_spec,
     ranked,
     varied_params,

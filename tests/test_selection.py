@@ -118,11 +118,11 @@ def test_truncated_candidates_share_one_pass_and_equal_truncated_models(tmp_path
     from crosstune.backbones.text import load_backbone
     from crosstune.config import BackboneParams, TinyBertParams
     from crosstune.heads.registry import mean_pooling
-    from crosstune.selection.candidates import _text_block_features
+    from crosstune.selection.candidates import text_block_features
 
     texts = [text for text, _ in make_texts(6, seed=0)]
     params = BackboneParams(name="tiny-bert", max_length=32, tiny=TinyBertParams(num_layers=3, vocab_size=150))
-    by_depth = _text_block_features("tiny-bert", params, texts[:5], texts, seed=0)
+    by_depth = text_block_features("tiny-bert", params, texts[:5], texts, seed=0)
     assert len(by_depth) == 4  # the embeddings' output, then after each of the 3 blocks
     truncated = load_backbone(BackboneParams(name="tiny-bert@1", max_length=32, tiny=params.tiny), texts, 0)
     truncated.model.eval()
@@ -148,15 +148,15 @@ def test_block_scores_come_from_the_candidates_pass_and_stop_at_a_truncation(tmp
     store = tmp_path / "features"
     candidates.candidate_features(params, ["tiny-bert"], "text", texts, texts, 0, store)
     calls = []
-    original = candidates._text_block_features
-    candidates._text_block_features = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    original = candidates.text_block_features
+    candidates.text_block_features = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
     try:
         name, values = candidates.block_scores(params, "tiny-bert", "text", texts, labels, texts, 0, store)
         assert calls == [] and name == "logme" and len(values) == 4 and all(np.isfinite(values))
         _, cut = candidates.block_scores(params, "tiny-bert@2", "text", texts, labels, texts, 0, store)
         assert cut == values[:3]
     finally:
-        candidates._text_block_features = original
+        candidates.text_block_features = original
     with pytest.raises(Exception, match=r"asks for 5 blocks but tiny-bert has 3"):
         candidates.block_features(params, "tiny-bert@5", "text", texts, texts, 0, store)
 
@@ -270,10 +270,12 @@ def test_source_scores_refuse_features_that_are_not_probabilities(name: str) -> 
 def test_backbone_score_accepts_both_kinds_and_lists_them_when_unknown() -> None:
     from crosstune.config import BackboneParams
     from crosstune.errors import ConfigError
+    from crosstune.selection.scores import check_score
 
     assert BackboneParams(score="leep").score == "leep"
+    check_score("leep")
     with pytest.raises(ConfigError, match=r"backbone\.score.*'logne'.*'hscore'.*'leep'.*'nce'"):
-        BackboneParams(score="logne")
+        check_score("logne")
 
 
 def _two_colour_images(per_class: int = 12, seed: int = 0) -> tuple[object, np.ndarray]:

@@ -13,23 +13,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, attached_model, load_splits, write_params
+from conftest import (
+    KILL_AT_STEP,
+    REPO_ROOT,
+    attached_model,
+    fit,
+    load_splits,
+    write_params,
+)
 from safetensors.torch import load_file
 
 from crosstune.config import FinetuneParams, load_section
 from crosstune.data.batching import TextBatching
 from crosstune.data.text_encoding import load_split
 from crosstune.freezing.policy import apply_freeze
-from crosstune.model.transfer_model import load_transfer_model
+from crosstune.tasks.registry import TASKS
 from crosstune.training import loop
+from crosstune.training.callbacks import TrainingCallback
 from crosstune.training.checkpoints import Checkpointer, TrainState
 from crosstune.training.epoch_selection import settled_through, smoothed
-from crosstune.training.loop import (
-    FAULT_KILL_AT_STEP,
-    train,
-    validation_metrics,
-)
-from crosstune.training.losses import build_loss, class_weight_tensor
+from crosstune.training.loop import validation_metrics
+from crosstune.training.losses import class_weight_tensor
 from crosstune.training.optimization import (
     OPTIMIZERS,
     SCHEDULERS,
@@ -38,30 +42,32 @@ from crosstune.training.optimization import (
     parameter_groups,
     stlr_factor,
 )
+from crosstune.transfer_model.storage import load_transfer_model
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS.names())
 @pytest.mark.parametrize("scheduler", SCHEDULERS.names())
 def test_every_optimizer_and_schedule_trains(attached: dict[str, Path], optimizer: str, scheduler: str) -> None:
-    params = dataclasses.replace(load_section("finetune", attached["params"]), optimizer=optimizer,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), optimizer=optimizer,
                                  scheduler=scheduler, epochs=1, lr=1e-3)
     model, _ = load_transfer_model(attached["initial"])
     apply_freeze(model, 0)
     train_split, validation_split = load_splits(attached)
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    result = fit(model, train_split, validation_split, params)
     assert result.steps == math.ceil(len(train_split) / params.batch_size)
     assert all(math.isfinite(value) for value in result.best_metrics.values())
 
 
 def test_training_lowers_validation_loss(attached: dict[str, Path]) -> None:
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=4, select_metric="loss")
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=4, select_metric="loss")
     model, _ = load_transfer_model(attached["initial"])
     apply_freeze(model, 0)
     train_split, validation_split = load_splits(attached)
-    loss_fn = build_loss("cross_entropy", "classification", None)
-    before = validation_metrics(model, validation_split, loss_fn, "classification", ["a", "b", "c"],
+    classification = TASKS.get("classification")
+    loss_fn = classification.build_loss("cross_entropy", None, 0.0)
+    before = validation_metrics(model, validation_split, loss_fn, classification, ["a", "b", "c"],
                                 TextBatching(8, 32), "cpu")
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    result = fit(model, train_split, validation_split, params)
     assert result.best_metrics["loss"] < before["loss"]
 
 
@@ -72,9 +78,12 @@ def test_balanced_class_weights_follow_sklearn_rule() -> None:
         class_weight_tensor([1.0], torch.tensor([0, 1]), 2)
 
 
-def test_regression_rejects_classification_settings(attached: dict[str, Path]) -> None:
+def test_a_task_rejects_a_loss_that_does_not_suit_it() -> None:
     with pytest.raises(ValueError, match=r"finetune\.loss: 'mse' does not suit a classification task"):
-        build_loss("mse", "classification", None)
+        TASKS.get("classification").build_loss("mse", None, 0.0)
+    with pytest.raises(ValueError, match=r"finetune\.loss: unknown loss 'hinge'; valid loss names: "
+                                         r"\['cross_entropy', 'mse'\]"):
+        TASKS.get("classification").build_loss("hinge", None, 0.0)
 
 
 def test_domain_streams_pair_every_source_batch_with_a_target_batch() -> None:
@@ -100,14 +109,16 @@ def test_domain_streams_pair_every_source_batch_with_a_target_batch() -> None:
     assert semi.target is few_labels  # semi-supervised: the kept target labels train too
 
 
-def _finetune(paths: dict[str, Path], out: Path, params: Path, env: dict[str, str] | None = None,
+def _finetune(paths: dict[str, Path], out: Path, params: Path, kill_at_step: int = 0,
               checkpoints: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO_ROOT / "stages" / "finetune.py"), "--initial", str(paths["initial"]),
+    """The finetune stage script in a process of its own; with ``kill_at_step`` SIGKILLed after that step."""
+    killer = [str(KILL_AT_STEP), str(kill_at_step)] if kill_at_step else []
+    command = [sys.executable, *killer, str(REPO_ROOT / "stages" / "finetune.py"), "--initial", str(paths["initial"]),
                "--encoded", str(paths["encoded"]), "--model", str(out / "model"), "--live", str(out / "live"),
                "--params", str(params)]
     if checkpoints:
         command += ["--checkpoints", str(out / "checkpoints")]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -121,7 +132,7 @@ def test_kill_mid_epoch_then_resume_matches_an_uninterrupted_run(attached: dict[
     assert len(json.loads((tmp_path / "reference" / "model" / "train_history.json").read_text())) == 3
 
     run = tmp_path / "interrupted"
-    killed = _finetune(attached, run, params, {FAULT_KILL_AT_STEP: "13"})  # 9 steps an epoch: mid epoch 2
+    killed = _finetune(attached, run, params, kill_at_step=13)  # 9 steps an epoch: mid epoch 2
     assert killed.returncode == -signal.SIGKILL
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 1
@@ -149,7 +160,7 @@ def test_finished_or_changed_runs_start_from_scratch(attached: dict[str, Path], 
     assert again.returncode == 0 and "resuming" not in again.stderr
 
     # an unfinished checkpoint of other params is not resumed either
-    killed = _finetune(attached, tmp_path / "run", params, {FAULT_KILL_AT_STEP: "11"})
+    killed = _finetune(attached, tmp_path / "run", params, kill_at_step=11)
     assert killed.returncode == -signal.SIGKILL
     changed = write_params(tmp_path / "p.yaml", {"finetune": {"epochs": 2, "lr": 0.001}})
     after_change = _finetune(attached, tmp_path / "run", changed)
@@ -174,7 +185,7 @@ def test_checkpointer_ignores_other_fingerprints(tmp_path: Path) -> None:
 def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_path: Path) -> None:
     from crosstune.data.batching import TextBatching
     from crosstune.inference.outputs import predict_outputs
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     single = write_params(tmp_path / "one.yaml", {"finetune": {"epochs": 3}})
     double = write_params(tmp_path / "two.yaml", {"finetune": {"epochs": 3, "num_processes": 2}})
@@ -236,30 +247,31 @@ def test_slanted_triangular_rises_then_decays() -> None:
 
 def test_training_with_every_regularizer_and_schedule_stays_finite(attached: dict[str, Path]) -> None:
     model = attached_model(attached)
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=2, l2sp=0.01, bss=0.001,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=2, l2sp=0.01, bss=0.001,
                                  label_smoothing=0.1, layer_decay=0.8, head_lr=1e-2, scheduler="slanted_triangular",
                                  unfreeze="gradual", unfreeze_every=2, max_grad_norm=1.0, grad_accumulation=2)
     train_split, validation_split = load_splits(attached)
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    result = fit(model, train_split, validation_split, params)
     assert result.steps == 2 * math.ceil(math.ceil(len(train_split) / params.batch_size) / 2)
     assert all(math.isfinite(value) for value in result.best_metrics.values())
 
 
 def test_label_smoothing_penalises_confident_correct_predictions() -> None:
     logits, targets = torch.tensor([[8.0, 0.0, 0.0]]), torch.tensor([0])
-    plain = build_loss("cross_entropy", "classification", None)(logits, targets)
-    smoothed = build_loss("cross_entropy", "classification", None, 0.2)(logits, targets)
+    classification = TASKS.get("classification")
+    plain = classification.build_loss("cross_entropy", None, 0.0)(logits, targets)
+    smoothed = classification.build_loss("cross_entropy", None, 0.2)(logits, targets)
     assert float(smoothed) > float(plain) + 0.5
     with pytest.raises(ValueError, match="label_smoothing"):
-        build_loss("mse", "regression", None, 0.1)
+        TASKS.get("regression").build_loss("mse", None, 0.1)
 
 
 def test_early_stopping_stops_after_patience_epochs(attached: dict[str, Path]) -> None:
     model = attached_model(attached)
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=6, lr=1e-12, head_lr=1e-12,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=6, lr=1e-12, head_lr=1e-12,
                                  early_stopping_patience=2, select_metric="loss")
     train_split, validation_split = load_splits(attached)
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    result = fit(model, train_split, validation_split, params)
     assert result.stopped_early
     assert len(result.history) < 6
 
@@ -290,13 +302,16 @@ def _scripted_run(monkeypatch: pytest.MonkeyPatch, attached: dict[str, Path], cu
 
     monkeypatch.setattr(loop, "validation_metrics", validation)
     model = attached_model(attached)
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=len(curve), lr=1e-3,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=len(curve), lr=1e-3,
                                  select_metric="f1_macro", **overrides)
     weights: list[dict[str, torch.Tensor]] = []
     train_split, validation_split = load_splits(attached)
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu",
-                   on_epoch=lambda epoch, metrics: weights.append(
-                       {key: value.clone() for key, value in model.state_dict().items()}))
+
+    class KeepWeights(TrainingCallback):
+        def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+            weights.append({key: value.clone() for key, value in model.state_dict().items()})
+
+    result = fit(model, train_split, validation_split, params, callbacks=[KeepWeights()])
     return result, weights, model
 
 
@@ -357,11 +372,11 @@ def test_gradient_clipping_bounds_each_update(attached: dict[str, Path]) -> None
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(False)
     before = torch.cat([p.detach().flatten().clone() for p in head.parameters()])
-    params = dataclasses.replace(load_section("finetune", attached["params"]), epochs=1, optimizer="sgd", momentum=0.0,
+    params = dataclasses.replace(load_section(FinetuneParams, attached["params"]), epochs=1, optimizer="sgd", momentum=0.0,
                                  lr=1.0, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0, max_grad_norm=1e-3,
                                  select_metric="loss")
     train_split, validation_split = load_splits(attached)
-    result = train(model, train_split, validation_split, params, seed=0, device="cpu")
+    result = fit(model, train_split, validation_split, params)
     moved = torch.cat([p.detach().flatten() for p in head.parameters()]) - before
     assert 0 < float(moved.norm()) <= 1e-3 * result.steps + 1e-7
 

@@ -36,7 +36,8 @@ def build_model(directory: Path) -> None:
     """The default encoder with a stock Hugging Face classification head, saved as crosstune saves it."""
     from transformers import AutoModel, AutoTokenizer
 
-    from crosstune.model.transfer_model import build_transfer_model, save_transfer_model
+    from crosstune.transfer_model.modules import build_transfer_model
+    from crosstune.transfer_model.storage import save_transfer_model
 
     source = ROOT / "models" / "backbone"
     if not (source / "config.json").is_file():

@@ -59,20 +59,22 @@ def run_seed(work: Path, params: dict, seed: int, head_init: str, lr: float | No
     """One run; every rule's choice and its test macro-F1."""
     import torch
 
-    from crosstune.config import load_section
+    from crosstune.config import AugmentParams, BaseParams, FinetuneParams, load_section
     from crosstune.data.batching import batching_for, load_any_split
-    from crosstune.data.prepared import encoded_has_source
+    from crosstune.data.prepared_dir import encoded_has_source
     from crosstune.freezing.policy import apply_policy
-    from crosstune.model.saved import saved_freeze
-    from crosstune.model.transfer_model import load_transfer_model
     from crosstune.pipeline.attach_head import attach_head_stage
     from crosstune.pipeline.cache import cache_stage
     from crosstune.pipeline.finetune import _cached_inputs
     from crosstune.pipeline.probe import probe_stage
     from crosstune.prefix_cache.store import CachedBatching
     from crosstune.runtime import setup
+    from crosstune.training.callbacks import TrainingCallback
     from crosstune.training.epoch_selection import smoothed as smoothed_value
-    from crosstune.training.loop import train
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.run_context import RunContext
+    from crosstune.transfer_model.settings import saved_freeze
+    from crosstune.transfer_model.storage import load_transfer_model
 
     run = work / f"seed-{seed}"
     run.mkdir(parents=True)
@@ -84,8 +86,8 @@ def run_seed(work: Path, params: dict, seed: int, head_init: str, lr: float | No
     cache_stage(str(run / "initial"), str(work / "encoded"), str(run / "features"), str(path))
     probe_stage(str(run / "initial"), str(work / "encoded"), str(run / "probe"), str(run / "probe.json"), str(path),
                 str(run / "features"))
-    base, finetune = load_section("base", str(path)), load_section("finetune", str(path))
-    augment = load_section("augment", str(path))
+    base, finetune = load_section(BaseParams, str(path)), load_section(FinetuneParams, str(path))
+    augment = load_section(AugmentParams, str(path))
     setup(base)
     start = run / ("probe" if head_init == "probe" else "initial")
     model, config = load_transfer_model(start)
@@ -106,12 +108,14 @@ def run_seed(work: Path, params: dict, seed: int, head_init: str, lr: float | No
     tests: list[float] = []
     snapshots: list[dict[str, torch.Tensor]] = []
 
-    def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tests.append(_test_f1(model, splits["test"], test_batching, labels))
-        snapshots.append({key: value.detach().clone() for key, value in model.state_dict().items()})
+    class AfterEpoch(TrainingCallback):
+        def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+            tests.append(_test_f1(model, splits["test"], test_batching, labels))
+            snapshots.append({key: value.detach().clone() for key, value in model.state_dict().items()})
 
-    result = train(model, splits["train"], splits["validation"], finetune, base.seed, "cpu", None, batching, level,
-                   source_split=source, on_epoch=after_epoch)
+    data = TrainingData(splits["train"], splits["validation"], batching, level, source)
+    result = train(model, data, finetune, base.seed, RunContext.single_process("cpu", finetune.mixed_precision),
+                   callbacks=[AfterEpoch()])
     f1 = [row["f1_macro"] for row in result.history]
     loss = [row["loss"] for row in result.history]
     smoothed = [smoothed_value(f1, epoch, 1) for epoch in range(1, len(f1) + 1)]  # train's rule, window 3

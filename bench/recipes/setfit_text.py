@@ -38,8 +38,8 @@ def run(seeds: list[int], max_steps: int, out: Path) -> None:
     from setfit import SetFitModel, Trainer, TrainingArguments
     from sklearn.linear_model import LogisticRegression
 
-    from crosstune.data.prepared import read_split
-    from crosstune.evaluation.metrics import classification_metrics
+    from crosstune.data.prepared_dir import read_split
+    from crosstune.tasks.classification import classification_metrics
 
     params = default_params()
     work = Path(tempfile.mkdtemp(prefix="setfit-"))

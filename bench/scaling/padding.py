@@ -90,7 +90,7 @@ def main() -> None:
 
     import yaml
 
-    from crosstune.config import load_section
+    from crosstune.config import FinetuneParams, load_section
     from crosstune.data.text_encoding import load_split
     from crosstune.logging_setup import configure_logging
 
@@ -104,7 +104,7 @@ def main() -> None:
         params["text_augment"]["copies"] = int(copies)
         params["data"] = {"train": str(REPO / "data/raw/train.csv"), "test": str(REPO / "data/raw/test.csv")}
         params_path = prepare_workdir(workdir, params, attach=False)
-        max_length = load_section("finetune", params_path).max_length
+        max_length = load_section(FinetuneParams, params_path).max_length
         lengths = load_split(workdir / "encoded/train.safetensors").lengths.clamp(max=max_length).tolist()
         counts = count(lengths, buckets)
         base = counts["trainer_grouped"]

@@ -87,9 +87,9 @@ def prepare(task: str, work: Path) -> tuple[dict, Path]:
 
 def score_task(task: str, work: Path) -> dict:
     """Phase 1: every candidate's features (fresh store) and every score, each timed."""
-    from crosstune.config import load_section
+    from crosstune.config import BackboneParams, load_section
     from crosstune.data.images import decode_images
-    from crosstune.data.prepared import read_split
+    from crosstune.data.prepared_dir import read_split
     from crosstune.selection.candidates import candidate_features, sample_indices
     from crosstune.selection.candidates import score_candidates as score_all
 
@@ -108,7 +108,7 @@ def score_task(task: str, work: Path) -> dict:
     for candidate in CANDIDATES[task]:
         own = work / f"params-{candidate}.yaml"
         own.write_text(yaml.safe_dump(candidate_params(params, candidate, modality)))
-        backbone = load_section("backbone", str(own))
+        backbone = load_section(BackboneParams, str(own))
         _, extraction = candidate_features(backbone, [candidate], modality, sample, texts, seed, store)
         scores[candidate], seconds[candidate] = {}, {"extract": round(extraction[candidate], 3)}
         for score in FEATURE_SCORES + (SOURCE_SCORES if modality == "image" else []):

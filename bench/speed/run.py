@@ -44,7 +44,7 @@ def _depth(text: str) -> int | str:
 
 def _model(workdir: Path, depth: int | str):
     from crosstune.freezing.policy import apply_freeze
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     model, config = load_transfer_model(workdir / "initial")
     apply_freeze(model, depth)
@@ -53,7 +53,7 @@ def _model(workdir: Path, depth: int | str):
 
 
 def _test_metrics(logits, labels, names) -> dict[str, float]:
-    from crosstune.evaluation.metrics import classification_metrics
+    from crosstune.tasks.classification import classification_metrics
 
     return {key: value for key, value in
             classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), names).items()
@@ -68,14 +68,20 @@ TOOLS = ("crosstune", *CROSSTUNE_PRECISIONS, "trainer", "trainer_grouped", "trai
 def run_crosstune(workdir: Path, depth: int | str, params_path: Path, mixed_precision: str | None = None) -> dict:
     import dataclasses
 
-    from crosstune.config import load_section
+    from crosstune.config import (
+        AugmentParams,
+        CacheParams,
+        FinetuneParams,
+        load_section,
+    )
     from crosstune.data.batching import TextBatching, load_any_split
     from crosstune.inference.outputs import predict_outputs
     from crosstune.prefix_cache.plan import plan_cache
     from crosstune.prefix_cache.store import CachedBatching, build_cached_split
-    from crosstune.training.loop import train
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.run_context import RunContext
 
-    params = load_section("finetune", params_path)
+    params = load_section(FinetuneParams, params_path)
     if mixed_precision is not None:
         params = dataclasses.replace(params, mixed_precision=mixed_precision)
     model, config = _model(workdir, depth)
@@ -83,14 +89,15 @@ def run_crosstune(workdir: Path, depth: int | str, params_path: Path, mixed_prec
     validation_split = load_any_split(workdir / "encoded/validation.safetensors")
     test_split = load_any_split(workdir / "encoded/test.safetensors")
     batching, level, cache_seconds = TextBatching(params.batch_size, params.max_length), None, 0.0
-    plan = plan_cache(config, load_section("cache", params_path), load_section("augment", params_path), params)
+    plan = plan_cache(config, load_section(CacheParams, params_path), load_section(AugmentParams, params_path), params)
     if plan.cached:
         started = time.perf_counter()
         train_split, validation_split = (build_cached_split(model, plan.level, split, batching, 64, "float32", "cpu")
                                          for split in (train_split, validation_split))
         cache_seconds = time.perf_counter() - started
         batching, level = CachedBatching(params.batch_size, "text"), plan.level
-    result = train(model, train_split, validation_split, params, 42, "cpu", batching=batching, level=level)
+    result = train(model, TrainingData(train_split, validation_split, batching, level), params, 42,
+                   RunContext.single_process("cpu", params.mixed_precision))
     logits = predict_outputs(model, test_split, TextBatching(64, params.max_length), "cpu")
     return {"epoch_seconds": result.epoch_seconds, "elapsed_at_epoch": [cache_seconds + t for t in result.elapsed_at_epoch],
             "validation_accuracy": [entry["accuracy"] for entry in result.history], "cache_seconds": cache_seconds,
@@ -110,12 +117,12 @@ def run_trainer(workdir: Path, depth: int | str, params_path: Path, grouped: boo
         TrainingArguments,
     )
 
-    from crosstune.config import load_section
+    from crosstune.config import FinetuneParams, load_section
     from crosstune.data.text_encoding import load_split
-    from crosstune.evaluation.metrics import classification_metrics
+    from crosstune.tasks.classification import classification_metrics
     from crosstune.training.losses import class_weight_tensor
 
-    params = load_section("finetune", params_path)
+    params = load_section(FinetuneParams, params_path)
     model, config = _model(workdir, depth)
     tokenizer = AutoTokenizer.from_pretrained(str(workdir / "initial"))
     splits = {name: load_split(workdir / f"encoded/{name}.safetensors") for name in ("train", "validation", "test")}

@@ -1,36 +1,21 @@
-"""Command line: ``crosstune predict`` (or ``python -m crosstune predict``) and the stage runner.
+"""Command line: ``crosstune predict`` (or ``python -m crosstune predict``), ``report``, ``export``, ``example``,
+``zoo``, ``check``, ``sweep`` and ``tune``.
 
-User errors (bad params, bad data, missing backbone) print one clear line and exit with status 2;
-set ``CROSSTUNE_DEBUG=1`` to see the traceback instead.
+User errors (bad params, bad data, missing backbone) print one clear line and exit with status 2
+(:func:`crosstune.entry_point.run_main`); set ``CROSSTUNE_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
+from crosstune.entry_point import run_main
 from crosstune.errors import CrosstuneError
-from crosstune.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
-USER_ERRORS = (CrosstuneError, ValueError, KeyError, FileNotFoundError)
-
-
-def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run ``main`` with logging configured, turning user errors into a one-line message and exit 2."""
-    configure_logging()
-    try:
-        main(argv)
-    except USER_ERRORS as error:
-        if os.environ.get("CROSSTUNE_DEBUG"):
-            raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"crosstune: error: {message}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _predict(args: argparse.Namespace) -> None:

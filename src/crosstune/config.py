@@ -2,12 +2,16 @@
 
 The defaults here equal the shipped `params.yaml` (``tests/test_config.py`` compares them), so a key left
 out of a user's params file means what the shipped file says, and no module re-supplies a default of its
-own: later stages read the settings an earlier stage used from what it saved (``crosstune.model.saved``).
+own: later stages read the settings an earlier stage used from what it saved (:mod:`crosstune.transfer_model.settings`).
 
 Why: a typo in `params.yaml` should fail before any work starts, naming the key and the valid
 choices, instead of silently falling back to a default halfway through a 5-minute stage.
 Every section loads through :func:`load_section`, which rejects unknown keys, checks types and
 coerces YAML 1.1 quirks (``5e-5`` is a string to PyYAML) before ``__post_init__`` checks values.
+
+A leaf: it imports no other crosstune module but the errors. Names that pick a registry entry (a task, an
+optimizer, a head, a score, a baseline) are checked where the entry is looked up, and all at once by
+`crosstune check` (:mod:`crosstune.checks`), so loading a section never imports the code behind the names.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
@@ -43,13 +47,6 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
         _fail(key, f"{value!r} is not one of {allowed}; set one of those.")
 
 
-def _check_registered(key: str, value: str, *registries: Any) -> None:
-    """``value`` must name an entry of one of ``registries`` (backbone.score: feature or source-classifier scores)."""
-    if not any(value in registry for registry in registries):
-        kind = " or ".join(registry.kind for registry in registries)
-        names = sorted(name for registry in registries for name in registry.names())
-        _fail(key, f"unknown {kind} {value!r}; valid {kind} names: {names}")
-
 
 def _check_range(key: str, value: float, low: float | None = None, high: float | None = None,
                  low_inclusive: bool = True, high_inclusive: bool = True) -> None:
@@ -65,6 +62,8 @@ def _check_range(key: str, value: float, low: float | None = None, high: float |
 class BaseParams:
     """Settings shared by every stage."""
 
+    section: ClassVar[str] = "base"
+
     seed: int = 42  # one seed fixes splits, head init, shuffling and dropout
     device: str = "auto"  # auto picks cuda when present, else cpu
     num_threads: int = 0  # CPU threads for torch; 0 = all cores of this machine
@@ -78,10 +77,12 @@ class BaseParams:
 class PrepareParams:
     """How to read, validate and split the target-domain table."""
 
+    section: ClassVar[str] = "prepare"
+
     text_column: str = "review"  # the embedded drug reviews' columns; set your table's
     label_column: str = "rating"
     separator: str = "auto"  # CSV/TSV/TXT: auto sniffs , ; tab | from the file's start; or force one of them
-    task: str = "classification"  # or regression (numeric labels, MSE loss)
+    task: str = "classification"  # a name of crosstune.tasks.registry.TASKS: classification | regression
     validation_fraction: float = 0.15  # held out of the training file, stratified
     test_fraction: float = 0.2  # used only when no test file is given
     min_examples_per_class: int = 5  # fewer makes stratified splits and F1 meaningless
@@ -98,7 +99,6 @@ class PrepareParams:
     validation_domain: str = "target"  # target | source: which domain's held-out labels pick the best epoch
 
     def __post_init__(self) -> None:
-        _check_choice("prepare.task", self.task, ("classification", "regression"))
         separator = "tab" if self.separator == "\t" else self.separator
         _check_choice("prepare.separator", separator, ("auto", *TABLE_SEPARATORS))
         _check_range("prepare.target_labelled", self.target_labelled, 0.0, 1.0)
@@ -116,6 +116,8 @@ class PrepareParams:
 @dataclass(frozen=True)
 class TinyBertParams:
     """Shape of the random BERT used by tests (`backbone.name: tiny-bert`)."""
+
+    section: ClassVar[str] = "backbone.tiny"
 
     num_layers: int = 2
     hidden_size: int = 32
@@ -135,6 +137,8 @@ class TinyBertParams:
 class BackboneParams:
     """Which pretrained encoder to load and how to tokenize for it."""
 
+    section: ClassVar[str] = "backbone"
+
     name: str = "minilm-l6"  # a registry name, a local Hugging Face directory, or a hub id
     max_length: int = 256  # text: tokens kept per text when encoding; finetune may cut further
     weights: str = "DEFAULT"  # images: DEFAULT, a torchvision weights name, none, or a .pth/.safetensors file
@@ -148,12 +152,9 @@ class BackboneParams:
     selection_samples: int = 500  # training examples (seeded sample) features are scored on
 
     def __post_init__(self) -> None:
-        from crosstune.selection.scores import SCORES, SOURCE_SCORES
-
         if not self.name:
             _fail("backbone.name", "is empty; set a registry name, a local directory or a hub id.")
         _check_choice("backbone.select", self.select, ("name", "score"))
-        _check_registered("backbone.score", self.score, SCORES, SOURCE_SCORES)
         _check_range("backbone.selection_samples", self.selection_samples, low=10)
         if self.select == "score" and not self.candidates:
             _fail("backbone.candidates", "is empty but backbone.select is 'score'; list the backbones to rank.")
@@ -166,6 +167,8 @@ class BackboneParams:
 @dataclass(frozen=True)
 class FreezeParams:
     """Which backbone parameters stay at their pretrained values."""
+
+    section: ClassVar[str] = "freeze"
 
     depth: Union[int, str] = 0  # embeddings + the bottom N blocks; "all" = the whole backbone; "auto" = chosen from
     # the backbone's transferability after each block (crosstune.freezing.auto_depth; metrics/freeze.json says why)
@@ -192,20 +195,14 @@ class FreezeParams:
 class HeadParams:
     """The new task head put on top of the pooled backbone features."""
 
+    section: ClassVar[str] = "head"
+
     type: str = "linear"  # linear | mlp | hf (the stock Hugging Face classification model, text only)
     pooling: str = "mean"  # mean suits sentence-transformer backbones; cls suits BERT-style ones (and hf)
     dropout: float = 0.1
     hidden_dim: int = 256  # mlp head only
 
     def __post_init__(self) -> None:
-        from crosstune.heads.registry import HEADS, HF_HEAD, HF_POOLING, POOLINGS
-
-        _check_registered("head.type", self.type, HEADS)
-        _check_registered("head.pooling", self.pooling, POOLINGS)
-        if self.type == HF_HEAD and self.pooling != HF_POOLING:
-            _fail("head.pooling", f"{self.pooling!r} does not apply to head.type: {HF_HEAD}, which classifies from "
-                                  f"the first token's state as the stock Hugging Face model does; set head.pooling: "
-                                  f"{HF_POOLING}, or keep {self.pooling} with head.type: linear or mlp.")
         _check_range("head.dropout", self.dropout, 0.0, 1.0, True, False)
         _check_range("head.hidden_dim", self.hidden_dim, low=1)
 
@@ -216,6 +213,8 @@ HEAD_INITS = ("auto", "random", "probe")  # finetune.head_init: where fine-tunin
 @dataclass(frozen=True)
 class FinetuneParams:
     """Optimisation of the attached model on the target training split."""
+
+    section: ClassVar[str] = "finetune"
 
     optimizer: str = "adamw"
     lr: float = 1e-4  # the recipe benchmark's best on the embedded default (bench/README.md)
@@ -258,15 +257,6 @@ class FinetuneParams:
     adaptation_weight: float = 1.0  # weight of that loss beside the task loss
 
     def __post_init__(self) -> None:
-        from crosstune.evaluation.metrics import SELECT_METRICS
-        from crosstune.methods.registry import ADAPTATIONS, NO_ADAPTATION
-        from crosstune.training.losses import LOSSES
-        from crosstune.training.optimization import OPTIMIZERS, SCHEDULERS
-
-        _check_registered("finetune.optimizer", self.optimizer, OPTIMIZERS)
-        _check_registered("finetune.scheduler", self.scheduler, SCHEDULERS)
-        _check_registered("finetune.loss", self.loss, LOSSES)
-        _check_choice("finetune.select_metric", self.select_metric, SELECT_METRICS)
         _check_range("finetune.lr", self.lr, low=0.0, low_inclusive=False)
         _check_range("finetune.weight_decay", self.weight_decay, low=0.0)
         _check_range("finetune.momentum", self.momentum, 0.0, 1.0, True, False)
@@ -299,8 +289,7 @@ class FinetuneParams:
             _check_range("finetune.attention_dropout", self.attention_dropout, 0.0, 1.0, True, False)
         _check_range("finetune.num_processes", self.num_processes, low=0)
         _check_range("finetune.checkpoint_every", self.checkpoint_every, low=1)
-        if self.adaptation != NO_ADAPTATION:
-            _check_registered("finetune.adaptation", self.adaptation, ADAPTATIONS)
+        if self.adaptation != "none":
             if self.num_processes != 1:
                 _fail("finetune.num_processes", "domain adaptation trains its discriminator in one process; "
                                                 "use num_processes: 1 with finetune.adaptation.")
@@ -317,6 +306,8 @@ class FinetuneParams:
 @dataclass(frozen=True)
 class AugmentParams:
     """Training-time image augmentation (torchvision.transforms.v2), applied to the train split only."""
+
+    section: ClassVar[str] = "augment"
 
     crop_scale_min: float = 1.0  # RandomResizedCrop area scale (min, 1); 1.0 = off
     horizontal_flip: float = 0.0  # probability
@@ -342,6 +333,8 @@ class TextAugmentParams:
     """Offline token-level augmentation of texts (EDA-style, without synonyms): extra copies of each row
     of the named splits, made once by the backbone stage from the token ids."""
 
+    section: ClassVar[str] = "text_augment"
+
     copies: int = 0  # augmented copies added per row; 0 = off
     swap: float = 0.1  # fraction of a row's tokens swapped with another random token position
     delete: float = 0.1  # probability each token is deleted
@@ -361,6 +354,8 @@ class TextAugmentParams:
 class CacheParams:
     """The frozen-prefix cache: run the frozen embeddings/stem and bottom blocks once per split."""
 
+    section: ClassVar[str] = "cache"
+
     enabled: bool = True  # used whenever it is valid (no augmentation or unfreezing on the frozen path)
     dtype: str = "float32"  # float32 (exact) | float16 | bfloat16 (half the disk; results within rounding)
     batch_size: int = 64  # examples per forward pass while building the cache
@@ -374,6 +369,8 @@ class CacheParams:
 class EvaluateParams:
     """Test-split evaluation and the baselines reported beside the fine-tuned model."""
 
+    section: ClassVar[str] = "evaluate"
+
     batch_size: int = 64
     baselines: tuple[str, ...] = ("majority", "tfidf_logreg")
     guard: str = "fallback"  # off | report (fine-tuned vs scratch vs probe) | fallback (export the best on validation)
@@ -381,13 +378,9 @@ class EvaluateParams:
     #                        learned baseline) | always
 
     def __post_init__(self) -> None:
-        from crosstune.evaluation.baselines import BASELINES
-
         _check_choice("evaluate.guard", self.guard, ("off", "report", "fallback"))
         _check_choice("evaluate.scratch", self.scratch, ("auto", "always"))
         _check_range("evaluate.batch_size", self.batch_size, low=1)
-        for name in self.baselines:
-            _check_registered("evaluate.baselines", name, BASELINES)
 
 
 SECTIONS: dict[str, type] = {
@@ -534,10 +527,13 @@ def read_params_file(path: str | Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     return data
 
 
-def load_section(section: str, path: str | Path = DEFAULT_PARAMS_PATH) -> Any:
-    """Load one section of the params file into its typed dataclass (defaults if absent)."""
+def load_section(cls: type[T], path: str | Path = DEFAULT_PARAMS_PATH) -> T:
+    """Load one section of the params file into its typed dataclass ``cls`` (defaults where absent):
+    ``load_section(FinetuneParams, path) -> FinetuneParams``. The class is looked up in :data:`SECTIONS` by its
+    section name, so a subclass registered there (the dependency test's recording one) is what is built."""
+    section = getattr(cls, "section", None)
     if section not in SECTIONS:
-        raise ConfigError(f"unknown params section {section!r}; valid sections: {sorted(SECTIONS)}")
+        raise ConfigError(f"{cls.__name__} is not a params section; valid sections: {sorted(SECTIONS)}")
     return from_mapping(SECTIONS[section], read_params_file(path).get(section), section)
 
 

@@ -34,7 +34,6 @@ from torch import nn
 from crosstune.backbones.audio_features import AudioPreprocessing
 from crosstune.backbones.staged import Stage, StagedBackbone
 from crosstune.errors import BackboneUnavailableError, ConfigError
-from crosstune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +44,12 @@ class AudioBackbone(StagedBackbone):
     Shape:
         input_features (the backbone's own features of (B, S) waveforms) -> (B, feature_dim)
     """
+
+    modality = "audio"
+    pooling_name = "time_average"
+
+    def saved_config(self, weights: str) -> dict[str, Any]:
+        return audio_config(self.name, weights, self)
 
     def __init__(self, body: nn.Module, stem: list[str], blocks: list[list[str]], feature_dim: int,
                  preprocessing: AudioPreprocessing, stages: list[Stage], max_seconds: float = 0.0) -> None:
@@ -61,12 +66,10 @@ class AudioBackbone(StagedBackbone):
         return sequence.mean(dim=1)
 
 
-AudioFactory = Callable[[str, int], AudioBackbone]  # (weights, seed) -> backbone
-AUDIO_BACKBONES: Registry[AudioFactory] = Registry("audio backbone")
+AudioFactory = Callable[[str, int], AudioBackbone]  # (weights, seed) -> backbone: an audio entry's loader
 _NO_CLIP = 0  # clip_samples before the backbone stage fixes it for the data
 
 
-@AUDIO_BACKBONES.register("whisper-tiny-en")
 def whisper_tiny_en(weights: str, seed: int) -> AudioBackbone:
     """Whisper tiny.en's encoder: 4 layers, 384 wide, 80 log-mel bins at 16 kHz, at most 30 s."""
     from transformers import WhisperConfig
@@ -107,7 +110,6 @@ def _whisper_stem(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return nn.functional.dropout(hidden + positions[: hidden.shape[1]], p=encoder.dropout, training=encoder.training)
 
 
-@AUDIO_BACKBONES.register("ge2e-speaker")
 def ge2e_speaker(weights: str, seed: int) -> AudioBackbone:
     """GE2E: 40-bin mel at 16 kHz -> 3 x LSTM(256) -> projection -> unit-norm 256-d speaker embedding."""
     from crosstune.backbones.ge2e_weights import (
@@ -151,7 +153,6 @@ class SileroEncoder(nn.Module):
         return torch.sqrt(transform[:, :bins].square() + transform[:, bins:].square()).transpose(1, 2)
 
 
-@AUDIO_BACKBONES.register("silero-vad")
 def silero_vad(weights: str, seed: int) -> AudioBackbone:
     """Silero VAD v5's encoder: 16 kHz waveform -> fixed STFT -> 4 x (Conv1d + ReLU) -> 128 channels."""
     torch.manual_seed(seed)
@@ -199,7 +200,6 @@ def _packaged_silero_model() -> Path:
     return path
 
 
-@AUDIO_BACKBONES.register("tiny-audio-cnn")
 def tiny_audio_cnn(weights: str, seed: int) -> AudioBackbone:
     """A random 1-D CNN with BatchNorm over 32 log-mel bins at 8 kHz, for tests: not pretrained."""
     torch.manual_seed(seed)
@@ -235,7 +235,9 @@ def build_audio_backbone(name: str, weights: str, seed: int, clip_samples: int =
                          align: str = "center") -> AudioBackbone:
     """The registered audio backbone ``name`` with ``weights`` (DEFAULT, none or a .safetensors file), its
     clips fixed at ``clip_samples`` samples placed by ``align``."""
-    backbone = AUDIO_BACKBONES.get(name)(weights, seed)
+    from crosstune.backbones.registry import registered_loader
+
+    backbone = registered_loader(name, "audio")(weights, seed)
     backbone.name = name
     backbone.set_clip(clip_samples, align)
     return backbone
@@ -252,3 +254,42 @@ def rebuild_audio_backbone(config: dict[str, Any]) -> AudioBackbone:
     """The architecture of a saved audio backbone, randomly initialised (weights are loaded after)."""
     preprocessing = AudioPreprocessing.from_dict(config["preprocessing"])
     return build_audio_backbone(config["name"], "none", 0, preprocessing.clip_samples, preprocessing.align)
+
+
+def save_and_encode(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
+                    encoded_dir: str, blocks: dict[str, Any]) -> dict[str, Any]:
+    """The backbone stage for recordings: save the audio backbone (with the per-block scores ``blocks``) with its
+    clip length fixed from the training recordings (``backbone.clip_seconds``), and decode every split once at
+    its sample rate."""
+    from safetensors.torch import save_model
+
+    from crosstune.data.audio import (
+        AudioSplit,
+        clip_length,
+        decode_audio,
+        save_audio_split,
+    )
+    from crosstune.freezing.auto_depth import BLOCK_SCORES
+    from crosstune.io import atomic_directory, round_metrics, write_json
+
+    backbone = build_audio_backbone(params.name, params.weights, seed)
+    rate = backbone.preprocessing.sample_rate
+    length = clip_length(splits["train"]["audio"].tolist(), rate, params.clip_seconds, backbone.max_seconds)
+    backbone.set_clip(length, params.clip_align)
+    summary: dict[str, Any] = {
+        "name": params.name, "source": f"weights {params.weights}", "architecture": type(backbone.body).__name__,
+        "num_parameters": sum(parameter.numel() for parameter in backbone.parameters()),
+        "num_blocks": len(backbone.blocks), "hidden_size": backbone.feature_dim, "sample_rate": rate,
+        "clip_seconds": round(length / rate, 4),
+    }
+    with atomic_directory(model_dir) as staging:
+        write_json(staging / "config.json", audio_config(params.name, params.weights, backbone))
+        save_model(backbone, str(staging / "model.safetensors"))
+        write_json(staging / BLOCK_SCORES, round_metrics(blocks))
+    with atomic_directory(encoded_dir) as staging:
+        for name, frame in splits.items():
+            waveforms = decode_audio(frame["audio"].tolist(), rate, length, params.clip_align)
+            save_audio_split(AudioSplit(waveforms, targets(frame)), staging / f"{name}.safetensors")
+        write_json(staging / "meta.json", {"modality": "audio", "backbone": params.name, "sample_rate": rate,
+                                           "clip_samples": length, "source": bool(len(splits["source"]))})
+    return summary

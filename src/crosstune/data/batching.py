@@ -12,18 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Union
 
 from crosstune.data.audio import AudioBatcher, AudioSplit, iterate_audio_batches
-from crosstune.data.images import (
-    ImageBatcher,
-    ImageSplit,
-    build_augmentation,
-    iterate_image_batches,
-)
-from crosstune.data.text_encoding import (
-    Batch,
-    EncodedSplit,
-    iterate_batches,
-    split_from_tensors,
-)
+from crosstune.data.images import ImageBatcher, ImageSplit, iterate_image_batches
+from crosstune.data.text_encoding import Batch, EncodedSplit, iterate_batches
 
 if TYPE_CHECKING:
     import torch
@@ -84,28 +74,16 @@ Batching = Union[TextBatching, ImageBatching, AudioBatching]
 
 def batching_for(config: dict[str, Any], batch_size: int, max_length: int,
                  augment: "AugmentParams | None" = None) -> Batching:
-    """The batching a saved model's ``config.json`` calls for."""
-    if config.get("modality") == "image":
-        from crosstune.backbones.vision import Preprocessing
+    """The batching a saved model's ``config.json`` calls for (its modality's, :mod:`crosstune.modalities`)."""
+    from crosstune.modalities import modality_of_config
 
-        raw = config["backbone"]["preprocessing"]
-        preprocessing = Preprocessing(int(raw["image_size"]), tuple(raw["mean"]), tuple(raw["std"]))
-        augmentation = build_augmentation(augment, preprocessing.image_size) if augment is not None else None
-        return ImageBatching(batch_size, preprocessing, augmentation)
-    if config.get("modality") == "audio":
-        from crosstune.backbones.audio_features import AudioPreprocessing
-
-        return AudioBatching(batch_size, AudioPreprocessing.from_dict(config["backbone"]["preprocessing"]))
-    return TextBatching(batch_size, max_length)
+    return modality_of_config(config).batching(config, batch_size, max_length, augment)
 
 
 def load_any_split(path: str | Path) -> Split:
-    """A text, image or audio split, whichever the file holds."""
+    """An encoded split of whichever modality the file holds."""
     from crosstune.io import load_tensors
+    from crosstune.modalities import modality_of_tensors
 
     tensors = load_tensors(path)
-    if "images" in tensors:
-        return ImageSplit(tensors["images"], tensors["labels"])
-    if "waveforms" in tensors:
-        return AudioSplit(tensors["waveforms"], tensors["labels"])
-    return split_from_tensors(tensors, path)
+    return modality_of_tensors(tensors).load_split(tensors, path)

@@ -29,6 +29,16 @@ _CHECK_CHARS = 64 * 1024  # the candidate separators are checked by parsing this
 _FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _SEPARATOR_CHOICES = ", ".join(["auto", *(name if name == "tab" else repr(name) for name in TABLE_SEPARATORS)])
 
+MAX_ROWS_IN_ERROR = 5  # row numbers an error lists before "and N more"
+
+
+def row_numbers(mask: pd.Series) -> str:
+    """Human row numbers (1 = first row after the header) of the True entries, a few at most."""
+    rows = [int(i) + 1 for i in mask[mask].index[:MAX_ROWS_IN_ERROR]]
+    more = int(mask.sum()) - len(rows)
+    return ", ".join(map(str, rows)) + (f" and {more} more" if more > 0 else "")
+
+
 TableReader = Callable[[Path, str], pd.DataFrame]
 READERS: dict[str, TableReader] = {}  # file suffix -> reader(path, separator): every table format read_table knows
 

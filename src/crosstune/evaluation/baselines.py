@@ -13,18 +13,25 @@ from crosstune.registry import Registry
 
 BaselineFactory = Callable[[int], Any]  # seed -> an unfitted scikit-learn estimator on raw texts
 BASELINES: Registry[BaselineFactory] = Registry("baseline")
-BASELINE_TASKS: dict[str, str] = {}
-BASELINE_MODALITIES: dict[str, tuple[str, ...]] = {}
+BASELINE_TASKS: dict[str, str] = {}  # the task a baseline predicts for
+BASELINE_MODALITIES: dict[str, tuple[str, ...] | None] = {}  # the inputs it reads; None: any (it ignores them)
 PIXELS_SIDE = 16  # pixel baselines see images downsampled to 16x16 grey
 
 
-def _register(name: str, task: str, modalities: tuple[str, ...] = ("text",)) -> Callable[[BaselineFactory], BaselineFactory]:
+def _register(name: str, task: str,
+              modalities: tuple[str, ...] | None = ("text",)) -> Callable[[BaselineFactory], BaselineFactory]:
     BASELINE_TASKS[name] = task
     BASELINE_MODALITIES[name] = modalities
     return BASELINES.register(name)
 
 
-@_register("majority", "classification", ("text", "image", "audio"))
+def suits(name: str, task: str, modality: str) -> bool:
+    """Whether baseline ``name`` predicts for ``task`` from ``modality`` inputs."""
+    modalities = BASELINE_MODALITIES[name]
+    return BASELINE_TASKS[name] == task and (modalities is None or modality in modalities)
+
+
+@_register("majority", "classification", None)
 def majority(seed: int) -> Any:
     """Always the most frequent training label."""
     from sklearn.dummy import DummyClassifier
@@ -45,7 +52,7 @@ def tfidf_logreg(seed: int) -> Any:
     )
 
 
-@_register("mean", "regression", ("text", "image", "audio"))
+@_register("mean", "regression", None)
 def mean(seed: int) -> Any:
     """Always the mean training target."""
     from sklearn.dummy import DummyRegressor
@@ -100,66 +107,35 @@ def image_pixels(images: Any) -> Any:
 
 def baseline_inputs(splits: dict[str, Any], prepared_dir: str, config: dict[str, Any],
                     split: str) -> tuple[Any, list[Any], Any]:
-    """What every baseline learns from and predicts: (training inputs, their labels, ``split``'s inputs).
+    """What every baseline learns from and predicts: (training inputs, their labels, ``split``'s inputs), as the
+    model's modality provides them (:meth:`crosstune.modalities.Modality.baseline_inputs`: texts from the prepared
+    tables, 16x16 grey pixels for images, MFCC statistics for audio); every labelled training row counts, the
+    target's and the source domain's (``splits``: the encoded splits, ``config``: the model's)."""
+    from crosstune.modalities import get_modality
 
-    Baselines learn from every labelled training row, the target's and the source domain's: texts from the
-    prepared tables, 16x16 grey pixels for images, MFCC statistics for audio (``splits``: the encoded splits,
-    ``config``: the model's)."""
-    import numpy as np
-    import pandas as pd
-
-    from crosstune.data.prepared import has_source, read_split
-
-    modality, labels = config["modality"], config["labels"]
-    if modality in ("image", "audio"):
-        sample_rate = int(config["backbone"]["preprocessing"]["sample_rate"]) if modality == "audio" else 0
-
-        def rows(values: Any) -> Any:
-            return image_pixels(values) if modality == "image" else audio_mfcc(values, sample_rate)
-
-        def inputs(part: Any) -> Any:
-            return part.images if modality == "image" else part.waveforms
-
-        parts = [splits["train"]] + ([splits["source"]] if len(splits["source"]) else [])
-        masks = [part.labels >= 0 for part in parts]
-        train_inputs = np.concatenate([rows(inputs(part)[mask]) for part, mask in zip(parts, masks)])
-        train_targets = [labels[int(i)] for part, mask in zip(parts, masks) for i in part.labels[mask]]
-        return train_inputs, train_targets, rows(inputs(splits[split]))
-    frames = [read_split(prepared_dir, "train")] + ([read_split(prepared_dir, "source")]
-                                                    if has_source(prepared_dir) else [])
-    training = pd.concat(frames, ignore_index=True)
-    if config["task"] == "classification":
-        training = training[training["label"] != ""]
-    return training["text"], list(training["label"]), read_split(prepared_dir, split)["text"]
+    return get_modality(config["modality"]).baseline_inputs(splits, prepared_dir, config, split)
 
 
 def baseline_scores(names: Sequence[str], config: dict[str, Any], targets: Sequence[Any], train_inputs: Any,
                     train_targets: Sequence[Any], inputs: Any, seed: int) -> dict[str, dict[str, float]]:
-    """Each baseline's metrics on ``inputs`` against ``targets`` (label indices, or values for regression)."""
-    from crosstune.evaluation.metrics import classification_metrics, regression_metrics
+    """Each baseline's metrics on ``inputs`` against ``targets`` (encoded labels), as the task scores them."""
+    from crosstune.tasks.registry import TASKS
 
-    task, labels = config["task"], config["labels"]
-    scores: dict[str, dict[str, float]] = {}
-    for name in names:
-        predictions = run_baseline(name, task, train_inputs, train_targets, inputs, seed, config["modality"])
-        if task == "classification":
-            index = {label: position for position, label in enumerate(labels)}
-            scores[name] = classification_metrics(list(targets), [index[label] for label in predictions], labels)
-        else:
-            scores[name] = regression_metrics(list(targets), predictions)
-    return scores
+    task, labels = TASKS.get(config["task"]), config["labels"]
+    return {name: task.score_baseline(targets, run_baseline(name, task.name, train_inputs, train_targets, inputs, seed,
+                                                            config["modality"]), labels)
+            for name in names}
 
 
 def run_baseline(name: str, task: str, train_texts: Sequence[Any], train_targets: Sequence[Any],
                  test_texts: Sequence[Any], seed: int, modality: str = "text") -> list[Any]:
     """Fit baseline ``name`` on the training inputs (texts, or feature rows: pixels for images, MFCC statistics
     for audio) and predict the test ones."""
-    if BASELINE_TASKS[name] != task or modality not in BASELINE_MODALITIES[name]:
-        suitable = sorted(key for key, kind in BASELINE_TASKS.items()
-                          if kind == task and modality in BASELINE_MODALITIES[key])
+    BASELINES.check(name, "evaluate.baselines")
+    if not suits(name, task, modality):
+        suitable = sorted(key for key in BASELINES if suits(key, task, modality))
         raise ValueError(f"params.yaml: evaluate.baselines: {name!r} does not suit a {task} task on {modality} "
                          f"data; use {suitable}.")
     estimator = BASELINES.get(name)(seed)
-    as_input = list if modality == "text" else (lambda rows: rows)
-    estimator.fit(as_input(train_texts), list(train_targets))
-    return list(estimator.predict(as_input(test_texts)))
+    estimator.fit(train_texts, list(train_targets))
+    return list(estimator.predict(test_texts))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosstune.data.batching import Batching, Split
+from crosstune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +50,25 @@ class ScratchDecision:
 
 
 def scratch_decision(mode: str, finetuned_validation: float | None, baselines_validation: dict[str, float],
-                     headline: str) -> ScratchDecision:
-    """``evaluate.scratch``: ``always`` trains; ``auto`` skips when the fine-tuned model's validation
-    ``headline`` (higher is better) is at least every learned baseline's (``baselines_validation``: each
+                     task: Task | None) -> ScratchDecision:
+    """``evaluate.scratch``: ``always`` trains; ``auto`` skips when the fine-tuned model's validation headline
+    metric (``task.headline``) is at least as good as every learned baseline's (``baselines_validation``: each
     baseline's, trivial ones ignored), so that scratch <= best baseline <= fine-tuned (module docstring)."""
     if mode == "always":
         return ScratchDecision(True, "evaluate.scratch: always", {})
     learned = {name: value for name, value in baselines_validation.items() if name not in TRIVIAL_BASELINES}
-    if finetuned_validation is None or not learned:
+    if finetuned_validation is None or not learned or task is None:
         missing = "the fine-tuned model" if finetuned_validation is None else \
             "a learned baseline in evaluate.baselines (only trivial ones are listed)"
         return ScratchDecision(True, f"no evidence to skip it: {missing}", {})
-    best = max(learned, key=learned.__getitem__)
+    headline = task.headline
+    best = next(iter(learned))
+    for name, value in learned.items():
+        if task.is_better(headline, value, learned[best]):
+            best = name
     evidence = {f"finetuned_validation_{headline}": finetuned_validation,
                 f"best_baseline_validation_{headline}": learned[best]}
-    if finetuned_validation >= learned[best]:
+    if not task.is_better(headline, learned[best], finetuned_validation):
         return ScratchDecision(False, f"the fine-tuned model validates at {headline} {finetuned_validation:.4f}, at "
                                f"least the best learned baseline's ({best} {learned[best]:.4f}), which a model "
                                f"trained from scratch on this data stays below", evidence)
@@ -82,7 +87,7 @@ class GuardOutcome:
 
 
 def judge_transfer(models: dict[str, Any], splits: dict[str, Split], batching: Batching, device: str, mode: str,
-                   test_metrics: dict[str, Any], headline: str,
+                   test_metrics: dict[str, Any], task: Task,
                    skipped: ScratchDecision | None = None) -> GuardOutcome:
     """Compare the fine-tuned model (``models["finetuned"]``, whose test scores are ``test_metrics``) with
     ``models["scratch"]`` and ``models["probe"]`` on test (``transfer_gain``, ``finetuning_gain``) and on
@@ -90,47 +95,46 @@ def judge_transfer(models: dict[str, Any], splits: dict[str, Split], batching: B
     scratch model (``models`` then has none); the verdict is its evidence."""
     from crosstune.inference.outputs import predict_outputs, score_outputs
 
-    finetuned = models["finetuned"]
-    task, labels = finetuned.spec["task"], finetuned.spec["labels"]
+    labels, headline = models["finetuned"].spec["labels"], task.headline
     compared = tuple(name for name in GUARD_MODELS if skipped is None or name != "scratch")
     test_outputs: dict[str, Any] = {}
     scores = {"finetuned": test_metrics}
     for name in compared[1:]:
         test_outputs[name] = predict_outputs(models[name], splits["test"], batching, device)
-        scores[name] = score_outputs(test_outputs[name], splits["test"], task, labels, per_class=False)
+        scores[name] = score_outputs(test_outputs[name], splits["test"], task.name, labels, per_class=False)
     metrics: dict[str, Any] = {"guard": mode, "scratch_model": "trained" if skipped is None else "skipped"}
     if skipped is None:
-        gain = test_metrics[headline] - scores["scratch"][headline]
+        gain = task.gain(headline, test_metrics[headline], scores["scratch"][headline])
         metrics.update(transfer_gain=gain, negative_transfer=flag_negative_transfer(
             gain, headline, test_metrics[headline], scores["scratch"][headline]))
     else:
         logger.info("guard: no negative transfer, and no scratch model trained: %s", skipped.reason)
         metrics.update(negative_transfer=False, **{f"guard_{key}": value for key, value in skipped.evidence.items()})
-    metrics["finetuning_gain"] = test_metrics[headline] - scores["probe"][headline]
-    for key in ("accuracy", "f1_macro", "r2", "mae"):
+    metrics["finetuning_gain"] = task.gain(headline, test_metrics[headline], scores["probe"][headline])
+    for key in task.summary_metrics:
         if key in scores["probe"]:
             for name in compared:
                 metrics[f"{name}_{key}"] = scores[name][key]
     if metrics["negative_transfer"]:
         metrics["negative_transfer_advice"] = WHAT_TO_TRY
     validation = {name: score_outputs(predict_outputs(models[name], splits["validation"], batching, device),
-                                      splits["validation"], task, labels, per_class=False)[headline]
+                                      splits["validation"], task.name, labels, per_class=False)[headline]
                   for name in compared}
     metrics.update({f"{name}_validation_{headline}": value for name, value in validation.items()})
-    exported = choose_export(validation, headline) if mode == "fallback" else "finetuned"
+    exported = choose_export(validation, task) if mode == "fallback" else "finetuned"
     if exported != "finetuned":
         logger.warning("guard: fallback: the %s model validates better than the fine-tuned one (%s %.4f vs %.4f); it "
                        "is the exported model", exported, headline, validation[exported], validation["finetuned"])
     return GuardOutcome(metrics, test_outputs, exported)
 
 
-def choose_export(validation: dict[str, float], headline: str) -> str:
-    """The candidate with the best validation ``headline`` metric (higher is better for f1_macro and r2);
+def choose_export(validation: dict[str, float], task: Task) -> str:
+    """The candidate with the best validation headline metric (``task.headline``, whichever way it points);
     a tie goes to the earlier of :data:`GUARD_MODELS`, so fine-tuning is kept unless something beats it.
     ``validation`` may lack the scratch model (not trained: :func:`scratch_decision`)."""
     best = GUARD_MODELS[0]
     for name in GUARD_MODELS[1:]:
-        if name in validation and validation[name] > validation[best]:
+        if name in validation and task.is_better(task.headline, validation[name], validation[best]):
             best = name
     return best
 

@@ -124,11 +124,12 @@ def _select_metric(params: dict[str, Any]) -> str:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Direction of a validation metric: ``finetune.select_metric``'s own (SELECT_METRICS), else by its name."""
-    from crosstune.evaluation.metrics import SELECT_METRICS
+    """Direction of a validation metric: the one a task declares for it (:mod:`crosstune.tasks`), else by its name."""
+    from crosstune.tasks.registry import metric_direction
 
-    if metric in SELECT_METRICS:
-        return not SELECT_METRICS[metric][1]
+    declared = metric_direction(metric)
+    if declared is not None:
+        return not declared
     return any(metric.endswith(name) for name in LOWER_IS_BETTER)
 
 

@@ -9,7 +9,7 @@ stages it does not change come from DVC's cache.
   p(x | y >= y*) with Parzen estimators and propose the x maximising their ratio.
 - Pruner: median stopping (Golovin et al., KDD 2017, "Google Vizier"): stop a trial at epoch t when its
   validation metric is worse than the median of earlier trials' at t. The finetune stage reports each
-  epoch to the study (:mod:`crosstune.training.trial_reporting`); a pruned trial fails its experiment.
+  epoch to the study (:mod:`crosstune.experiments.trial_pruning`); a pruned trial fails its experiment.
 - The study lives in Optuna's storage: SQLite in ``.dvc/tmp`` by default; a database URL
   (``--storage postgresql://...``) lets workers on several machines join one study, each running its
   trials as DVC experiments it can share with ``dvc exp push``.
@@ -41,7 +41,7 @@ from crosstune.experiments.sweep import (
     VALIDATION_METRICS,
     lower_is_better,
 )
-from crosstune.training.trial_reporting import PRUNED_MESSAGE, TrialSpec, open_storage
+from crosstune.experiments.trial_pruning import PRUNED_MESSAGE, TrialSpec, open_storage
 
 logger = logging.getLogger(__name__)
 

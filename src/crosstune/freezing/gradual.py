@@ -21,7 +21,7 @@ class GradualUnfreezing:
     """Unlocks units (head, top block, ..., bottom block, stem) one at a time as steps pass.
 
     Args:
-        model: a :class:`~crosstune.model.transfer_model.TransferModel` with its freeze policy applied.
+        model: a :class:`~crosstune.transfer_model.modules.TransferModel` with its freeze policy applied.
         every: optimizer steps between unlocks (> 0).
     """
 

@@ -23,9 +23,11 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: 
     """Freeze ``model.backbone`` and inject adapters into it in place; returns the adapter parameter count."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    if model.modality != "text":
-        raise ConfigError("params.yaml: freeze.lora_r: LoRA adapters are for transformer (text) backbones; "
-                          "set freeze.lora_r: 0 for image backbones.")
+    from crosstune.modalities import get_modality
+
+    if get_modality(model.modality).staged:
+        raise ConfigError(f"params.yaml: freeze.lora_r: LoRA adapters are for transformer (text) backbones; "
+                          f"set freeze.lora_r: 0 for {model.modality} backbones.")
     names = {name.rsplit(".", 1)[-1] for name, _ in model.backbone.named_modules()}
     missing = [target for target in targets if target not in names]
     if missing:

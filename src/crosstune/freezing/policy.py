@@ -41,7 +41,7 @@ class FreezeReport:
 
 def apply_freeze(model: nn.Module, depth: Union[int, str], patterns: Sequence[str] = (),
                  train_batchnorm: bool = False) -> FreezeReport:
-    """Set ``requires_grad`` on ``model`` (a :class:`~crosstune.model.transfer_model.TransferModel`) by policy.
+    """Set ``requires_grad`` on ``model`` (a :class:`~crosstune.transfer_model.modules.TransferModel`) by policy.
 
     ``train_batchnorm`` keeps the BatchNorm layers of frozen blocks trainable (their statistics then
     update too); by default they are frozen with their block and stay in eval mode.

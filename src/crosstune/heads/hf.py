@@ -7,7 +7,7 @@ Face model. For BERT (the default MiniLM) that is ``BertForSequenceClassificatio
 ([CLS]) token's state through BERT's pooler (dense + tanh), dropout and a linear classifier. The head runs
 the Hugging Face class's own ``forward`` on that one token state, so its arithmetic is the stock model's.
 
-Saved (:func:`crosstune.model.transfer_model.save_transfer_model`) as a Hugging Face model directory:
+Saved (:func:`crosstune.transfer_model.storage.save_transfer_model`) as a Hugging Face model directory:
 ``transformers.pipeline("text-classification", model=DIR)`` and
 ``AutoModelForSequenceClassification.from_pretrained(DIR)`` load it as they load any fine-tuned BERT.
 """
@@ -83,16 +83,16 @@ class HFSequenceHead(nn.Module):
         return self.model(inputs_embeds=features.unsqueeze(1)).logits
 
 
-def classification_config(backbone_config: Any, num_outputs: int, dropout: float, labels: list[str] | None = None,
-                          task: str = "classification") -> Any:
-    """The Hugging Face config of the classification model: the backbone's config, its label maps (from
-    crosstune's labels), problem type and classification dropout (``head.dropout``)."""
+def hf_config(backbone_config: Any, num_outputs: int, dropout: float, labels: list[str] | None = None,
+              task: str = "classification") -> Any:
+    """The Hugging Face config of the stock model: the backbone's config, the task's fields (its label maps from
+    crosstune's labels and problem type, :meth:`crosstune.tasks.base.Task.hf_config`) and the classification
+    dropout (``head.dropout``)."""
+    from crosstune.tasks.registry import TASKS
+
     config = copy.deepcopy(backbone_config)
     config.num_labels = num_outputs
-    if labels and len(labels) == num_outputs:
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: index for index, label in enumerate(labels)}
-    config.problem_type = "regression" if task == "regression" else "single_label_classification"
+    TASKS.get(task).hf_config(config, labels or [])
     setattr(config, DROPOUT_KEYS[config.model_type], dropout)
     return config
 
@@ -125,8 +125,10 @@ def check_hf_backbone(backbone: nn.Module) -> None:
     )
 
 
-def build_hf_head(backbone: nn.Module | None, feature_dim: int, num_outputs: int, dropout: float) -> HFSequenceHead:
-    """The classification part of ``AutoModelForSequenceClassification`` for ``backbone``'s config.
+def build_hf_head(backbone: nn.Module | None, feature_dim: int, num_outputs: int, dropout: float,
+                  task: str = "classification") -> HFSequenceHead:
+    """The head part of the task's Hugging Face auto class (``AutoModelForSequenceClassification`` for
+    classification and regression) for ``backbone``'s config.
 
     The pretrained pooler of ``backbone`` (BERT's) moves into the head. A backbone without one (built without
     a pooling layer) gets a new pooler, initialised as Hugging Face initialises one (normal(0,
@@ -135,16 +137,19 @@ def build_hf_head(backbone: nn.Module | None, feature_dim: int, num_outputs: int
     that it is newly initialised. Without a backbone (``build_head`` alone) the head has BERT's layout for
     ``feature_dim``.
     """
-    from transformers import AutoModelForSequenceClassification, BertConfig
+    import transformers
+    from transformers import BertConfig
 
+    from crosstune.tasks.registry import TASKS
+
+    auto_class = getattr(transformers, TASKS.get(task).hf_auto_class)
     if backbone is None:
         backbone_config = BertConfig(hidden_size=feature_dim, num_hidden_layers=0, num_attention_heads=1,
                                      intermediate_size=1, vocab_size=1, max_position_embeddings=1, type_vocab_size=1)
     else:
         check_hf_backbone(backbone)
         backbone_config = backbone.config
-    model = AutoModelForSequenceClassification.from_config(
-        classification_config(backbone_config, num_outputs, dropout))
+    model = auto_class.from_config(hf_config(backbone_config, num_outputs, dropout, task=task))
     prefix = model.base_model_prefix
     encoder = getattr(model, prefix)
     pooler = getattr(encoder, "pooler", None)
@@ -182,7 +187,7 @@ def hf_state_dict(backbone: nn.Module, head: HFSequenceHead) -> dict[str, torch.
 
 
 def hf_names(backbone: nn.Module, head: HFSequenceHead) -> dict[str, str]:
-    """Hugging Face name -> the name in a :class:`~crosstune.model.transfer_model.TransferModel`
+    """Hugging Face name -> the name in a :class:`~crosstune.transfer_model.modules.TransferModel`
     (``backbone.*``, ``head.model.*``): the inverse of :func:`hf_state_dict`, for loading."""
     names = {f"{head.base_model_prefix}.{name}": f"backbone.{name}" for name in backbone.state_dict()}
     names.update({name: f"head.model.{name}" for name in head.model.state_dict()})

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from crosstune.errors import ConfigError
 from crosstune.registry import Registry
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from crosstune.config import HeadParams
 
 Pooling = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 HeadFactory = Callable[..., "nn.Module"]
@@ -47,7 +50,7 @@ def mean_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") 
 
 @HEADS.register("linear")
 def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0,
-                backbone: "nn.Module | None" = None) -> "nn.Module":
+                backbone: "nn.Module | None" = None, task: str = "classification") -> "nn.Module":
     """Dropout then one linear layer: the standard fine-tuning head."""
     from crosstune.heads.modules import LinearHead
 
@@ -56,7 +59,7 @@ def linear_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden
 
 @HEADS.register("mlp")
 def mlp_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 256,
-             backbone: "nn.Module | None" = None) -> "nn.Module":
+             backbone: "nn.Module | None" = None, task: str = "classification") -> "nn.Module":
     """Two layers with a GELU between: more capacity when the backbone stays frozen."""
     from crosstune.heads.modules import MLPHead
 
@@ -65,15 +68,28 @@ def mlp_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_di
 
 @HEADS.register(HF_HEAD)
 def hf_head(feature_dim: int, num_outputs: int, dropout: float = 0.1, hidden_dim: int = 0,
-            backbone: "nn.Module | None" = None) -> "nn.Module":
-    """The stock Hugging Face ``AutoModelForSequenceClassification`` head of the backbone's architecture (for
-    BERT: pooler, dropout, linear classifier on the [CLS] state), saved so ``transformers.pipeline`` loads it."""
+            backbone: "nn.Module | None" = None, task: str = "classification") -> "nn.Module":
+    """The head of the stock Hugging Face model of the task's auto class (``AutoModelForSequenceClassification``
+    for classification and regression; for BERT: pooler, dropout, linear classifier on the [CLS] state) for the
+    backbone's architecture, saved so ``transformers.pipeline`` loads it."""
     from crosstune.heads.hf import build_hf_head
 
-    return build_hf_head(backbone, feature_dim, num_outputs, dropout)
+    return build_hf_head(backbone, feature_dim, num_outputs, dropout, task)
 
 
 def build_head(name: str, feature_dim: int, num_outputs: int, dropout: float, hidden_dim: int,
-               backbone: "nn.Module | None" = None) -> "nn.Module":
-    """Instantiate the registered head ``name``; ``backbone`` (what it goes on) matters to the hf head only."""
-    return HEADS.get(name)(feature_dim, num_outputs, dropout=dropout, hidden_dim=hidden_dim, backbone=backbone)
+               backbone: "nn.Module | None" = None, task: str = "classification") -> "nn.Module":
+    """Instantiate the registered head ``name``; ``backbone`` (what it goes on) and ``task`` (what it predicts)
+    matter to the hf head only."""
+    return HEADS.get(name, "head.type")(feature_dim, num_outputs, dropout=dropout, hidden_dim=hidden_dim,
+                                        backbone=backbone, task=task)
+
+
+def check_head_params(head: "HeadParams") -> None:
+    """``head.type`` and ``head.pooling`` must be registered, and the hf head classifies from the first token."""
+    HEADS.check(head.type, "head.type")
+    POOLINGS.check(head.pooling, "head.pooling")
+    if head.type == HF_HEAD and head.pooling != HF_POOLING:
+        raise ConfigError(f"params.yaml: head.pooling: {head.pooling!r} does not apply to head.type: {HF_HEAD}, which "
+                          f"classifies from the first token's state as the stock Hugging Face model does; set "
+                          f"head.pooling: {HF_POOLING}, or keep {head.pooling} with head.type: linear or mlp.")

@@ -69,8 +69,7 @@ HOW_TRAINED = {  # how the card says each kind of model directory was made (foun
 def trained_as(model_dir: str | Path) -> str:
     """Which kind of model a directory holds, from the record its stage leaves: the probe stage's
     ``probe.json``, the scratch stage's ``guard.json``; anything else was fine-tuned."""
-    from crosstune.model.saved import GUARD_RECORD
-    from crosstune.pipeline.probe import PROBE_RECORD
+    from crosstune.transfer_model.settings import GUARD_RECORD, PROBE_RECORD
 
     model_dir = Path(model_dir)
     if (model_dir / PROBE_RECORD).is_file():
@@ -84,13 +83,13 @@ def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str
                data: dict[str, Any], revision: str, locked_hash: str, weights_sha256: str,
                trained: str = "finetuned") -> str:
     """The Markdown model card; ``trained`` is a key of :data:`HOW_TRAINED`."""
+    from crosstune.modalities import modality_of_config
+    from crosstune.tasks.registry import TASKS
+
     how_trained = HOW_TRAINED[trained]
     task, labels = config["task"], config["labels"]
-    example = {"image": '["shoe.png"]  # image paths', "audio": '["recording.wav"]  # wav/flac paths'}.get(
-        config.get("modality"), '["a new text"]')
-
-    headline = {key: value for key, value in metrics.items()
-                if key in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mse", "mae", "r2")}
+    example = modality_of_config(config).usage
+    headline = {key: value for key, value in metrics.items() if key in TASKS.get(task).card_metrics}
     baselines = {key: value for key, value in metrics.items() if key.startswith(("baseline_", "gain_"))}
     per_class = {key: value for key, value in metrics.items() if key.split("_", 1)[0] in labels}
     return f"""---
@@ -167,7 +166,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
     survives until the new one is whole.
     """
     from crosstune.io import atomic_directory, file_sha256, read_json
-    from crosstune.model.saved import model_settings
+    from crosstune.transfer_model.settings import model_settings
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"export format {format!r}; valid: {list(EXPORT_FORMATS)}")

@@ -12,7 +12,7 @@ so preprocessing stays in crosstune and is shared by both runtimes:
   and ``crosstune predict --onnx`` runs it before the graph as for PyTorch.
 
 Dynamic axes: batch for every modality, plus sequence length for text and time for audio where the
-exported graph allows it (see :func:`dynamic_shapes`). The exporter is ``torch.onnx.export(dynamo=True)``
+exported graph allows it (see :meth:`~crosstune.transfer_model.modules.AudioTransferModel.time_axis`). The exporter is ``torch.onnx.export(dynamo=True)``
 (torch.export + onnxscript): it traces every backbone here, the Hugging Face encoders included.
 
 Use :func:`export_onnx`; it writes the graph next to a copy of the model directory and its model card
@@ -36,8 +36,6 @@ ONNX_NAME = "model.onnx"  # torch.onnx writes the weights beside it as model.onn
 OUTPUT_NAME = "logits"
 # torch 2.14's exporter builds opset-20 graphs natively (no version conversion pass); ONNX Runtime >= 1.17 runs them.
 OPSET = 20
-EXAMPLE_BATCH = 2  # the traced batch: not 0 or 1, which torch.export would fix as a constant
-EXAMPLE_TOKENS = 8  # the traced sequence length, likewise
 CHECK_RTOL, CHECK_ATOL = 1e-3, 1e-4  # ONNX Runtime against PyTorch on the example: float32 kernel differences only
 
 
@@ -59,66 +57,18 @@ class _PositionalInputs(nn.Module):
 
 def input_names(model: Any) -> tuple[str, ...]:
     """The keys of ``Batch.inputs`` for this model's modality: the graph's input names."""
-    if model.modality == "text":
-        return ("input_ids", "attention_mask")
-    return (model.input_name,)
+    return model.onnx_input_names()
 
 
 def example_inputs(model: Any) -> tuple[torch.Tensor, ...]:
-    """A batch shaped as the batching loop makes them, to trace the model with.
-
-    Text gets a padded second row so the attention mask's padding path is traced; audio goes through
-    the backbone's own feature extraction, so the example has the features' real layout.
-    """
-    generator = torch.Generator().manual_seed(0)
-    if model.modality == "text":
-        vocab_size = int(model.backbone.config.vocab_size)
-        input_ids = torch.randint(0, vocab_size, (EXAMPLE_BATCH, EXAMPLE_TOKENS), generator=generator)
-        attention_mask = torch.ones_like(input_ids)
-        attention_mask[1, EXAMPLE_TOKENS // 2 :] = 0
-        return input_ids, attention_mask
-    preprocessing = model.backbone.preprocessing
-    if model.modality == "image":
-        size = preprocessing.image_size
-        return (torch.randn(EXAMPLE_BATCH, 3, size, size, generator=generator),)
-    from crosstune.data.audio import AudioBatcher
-
-    waveforms = torch.randint(-3000, 3000, (EXAMPLE_BATCH, preprocessing.clip_samples), generator=generator)
-    return (AudioBatcher(preprocessing)(waveforms.to(torch.int16)),)
-
-
-def audio_time_axis(model: Any) -> int | None:
-    """The axis of the model's input features that grows with the clip, or None to keep time fixed.
-
-    The feature layouts differ ((B, 80, T) for Whisper, (B, T, 40) for GE2E), so the axis is found by
-    extracting features of two clip lengths. Time stays fixed for recurrent backbones: torch.export lowers
-    ``nn.LSTM`` with the traced sequence length fixed in a Reshape, so such a graph fails on any other
-    length. Nothing is lost: the predictor cuts or pads every clip to the saved ``clip_samples``.
-    """
-    from crosstune.data.audio import AudioBatcher
-
-    if any(isinstance(module, nn.RNNBase) for module in model.modules()):
-        return None
-    preprocessing = model.backbone.preprocessing
-    batcher = AudioBatcher(preprocessing)
-    short, long = (batcher(torch.zeros(1, samples, dtype=torch.int16)).shape
-                   for samples in (preprocessing.sample_rate // 2, preprocessing.sample_rate))
-    growing = [axis for axis, (before, after) in enumerate(zip(short, long)) if before != after]
-    return growing[0] if len(growing) == 1 else None
+    """A batch shaped as the batching loop makes them, to trace the model with (the model's modality says how:
+    :meth:`crosstune.transfer_model.modules.TransferModel.onnx_example_inputs`)."""
+    return model.onnx_example_inputs(torch.Generator().manual_seed(0))
 
 
 def dynamic_shapes(model: Any) -> tuple[dict[int, Any], ...]:
     """Per input, its dynamic axes as torch.export ``Dim`` objects (their names become the graph's axis names)."""
-    from torch.export import Dim
-
-    batch = Dim("batch")
-    if model.modality == "text":
-        sequence = Dim("sequence")
-        return ({0: batch, 1: sequence}, {0: batch, 1: sequence})
-    if model.modality == "audio":
-        axis = audio_time_axis(model)
-        return ({0: batch} if axis is None else {0: batch, axis: Dim("time")},)
-    return ({0: batch},)
+    return model.onnx_dynamic_shapes()
 
 
 def write_onnx(model_dir: str | Path, path: str | Path, opset: int = OPSET) -> None:
@@ -133,7 +83,7 @@ def write_onnx(model_dir: str | Path, path: str | Path, opset: int = OPSET) -> N
     import onnx
 
     from crosstune.inference.onnx_runtime import OnnxModel
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     model, _ = load_transfer_model(model_dir)
     names = input_names(model)

@@ -1,4 +1,5 @@
-"""Batched, gradient-free forward passes over an encoded split, in the split's original order."""
+"""Batched, gradient-free forward passes over an encoded split, in the split's original order; what the
+outputs mean (classes, values) is the task's (:mod:`crosstune.tasks`)."""
 
 from __future__ import annotations
 
@@ -32,21 +33,9 @@ def predict_outputs(model: torch.nn.Module, split: Split, batching: Batching, de
     return outputs
 
 
-def outputs_to_predictions(outputs: torch.Tensor, task: str) -> tuple[list, list[float]]:
-    """Class indices and their probabilities (classification), or values and NaN (regression)."""
-    if task == "classification":
-        probabilities = outputs.softmax(dim=-1)
-        confidence, predicted = probabilities.max(dim=-1)
-        return predicted.tolist(), confidence.tolist()
-    return outputs.squeeze(-1).tolist(), [float("nan")] * len(outputs)
-
-
 def score_outputs(outputs: torch.Tensor, split: Split, task: str, labels: list[str],
                   per_class: bool = True) -> dict:
-    """The split's metrics for ``outputs``: classification (accuracy, F1, ...) or regression (R², MAE, ...)."""
-    from crosstune.evaluation.metrics import classification_metrics, regression_metrics
+    """The split's metrics for ``outputs``, as task ``task`` scores them."""
+    from crosstune.tasks.registry import TASKS
 
-    predicted, _ = outputs_to_predictions(outputs, task)
-    if task == "classification":
-        return classification_metrics(split.labels.tolist(), predicted, labels, per_class=per_class)
-    return regression_metrics(split.labels.tolist(), predicted)
+    return TASKS.get(task).score(split.labels.tolist(), outputs, labels, per_class=per_class)

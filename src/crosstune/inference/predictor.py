@@ -28,11 +28,9 @@ class Predictor:
         (``runtime="torch"``), or ``model.onnx`` in ONNX Runtime (``runtime="onnx"``, written by
         ``crosstune export --format onnx``). Preprocessing and batching are the same for both."""
         from crosstune.io import read_artifact_json
-        from crosstune.model.transfer_model import (
-            CONFIG_NAME,
-            load_tokenizer,
-            load_transfer_model,
-        )
+        from crosstune.modalities import modality_of_config
+        from crosstune.transfer_model.settings import model_settings
+        from crosstune.transfer_model.storage import CONFIG_NAME, load_transfer_model
 
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}; valid: {list(RUNTIMES)}")
@@ -44,7 +42,6 @@ class Predictor:
             )
         if runtime == "onnx":
             from crosstune.inference.onnx_runtime import load_onnx_model
-            from crosstune.model.saved import model_settings
 
             model: Any = load_onnx_model(directory, device)
             config = model_settings(read_artifact_json(directory / CONFIG_NAME))  # either config.json form
@@ -52,8 +49,7 @@ class Predictor:
         else:
             model, config = load_transfer_model(directory)
             model = model.to(device)
-        tokenizer = load_tokenizer(directory) if config.get("modality", "text") == "text" else None
-        return cls(model, tokenizer, config, device, str(directory))
+        return cls(model, modality_of_config(config).load_tokenizer(directory), config, device, str(directory))
 
     @property
     def labels(self) -> list[str]:
@@ -64,39 +60,19 @@ class Predictor:
         return str(self.config.get("modality", "text"))
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 64) -> list[dict[str, Any]]:
-        """Label each input (texts, or image or recording paths for an image or audio model): ``{"label", "score"}``
-        (classification) or ``{"value"}`` (regression)."""
-        import torch
-
+        """Predict for each input (texts, or image or recording paths for an image or audio model) what the
+        model's task predicts: ``{"label", "score"}`` for classification, ``{"value"}`` for regression."""
         from crosstune.data.batching import batching_for
-        from crosstune.inference.outputs import outputs_to_predictions, predict_outputs
-        from crosstune.model.saved import saved_max_length
+        from crosstune.inference.outputs import predict_outputs
+        from crosstune.modalities import get_modality
+        from crosstune.tasks.registry import TASKS
+        from crosstune.transfer_model.settings import saved_max_length
 
         max_length = saved_max_length(self.config, self.source)
-        if self.modality == "image":
-            from crosstune.data.images import ImageSplit, decode_images
-
-            size = int(self.config["backbone"]["preprocessing"]["image_size"])
-            split: Any = ImageSplit(decode_images([str(path) for path in inputs], size), torch.zeros(len(inputs)))
-        elif self.modality == "audio":
-            from crosstune.backbones.audio_features import AudioPreprocessing
-            from crosstune.data.audio import AudioSplit, decode_audio
-
-            clip = AudioPreprocessing.from_dict(self.config["backbone"]["preprocessing"])
-            waveforms = decode_audio([str(path) for path in inputs], clip.sample_rate, clip.clip_samples, clip.align)
-            split = AudioSplit(waveforms, torch.zeros(len(inputs)))
-        else:
-            from crosstune.data.preparation import normalise_text
-            from crosstune.data.text_encoding import encode_texts
-
-            clean = [normalise_text(str(text)) for text in inputs]
-            split = encode_texts(self.tokenizer, clean, torch.zeros(len(clean)), max_length)
+        split = get_modality(self.modality).decode(inputs, self.config, self.tokenizer, max_length)
         batching = batching_for(self.config, batch_size, max_length)
         outputs = predict_outputs(self.model, split, batching, self.device)
-        predicted, confidence = outputs_to_predictions(outputs, self.config["task"])
-        if self.config["task"] == "classification":
-            return [{"label": self.labels[index], "score": score} for index, score in zip(predicted, confidence)]
-        return [{"value": value} for value in predicted]
+        return TASKS.get(self.config["task"]).prediction_records(outputs, self.labels)
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str = "text") -> int:
         """Label every row of a CSV/TSV/Parquet file (``text_column`` holds texts, or image or recording paths
@@ -106,6 +82,7 @@ class Predictor:
         from crosstune.data.tables import read_table
         from crosstune.errors import DataError
         from crosstune.io import write_csv
+        from crosstune.modalities import get_modality
 
         frame = read_table(input_path)
         if text_column not in frame.columns:
@@ -115,10 +92,7 @@ class Predictor:
         if empty.any():
             rows = [int(i) + 1 for i in empty[empty].index[:5]]
             raise DataError(f"{input_path}: empty text at row(s) {rows}; fill or remove them.")
-        values = frame[text_column].astype(str).tolist()
-        if self.modality in ("image", "audio"):
-            values = [str(Path(value) if Path(value).is_absolute() else Path(input_path).parent / value)
-                      for value in values]
+        values = get_modality(self.modality).resolve_paths(frame[text_column].astype(str).tolist(), Path(input_path))
         results = pd.DataFrame(self.predict(values))
         prefixed = results.rename(columns={column: f"predicted_{column}" for column in results.columns})
         write_csv(output_path, pd.concat([frame.reset_index(drop=True), prefixed], axis=1))

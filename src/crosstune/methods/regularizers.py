@@ -16,7 +16,7 @@ from crosstune.registry import Registry
 
 if TYPE_CHECKING:
     from crosstune.config import FinetuneParams
-    from crosstune.model.transfer_model import TransferModel
+    from crosstune.transfer_model.modules import TransferModel
 
 
 class L2SP(nn.Module):

@@ -6,13 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.config import (
+    DEFAULT_PARAMS_PATH,
+    BaseParams,
+    FreezeParams,
+    HeadParams,
+    load_section,
+    to_dict,
+)
 from crosstune.errors import ArtifactError
 from crosstune.io import (
-    artifact_fix,
     atomic_directory,
-    load_tensors,
-    load_weights,
     read_artifact_json,
     write_metrics,
     write_metrics_csv,
@@ -22,26 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 def _load_saved_backbone(directory: Path) -> tuple[Any, Any]:
-    """The backbone stage's directory: a Hugging Face encoder + tokenizer, or a vision or audio backbone."""
-    from crosstune.model.transfer_model import (
-        STAGED_MODALITIES,
-        rebuild_staged_backbone,
-    )
+    """The backbone stage's directory, loaded as its modality saves backbones (with the tokenizer, or None)."""
+    from crosstune.modalities import modality_of_config
 
     config = read_artifact_json(directory / "config.json")
-    if config.get("modality") in STAGED_MODALITIES:
-        backbone = rebuild_staged_backbone(config)
-        load_weights(backbone, directory / "model.safetensors")
-        return backbone, None
-    from crosstune.backbones.text import load_pretrained
-
-    load_tensors(directory / "model.safetensors")  # a damaged file: one clear line, not a loader traceback
-    try:  # the text loader also registers the static-embedding architecture a saved backbone may be
-        loaded = load_pretrained(str(directory), f"saved backbone {directory}")
-        return loaded.model, loaded.tokenizer
-    except (OSError, ValueError) as error:
-        raise ArtifactError(f"{directory}: the saved backbone does not load ({error}); "
-                            f"{artifact_fix(directory)}") from error
+    return modality_of_config(config).load_saved_backbone(directory)
 
 
 def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, report_path: str,
@@ -51,13 +40,16 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     is reported whatever the depth, with the per-block scores (``blocks_path``: a table for ``dvc plots``)."""
     import dataclasses
 
-    from crosstune.data.prepared import read_label_info
+    from crosstune.data.prepared_dir import read_label_info
     from crosstune.freezing.auto_depth import read_block_scores, recommend_depth
     from crosstune.freezing.policy import apply_freeze
-    from crosstune.model.transfer_model import build_transfer_model, save_transfer_model
+    from crosstune.heads.registry import check_head_params
+    from crosstune.transfer_model.modules import build_transfer_model
+    from crosstune.transfer_model.storage import save_transfer_model
 
-    base = load_section("base", params_path)
-    freeze, head = load_section("freeze", params_path), load_section("head", params_path)
+    base = load_section(BaseParams, params_path)
+    freeze, head = load_section(FreezeParams, params_path), load_section(HeadParams, params_path)
+    check_head_params(head)
     task, labels = read_label_info(prepared_dir)
     blocks = read_block_scores(backbone_dir)
     recommendation = recommend_depth(blocks["scores"], blocks["score"]) if blocks else None

@@ -6,7 +6,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section
+from crosstune.config import (
+    DEFAULT_PARAMS_PATH,
+    AugmentParams,
+    BaseParams,
+    CacheParams,
+    FinetuneParams,
+    load_section,
+)
 from crosstune.io import atomic_directory, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -19,17 +26,17 @@ def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
     Writes ``out_dir/meta.json`` always (``cached: false`` and the reason when caching does not apply,
     decided without loading torch) and ``{split}.safetensors`` when it does.
     """
-    from crosstune.data.prepared import encoded_has_source
+    from crosstune.data.prepared_dir import encoded_has_source
     from crosstune.prefix_cache.plan import (
         CACHED_SPLITS,
         META_NAME,
         plan_cache,
         plan_inputs,
     )
+    from crosstune.transfer_model.settings import model_settings
 
-    base, cache = load_section("base", params_path), load_section("cache", params_path)
-    finetune, augment = load_section("finetune", params_path), load_section("augment", params_path)
-    from crosstune.model.saved import model_settings
+    base, cache = load_section(BaseParams, params_path), load_section(CacheParams, params_path)
+    finetune, augment = load_section(FinetuneParams, params_path), load_section(AugmentParams, params_path)
 
     config = model_settings(read_json(Path(initial_dir) / "config.json"))  # either config.json form (head.type: hf)
     has_source = encoded_has_source(encoded_dir)
@@ -45,13 +52,13 @@ def cache_stage(initial_dir: str, encoded_dir: str, out_dir: str,
     import time
 
     from crosstune.data.batching import batching_for, load_any_split
-    from crosstune.model.transfer_model import load_transfer_model
     from crosstune.prefix_cache.store import (
         build_cached_split,
         save_cached_split,
         verify_prefix_split,
     )
     from crosstune.runtime import setup
+    from crosstune.transfer_model.storage import load_transfer_model
 
     device = setup(base)
     model, config = load_transfer_model(initial_dir)

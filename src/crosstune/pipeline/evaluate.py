@@ -7,8 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section
+from crosstune.config import (
+    DEFAULT_PARAMS_PATH,
+    BaseParams,
+    EvaluateParams,
+    load_section,
+)
 from crosstune.io import write_metrics, write_metrics_csv
+from crosstune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -24,21 +30,21 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.evaluation.features import PooledFeatures
     from crosstune.inference.outputs import predict_outputs, score_outputs
-    from crosstune.model.saved import saved_max_length
-    from crosstune.model.transfer_model import load_transfer_model
     from crosstune.runtime import setup
+    from crosstune.tasks.registry import TASKS
+    from crosstune.transfer_model.settings import saved_max_length
+    from crosstune.transfer_model.storage import load_transfer_model
 
-    base, params = load_section("base", params_path), load_section("evaluate", params_path)
+    base, params = load_section(BaseParams, params_path), load_section(EvaluateParams, params_path)
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     model.to(device)
-    task, labels = config["task"], config["labels"]
-    headline = "f1_macro" if task == "classification" else "r2"
+    task, labels = TASKS.get(config["task"]), config["labels"]
     splits = {name: load_any_split(Path(encoded_dir) / f"{name}.safetensors")
               for name in ("train", "validation", "test", "source")}
     batching = batching_for(config, params.batch_size, saved_max_length(config, model_dir))
     outputs = predict_outputs(model, splits["test"], batching, device)
-    metrics = score_outputs(outputs, splits["test"], task, labels)
+    metrics = score_outputs(outputs, splits["test"], task.name, labels)
     has_source = len(splits["source"]) > 0
     guarded = params.guard != "off" and scratch_dir is not None
     if guarded and probe_dir is None:
@@ -55,10 +61,10 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
         candidates = {"finetuned": model, "probe": load_transfer_model(probe_dir)[0].to(device)}
         if scratch is not None:
             candidates["scratch"] = scratch.to(device)
-        outcome = judge_transfer(candidates, splits, batching, device, params.guard, metrics, headline, skipped)
+        outcome = judge_transfer(candidates, splits, batching, device, params.guard, metrics, task, skipped)
         if outcome.exported != "finetuned":
             exported, exported_outputs = outcome.exported, outcome.test_outputs[outcome.exported]
-            metrics = score_outputs(exported_outputs, splits["test"], task, labels)
+            metrics = score_outputs(exported_outputs, splits["test"], task.name, labels)
         metrics.update(outcome.metrics)
     metrics["exported_model"] = exported
     if has_source and initial_dir is not None:
@@ -66,7 +72,7 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
         metrics.update(_domain_gaps(PooledFeatures(attached, batching, device), PooledFeatures(model, batching, device),
                                     splits, base.seed))
     metrics["test_size"] = len(splits["test"])
-    _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, headline, metrics,
+    _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, task, metrics,
                       metrics_path, predictions_path, examples_path)
     return metrics
 
@@ -77,8 +83,8 @@ def _load_scratch(scratch_dir: str, guard: str) -> tuple[Any, Any]:
     from crosstune.errors import ArtifactError
     from crosstune.evaluation.guard import ScratchDecision
     from crosstune.io import read_json
-    from crosstune.model.saved import GUARD_RECORD
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.settings import GUARD_RECORD
+    from crosstune.transfer_model.storage import load_transfer_model
 
     record = read_json(Path(scratch_dir) / GUARD_RECORD) if (Path(scratch_dir) / GUARD_RECORD).is_file() else {}
     if record.get("guard") == "off":
@@ -103,61 +109,49 @@ def _domain_gaps(before: Any, after: Any, splits: dict[str, Any], seed: int) -> 
 
 
 def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, config: dict[str, Any], params: Any,
-                      seed: int, headline: str, metrics: dict[str, Any], metrics_path: str, predictions_path: str,
+                      seed: int, task: Task, metrics: dict[str, Any], metrics_path: str, predictions_path: str,
                       examples_path: str) -> None:
-    """Predictions table, misclassified figure, baselines and the metrics file (``config``: the model's)."""
+    """Predictions table, the task's picture of test examples, baselines and the metrics file (``config``: the
+    model's)."""
     import pandas as pd
 
-    from crosstune.data.prepared import read_split
+    from crosstune.data.prepared_dir import read_split
     from crosstune.evaluation.baselines import baseline_inputs
-    from crosstune.inference.outputs import outputs_to_predictions
-    from crosstune.reporting.figures import misclassified_figure
+    from crosstune.modalities import get_modality
 
-    task, labels, modality = config["task"], config["labels"], config["modality"]
-    predicted, confidence = outputs_to_predictions(outputs, task)
+    labels, modality = config["labels"], get_modality(config["modality"])
     test_split = splits["test"]
     test_frame = read_split(prepared_dir, "test")
-    table = pd.DataFrame({modality: test_frame[modality], "label": test_frame["label"]})
-    if task == "classification":
-        table["predicted"] = [labels[i] for i in predicted]
-        table["confidence"] = confidence
-        misclassified_figure(examples_path, table["label"].tolist(), table["predicted"].tolist(),
-                             images=test_split.images if modality == "image" else None,
-                             texts=table[modality].tolist() if modality == "text" else None,
-                             waveforms=test_split.waveforms if modality == "audio" else None,
-                             sample_rate=_sample_rate(config) if modality == "audio" else 0)
-    else:
-        table["predicted"] = predicted
-        misclassified_figure(examples_path, [], [], texts=[])
+    table = pd.DataFrame({modality.name: test_frame[modality.name], "label": test_frame["label"]})
+    for column, values in task.prediction_columns(outputs, labels).items():
+        table[column] = values
+    task.examples_figure(examples_path, table, modality.figure_inputs(table, test_split, config))
     train_inputs, train_targets, test_inputs = baseline_inputs(splits, prepared_dir, config, "test")
     metrics.update(_baseline_metrics(params.baselines, config, test_split.labels.tolist(), train_inputs,
-                                     train_targets, test_inputs, seed, headline, metrics[headline]))
+                                     train_targets, test_inputs, seed, task, metrics[task.headline]))
     write_metrics(metrics_path, metrics)
     write_metrics_csv(predictions_path, table)
     logger.info("test %s", {key: round(value, 4) for key, value in metrics.items()
                             if isinstance(value, float) and not key.startswith(tuple(labels))})
 
 
-def _sample_rate(config: dict[str, Any]) -> int:
-    return int(config["backbone"]["preprocessing"]["sample_rate"])
-
-
 def _baseline_metrics(names: Any, config: dict[str, Any], targets: list[Any], train_inputs: Any, train_targets: Any,
-                      test_inputs: Any, seed: int, headline: str, model_score: float) -> dict[str, Any]:
+                      test_inputs: Any, seed: int, task: Task, model_score: float) -> dict[str, Any]:
     """Each baseline's scores, and the fine-tuned model's gain over the best of them."""
     from crosstune.evaluation.baselines import baseline_scores
 
+    headline = task.headline
     metrics: dict[str, Any] = {}
     best: tuple[str, float] | None = None
     for name, scores in baseline_scores(names, config, targets, train_inputs, train_targets, test_inputs,
                                         seed).items():
-        for key in ("accuracy", "f1_macro", "f1_weighted", "mse", "mae", "r2"):
+        for key in task.baseline_metrics:
             if key in scores:
                 metrics[f"baseline_{name}_{key}"] = scores[key]
-        if best is None or scores[headline] > best[1]:
+        if best is None or task.is_better(headline, scores[headline], best[1]):
             best = (name, scores[headline])
     if best is not None:
-        gain = model_score - best[1]
+        gain = task.gain(headline, model_score, best[1])
         metrics[f"gain_over_best_baseline_{headline}"] = gain
         metrics["beats_all_baselines"] = bool(gain > 0)
         if gain <= 0:

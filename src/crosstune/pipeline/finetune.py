@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.config import (
+    DEFAULT_PARAMS_PATH,
+    AugmentParams,
+    BaseParams,
+    FinetuneParams,
+    load_section,
+    to_dict,
+)
 from crosstune.errors import ArtifactError, ConfigError
 from crosstune.io import atomic_directory, read_json, round_metrics, write_json
 
@@ -46,7 +53,7 @@ def launch_finetune(script: str, argv: list[str], initial_dir: str, encoded_dir:
     whose processes each run :func:`finetune_stage`."""
     from crosstune.training.distributed import relaunched_under_torchrun
 
-    if relaunched_under_torchrun(script, argv, load_section("finetune", params_path).num_processes):
+    if relaunched_under_torchrun(script, argv, load_section(FinetuneParams, params_path).num_processes):
         return
     finetune_stage(initial_dir, encoded_dir, model_dir, live_dir, params_path, features_dir, checkpoint_dir,
                    probe_dir)
@@ -54,92 +61,84 @@ def launch_finetune(script: str, argv: list[str], initial_dir: str, encoded_dir:
 
 def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir: str,
                    params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None,
-                   checkpoint_dir: str | None = None, probe_dir: str | None = None) -> dict[str, Any]:
+                   checkpoint_dir: str | None = None, probe_dir: str | None = None,
+                   callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """fine-tune: train the attached model and save the best epoch's weights.
 
-    It starts from ``initial_dir`` (the attach_head stage's random head), or with ``finetune.head_init:
-    probe`` from ``probe_dir`` (the same backbone, its head fitted on the frozen features: LP-FT). ``auto`` (the
-    default) starts from the probe when nothing in the backbone trains (every block frozen, no LoRA): training a
-    random head alone at a rate chosen for the backbone barely moves it in a few epochs, and the probe is the
+    The model is built once, from ``initial_dir`` (the attach_head stage's architecture, its random head and
+    freeze policy); its start weights are that directory's, or with ``finetune.head_init: probe`` those of
+    ``probe_dir`` (the same backbone, its head fitted on the frozen features: LP-FT). ``auto`` (the default)
+    starts from the probe when nothing in the backbone trains (every block frozen, no LoRA): training a random
+    head alone at a rate chosen for the backbone barely moves it in a few epochs, and the probe is the
     closed-form fit of that very head on those very features.
 
-    With ``checkpoint_dir`` the run saves its state after every epoch and resumes an interrupted run
-    with the same params and inputs; under torchrun (``finetune.num_processes`` > 1) every process
-    trains and rank 0 writes.
+    With ``checkpoint_dir`` the run saves its state after every epoch and resumes an interrupted run with the
+    same params, inputs and run context (precision, world size); under torchrun (``finetune.num_processes`` > 1)
+    every process trains and rank 0 writes. ``callbacks`` (:class:`~crosstune.training.callbacks.TrainingCallback`)
+    see every step and epoch, after `crosstune tune`'s trial reporter when one is set.
     """
     from crosstune.data.batching import batching_for, load_any_split
-    from crosstune.data.prepared import encoded_has_source
+    from crosstune.data.prepared_dir import encoded_has_source
+    from crosstune.experiments.trial_pruning import reporter_from_environment
     from crosstune.freezing.lora import merge_lora
-    from crosstune.freezing.policy import apply_policy
-    from crosstune.model.saved import saved_freeze
-    from crosstune.model.transfer_model import (
-        load_tokenizer,
+    from crosstune.modalities import get_modality
+    from crosstune.training.checkpoints import Checkpointer, fingerprint
+    from crosstune.training.distributed import shutdown
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.optimization import check_names
+    from crosstune.training.run_context import training_context
+    from crosstune.transfer_model.settings import saved_freeze
+    from crosstune.transfer_model.storage import (
         load_transfer_model,
         save_transfer_model,
     )
-    from crosstune.runtime import setup
-    from crosstune.training.checkpoints import Checkpointer, fingerprint
-    from crosstune.training.distributed import init_distributed, shutdown
-    from crosstune.training.loop import train
 
-    base, params = load_section("base", params_path), load_section("finetune", params_path)
-    augment = load_section("augment", params_path)
-    device = setup(base)
-    distributed = init_distributed(device)
-    if distributed is not None:
-        device = distributed.device
-    is_main = distributed is None or distributed.is_main
-    start_dir = _probe_dir(probe_dir, "probe") if params.head_init == "probe" else initial_dir
-    model, config = load_transfer_model(start_dir)
+    base, params = load_section(BaseParams, params_path), load_section(FinetuneParams, params_path)
+    augment = load_section(AugmentParams, params_path)
+    check_names(params)
+    context = training_context(base, params)
+    model, config = load_transfer_model(initial_dir)
+    modality = get_modality(model.modality)
     freeze = saved_freeze(config)
-    report = apply_policy(model, freeze, base.seed)  # requires_grad is not saved with the weights
-    if params.head_init == "auto" and backbone_frozen_whole(model, freeze):
-        start_dir = _probe_dir(probe_dir, "auto")
-        model, config = load_transfer_model(start_dir)
-        report = apply_policy(model, freeze, base.seed)
+    start_dir, report = _start_weights(model, freeze, params.head_init, initial_dir, probe_dir, base.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if augment.enabled and model.modality != "image":
+    if augment.enabled and not modality.augments(augment):
         logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
     has_source = encoded_has_source(encoded_dir)
     if params.adaptation != "none" and not has_source:
         raise ConfigError(f"params.yaml: finetune.adaptation: {params.adaptation} needs a labelled source domain, "
                           f"but the prepared data has none; point data.source at one (a table or image folder) "
                           f"or set finetune.adaptation: none.")
+    source_split = load_any_split(Path(encoded_dir) / "source.safetensors") if has_source else None
     cached = _cached_inputs(features_dir, config, params, augment, has_source)
     if cached is not None:
         from crosstune.prefix_cache.store import CachedBatching
 
         level, (train_split, validation_split) = cached
-        batching: Any = CachedBatching(params.batch_size, model.modality)
+        data = TrainingData(train_split, validation_split, CachedBatching(params.batch_size, model.modality), level,
+                            source_split)
     else:
-        level = None
-        train_split = load_any_split(Path(encoded_dir) / "train.safetensors")
-        validation_split = load_any_split(Path(encoded_dir) / "validation.safetensors")
-        batching = batching_for(config, params.batch_size, params.max_length, augment)
-    source_split = load_any_split(Path(encoded_dir) / "source.safetensors") if has_source else None
+        data = TrainingData(load_any_split(Path(encoded_dir) / "train.safetensors"),
+                            load_any_split(Path(encoded_dir) / "validation.safetensors"),
+                            batching_for(config, params.batch_size, params.max_length, augment), None, source_split)
     checkpoint = None
     if checkpoint_dir is not None:
         # What this run reads: the cache (itself made from the encoded splits) or the encoded splits.
-        data = [Path(features_dir)] if cached is not None else \
+        read = [Path(features_dir)] if cached is not None else \
             [Path(encoded_dir) / f"{name}.safetensors" for name in ("train", "validation", "source")]
-        inputs = [Path(start_dir) / "model.safetensors", Path(start_dir) / "config.json", *data]
-        from crosstune.training.precision import autocast_dtype, precision_name
-
+        inputs = [Path(start_dir) / "model.safetensors", Path(start_dir) / "config.json", *read]
         settings = {"base": to_dict(base), "finetune": to_dict(params), "augment": to_dict(augment),
-                    "cached_level": level, "world_size": distributed.world_size if distributed else 1,
-                    # auto's CPU choice is this machine's: a checkpoint made in one precision resumes in it only
-                    "precision": precision_name(autocast_dtype(params.mixed_precision, device))}
+                    "cached_level": data.level, **context.fingerprint_settings()}
         checkpoint = Checkpointer(checkpoint_dir, fingerprint(settings, inputs))
-    if is_main:
+    if context.is_main:
         logger.info("finetune: %d train / %d validation examples, %d trainable of %d parameters, device %s, "
-                    "params %s", len(train_split), len(validation_split), trainable, report.total_parameters,
-                    device, to_dict(params))
-    live = _open_live(live_dir) if is_main else None
+                    "params %s", len(data.train), len(data.validation), trainable, report.total_parameters,
+                    context.device, to_dict(params))
+    live = _open_live(live_dir) if context.is_main else None
+    reporter = reporter_from_environment()
     try:
-        from crosstune.training.trial_reporting import reporter_from_environment
-
-        result = train(model, train_split, validation_split, params, base.seed, device, live, batching, level,
-                       checkpoint, distributed, source_split, on_epoch=reporter_from_environment())
+        result = train(model, data, params, base.seed, context, live, checkpoint,
+                       callbacks=[*([reporter] if reporter is not None else []), *callbacks])
         if live is not None:
             # Only deterministic values in outputs: timings (logged by `train`) would make identical runs
             # differ in `dvc metrics diff` and in dvc.lock's hashes.
@@ -154,22 +153,43 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         if live is not None:
             live.end()
         shutdown()
-    if not is_main:
+    if not context.is_main:
         return {}
     if freeze.lora_r:
         merge_lora(model)  # the saved model is the plain architecture with the adapters folded in
     model.to("cpu")
     resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": to_dict(freeze), "head": config["head"],
                 "pooling": config["pooling"]}
-    if model.modality == "image":
-        resolved["augment"] = to_dict(augment)
-    tokenizer = load_tokenizer(initial_dir) if model.modality == "text" else None
+    sections = {"augment": augment}  # what a modality's training_sections may name
+    resolved.update({name: to_dict(sections[name]) for name in modality.training_sections})
     with atomic_directory(model_dir) as staging:
-        save_transfer_model(model, staging, tokenizer, extra={"max_length": params.max_length, "freeze": to_dict(freeze)})
+        save_transfer_model(model, staging, modality.load_tokenizer(initial_dir),
+                            extra={"max_length": params.max_length, "freeze": to_dict(freeze)})
         write_json(staging / "params.json", resolved)
         write_json(staging / "train_history.json", result.history)
 
     return {"best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def _start_weights(model: Any, freeze: Any, head_init: str, initial_dir: str, probe_dir: str | None,
+                   seed: int) -> tuple[str, Any]:
+    """Load the start weights ``finetune.head_init`` asks for into ``model`` and apply the freeze policy once
+    (``requires_grad`` is not saved with the weights); returns the directory the weights came from and the
+    policy's report. ``probe`` loads the probe's weights before the policy (LoRA adapters then wrap them);
+    ``auto`` decides by the policy applied (only the head trains), with no adapters to wrap."""
+    from crosstune.freezing.policy import apply_policy
+    from crosstune.transfer_model.storage import load_model_weights
+
+    if head_init == "probe":
+        start_dir = _probe_dir(probe_dir, "probe")
+        load_model_weights(model, start_dir)
+        return start_dir, apply_policy(model, freeze, seed)
+    report = apply_policy(model, freeze, seed)
+    if head_init == "auto" and backbone_frozen_whole(model, freeze):
+        start_dir = _probe_dir(probe_dir, "auto")
+        load_model_weights(model, start_dir)
+        return start_dir, report
+    return initial_dir, report
 
 
 def backbone_frozen_whole(model: Any, freeze: Any) -> bool:
@@ -178,7 +198,8 @@ def backbone_frozen_whole(model: Any, freeze: Any) -> bool:
 
 
 def _probe_dir(probe_dir: str | None, head_init: str) -> str:
-    """The probe stage's model, which fine-tuning starts from with ``head_init`` probe (LP-FT) or auto (frozen whole)."""
+    """The probe stage's model, which fine-tuning starts from with ``head_init`` probe (LP-FT) or auto (frozen
+    whole)."""
     if probe_dir is None or not (Path(probe_dir) / "model.safetensors").is_file():
         why = "" if head_init == "probe" else " when every block of the backbone is frozen"
         raise ArtifactError(f"params.yaml: finetune.head_init: {head_init} starts from the probe stage's model{why}, "

@@ -1,5 +1,5 @@
 """probe: the linear probe as a model, the frozen pretrained backbone with its head's output layer fitted on
-the frozen features (:mod:`crosstune.training.linear_probe`).
+the frozen features in closed form (:mod:`crosstune.training.closed_form_head`, the fit the task provides).
 
 It is both the start of LP-FT (``finetune.head_init: probe``) and the third model the negative-transfer
 guard compares (fine-tuned, probe, scratch). It reads the frozen-prefix cache where the cache stage built
@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.config import (
+    DEFAULT_PARAMS_PATH,
+    BaseParams,
+    CacheParams,
+    FinetuneParams,
+    load_section,
+    to_dict,
+)
 from crosstune.errors import ArtifactError
 from crosstune.io import (
     atomic_directory,
@@ -26,8 +33,6 @@ from crosstune.io import (
 )
 
 logger = logging.getLogger(__name__)
-
-PROBE_RECORD = "probe.json"  # in models/probe: how its output layer was fitted
 
 
 def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path: str,
@@ -40,28 +45,30 @@ def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path
     import torch
 
     from crosstune.data.batching import batching_for, load_any_split
-    from crosstune.data.prepared import encoded_has_source
-    from crosstune.model.transfer_model import (
-        load_tokenizer,
-        load_transfer_model,
-        save_transfer_model,
-    )
+    from crosstune.data.prepared_dir import encoded_has_source
+    from crosstune.modalities import get_modality
     from crosstune.prefix_cache.plan import CACHED_SPLITS, META_NAME
     from crosstune.prefix_cache.store import CachedBatching, load_cached_split
     from crosstune.runtime import setup
-    from crosstune.training.linear_probe import (
+    from crosstune.tasks.registry import TASKS
+    from crosstune.training.closed_form_head import (
         fit_output_layer,
         head_inputs,
         set_output_layer,
     )
-    from crosstune.training.losses import build_loss, class_weight_tensor
+    from crosstune.transfer_model.settings import PROBE_RECORD
+    from crosstune.transfer_model.storage import (
+        load_transfer_model,
+        save_transfer_model,
+    )
 
-    base, finetune = load_section("base", params_path), load_section("finetune", params_path)
-    cache = load_section("cache", params_path)
+    base, finetune = load_section(BaseParams, params_path), load_section(FinetuneParams, params_path)
+    cache = load_section(CacheParams, params_path)
     device = setup(base)
     model, config = load_transfer_model(initial_dir)
     model.to(device)
-    task, labels = config["task"], config["labels"]
+    task, labels = TASKS.get(config["task"]), config["labels"]
+    task.check_select_metric(finetune.select_metric)
     encoded = Path(encoded_dir)
     started = time.perf_counter()
     meta: dict[str, Any] = {}
@@ -86,11 +93,10 @@ def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path
     train_parts = [rows[name] for name in ("source", "train") if name in rows]
     train_inputs = np.concatenate([part[0] for part in train_parts])
     train_targets = np.concatenate([part[1] for part in train_parts])
-    labelled = train_targets >= 0 if task == "classification" else np.isfinite(train_targets)
+    labelled = task.labelled(train_targets)
     train_inputs, train_targets = train_inputs[labelled], train_targets[labelled]
-    weights = class_weight_tensor(finetune.class_weights, torch.from_numpy(train_targets), len(labels)) \
-        if task == "classification" else None
-    loss_fn = build_loss(finetune.loss, task, weights, finetune.label_smoothing)
+    weights = task.class_weights(finetune.class_weights, torch.from_numpy(train_targets), len(labels))
+    loss_fn = task.build_loss(finetune.loss, weights, finetune.label_smoothing)
     fit = fit_output_layer(train_inputs, train_targets, *rows["validation"], task, labels, finetune.select_metric,
                            weights, loss_fn, base.seed)
     set_output_layer(model.head, fit)
@@ -102,14 +108,14 @@ def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path
     record = {"fitted_on": int(len(train_targets)), "strength": fit.strength,
               "select_metric": finetune.select_metric, "validation": round_metrics(fit.validation),
               "tried": [round_metrics(row) for row in fit.tried]}
-    tokenizer = load_tokenizer(initial_dir) if model.modality == "text" else None
     with atomic_directory(model_dir) as staging:
-        save_transfer_model(model, staging, tokenizer, extra={"max_length": finetune.max_length})
+        save_transfer_model(model, staging, get_modality(model.modality).load_tokenizer(initial_dir),
+                            extra={"max_length": finetune.max_length})
         write_json(staging / PROBE_RECORD, record)
         write_json(staging / "params.json", {"base": to_dict(base), "freeze": model.spec["freeze"],
                                              "head": config["head"], "initialisation": "linear probe"})
     summary = {"probe_strength": fit.strength, "probe_fitted_on": int(len(train_targets)),
                **{f"probe_validation_{key}": value for key, value in fit.validation.items()
-                  if key in ("loss", "accuracy", "f1_macro", "r2", "mae")}}
+                  if key in ("loss", *task.summary_metrics)}}
     write_metrics(metrics_path, summary)
     return summary

@@ -20,7 +20,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.config import DEFAULT_PARAMS_PATH, load_section, to_dict
+from crosstune.config import (
+    DEFAULT_PARAMS_PATH,
+    AugmentParams,
+    BaseParams,
+    EvaluateParams,
+    FinetuneParams,
+    load_section,
+    to_dict,
+)
 from crosstune.io import atomic_directory, write_json
 
 logger = logging.getLogger(__name__)
@@ -31,9 +39,9 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
     """Train the scratch model into ``model_dir`` (``evaluate.guard`` report or fallback), or record that
     the guard is off or that the evidence made it needless (``guard.json`` only). Without ``finetuned_dir``
     and ``prepared_dir`` there is no evidence to weigh and it trains."""
-    from crosstune.model.saved import GUARD_RECORD
+    from crosstune.transfer_model.settings import GUARD_RECORD
 
-    evaluate = load_section("evaluate", params_path)
+    evaluate = load_section(EvaluateParams, params_path)
     guard = evaluate.guard
     if guard == "off":
         logger.info("scratch: evaluate.guard is off; no scratch model is trained")
@@ -50,20 +58,22 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
     logger.info("scratch: training it: %s", decision.reason)
 
     from crosstune.data.batching import batching_for, load_any_split
-    from crosstune.data.prepared import encoded_has_source
-    from crosstune.model.scratch import random_init_model
-    from crosstune.model.transfer_model import (
-        load_tokenizer,
+    from crosstune.data.prepared_dir import encoded_has_source
+    from crosstune.modalities import get_modality
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.optimization import check_names
+    from crosstune.training.run_context import training_context
+    from crosstune.transfer_model.random_init import random_init_model
+    from crosstune.transfer_model.storage import (
         load_transfer_model,
         save_transfer_model,
     )
-    from crosstune.runtime import setup
-    from crosstune.training.loop import train
 
-    base, finetune = load_section("base", params_path), load_section("finetune", params_path)
+    base, finetune = load_section(BaseParams, params_path), load_section(FinetuneParams, params_path)
     finetune = dataclasses.replace(finetune, select_window=1)  # the rival's most favourable epoch (see above)
-    augment = load_section("augment", params_path)
-    device = setup(base)
+    augment = load_section(AugmentParams, params_path)
+    check_names(finetune)
+    context = training_context(base, finetune)
     attached, config = load_transfer_model(initial_dir)
     scratch = random_init_model(attached, config, base.seed)
     del attached
@@ -73,14 +83,14 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
     source = load_any_split(encoded / "source.safetensors") if encoded_has_source(encoded_dir) else None
     logger.info("scratch: training the %s model from random initialisation on the same data and budget "
                 "(%d train / %d validation examples, device %s)", scratch.modality, len(train_split),
-                len(validation_split), device)
+                len(validation_split), context.device)
     batching = batching_for(config, finetune.batch_size, finetune.max_length, augment)
-    result = train(scratch, train_split, validation_split, finetune, base.seed, device, batching=batching,
-                   source_split=source)
+    result = train(scratch, TrainingData(train_split, validation_split, batching, None, source), finetune, base.seed,
+                   context)
     scratch.to("cpu")
-    tokenizer = load_tokenizer(initial_dir) if scratch.modality == "text" else None
     with atomic_directory(model_dir) as staging:
-        save_transfer_model(scratch, staging, tokenizer, extra={"max_length": finetune.max_length})
+        save_transfer_model(scratch, staging, get_modality(scratch.modality).load_tokenizer(initial_dir),
+                            extra={"max_length": finetune.max_length})
         write_json(staging / GUARD_RECORD, {"guard": guard, "scratch_model": "random initialisation, same "
                                           "architecture, data and finetune params", "trained": decision.reason,
                                           "evidence": decision.evidence})
@@ -97,18 +107,20 @@ def _decide(evaluate: Any, encoded_dir: str, finetuned_dir: str | None, prepared
     from crosstune.evaluation.guard import scratch_decision
 
     if evaluate.scratch == "always" or finetuned_dir is None or prepared_dir is None:
-        return scratch_decision(evaluate.scratch, None, {}, "")
+        return scratch_decision(evaluate.scratch, None, {}, None)
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.evaluation.baselines import baseline_inputs, baseline_scores
     from crosstune.inference.outputs import predict_outputs, score_outputs
-    from crosstune.model.saved import saved_max_length
-    from crosstune.model.transfer_model import load_transfer_model
     from crosstune.runtime import setup
+    from crosstune.tasks.registry import TASKS
+    from crosstune.transfer_model.settings import saved_max_length
+    from crosstune.transfer_model.storage import load_transfer_model
 
-    base = load_section("base", params_path)
+    base = load_section(BaseParams, params_path)
     device = setup(base)
     model, config = load_transfer_model(finetuned_dir)
-    headline = "f1_macro" if config["task"] == "classification" else "r2"
+    task = TASKS.get(config["task"])
+    headline = task.headline
     splits = {name: load_any_split(Path(encoded_dir) / f"{name}.safetensors")
               for name in ("train", "validation", "source")}
     validation = splits["validation"]
@@ -119,4 +131,4 @@ def _decide(evaluate: Any, encoded_dir: str, finetuned_dir: str | None, prepared
     baselines = baseline_scores(evaluate.baselines, config, validation.labels.tolist(), train_inputs, train_targets,
                                 inputs, base.seed)
     return scratch_decision(evaluate.scratch, finetuned, {name: scores[headline] for name, scores in baselines.items()},
-                            headline)
+                            task)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from crosstune.model.saved import saved_freeze
+from crosstune.modalities import modality_of_config
+from crosstune.transfer_model.settings import saved_freeze
 
 if TYPE_CHECKING:
     from crosstune.config import AugmentParams, CacheParams, FinetuneParams
-    from crosstune.model.transfer_model import PrefixLevel
+    from crosstune.transfer_model.modules import PrefixLevel
 
 
 CACHED_SPLITS = ("train", "validation")  # the test split is seen once, by evaluate: nothing to save
@@ -45,15 +46,15 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
     """
     freeze = saved_freeze(model_config)
     depth = freeze.depth
-    image = model_config.get("modality") == "image"
+    modality = modality_of_config(model_config)
     reasons = []
     if not cache.enabled:
         reasons.append("cache.enabled is false")
     if depth == 0:
         reasons.append("freeze.depth is 0: nothing at the bottom of the model is frozen")
-    if image and augment.enabled:
+    if modality.augments(augment):
         reasons.append("augment.* transforms training images before the frozen blocks see them")
-    if model_config.get("modality") in ("image", "audio") and freeze.train_batchnorm and depth != 0:
+    if modality.staged and freeze.train_batchnorm and depth != 0:
         reasons.append("freeze.train_batchnorm lets BatchNorm statistics of the frozen blocks change")
     if finetune.unfreeze != "none":
         reasons.append(f"finetune.unfreeze: {finetune.unfreeze} trains frozen blocks later on")
@@ -65,19 +66,9 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
         reasons.append("a source domain is prepared (data.source): training reads source and target batches")
     if reasons:
         return CachePlan(None, "; ".join(reasons))
-    num_blocks = _num_blocks(model_config)
+    num_blocks = modality.num_blocks(model_config)
     level: "PrefixLevel" = "all" if depth == "all" or depth == num_blocks else int(depth)
     return CachePlan(level)
-
-
-def _num_blocks(model_config: dict[str, Any]) -> int | None:
-    if model_config.get("modality") in ("image", "audio"):
-        return int(model_config["backbone"]["num_blocks"])
-    backbone = model_config.get("backbone_config", {})
-    for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):
-        if key in backbone:
-            return int(backbone[key])
-    return None
 
 
 def plan_inputs(model_config: dict[str, Any], augment: "AugmentParams", finetune: "FinetuneParams",

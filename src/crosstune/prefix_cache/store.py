@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from crosstune.data.batching import Batching, Split
     from crosstune.data.text_encoding import Batch
-    from crosstune.model.transfer_model import PrefixLevel, TransferModel
+    from crosstune.transfer_model.modules import PrefixLevel, TransferModel
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,9 @@ class CachedBatching:
 
     def _indices(self, split: CachedSplit, batch_size: int,
                  generator: "torch.Generator | None") -> Iterator["torch.Tensor"]:
-        if self.modality == "text":
-            from crosstune.data.text_encoding import batch_indices
+        from crosstune.modalities import get_modality
 
-            return batch_indices(split.lengths, batch_size, generator)
-        from crosstune.data.images import image_batch_indices
-
-        return image_batch_indices(len(split), batch_size, generator)
+        return get_modality(self.modality).batch_indices(split, batch_size, generator)
 
     def train(self, split: CachedSplit, generator: "torch.Generator") -> Iterator["Batch"]:
         return (collate_cached(split, indices) for indices in self._indices(split, self.batch_size, generator))
@@ -79,7 +75,7 @@ class CachedBatching:
 
 
 def collate_cached(split: CachedSplit, indices: "torch.Tensor") -> "Batch":
-    """The model inputs of :meth:`~crosstune.model.transfer_model.TransferModel.forward_from_prefix` for ``indices``."""
+    """The model inputs of :meth:`~crosstune.transfer_model.modules.TransferModel.forward_from_prefix` for ``indices``."""
     import torch
 
     from crosstune.data.text_encoding import Batch
@@ -107,20 +103,19 @@ def build_cached_split(model: "TransferModel", level: "PrefixLevel", split: "Spl
     storage = getattr(torch, dtype)
     model.eval()
     chunks: dict[int, dict[str, torch.Tensor]] = {}
-    is_text = model.modality == "text"
     with torch.inference_mode():
         for batch in tqdm(batching.evaluate(split, batch_size), desc="cache", unit="batch", mininterval=2.0,
                           total=-(-len(split) // batch_size)):
             batch = batch.to(device)
             outputs = model.prefix_outputs(level, **batch.inputs)
             for row, index in enumerate(batch.indices.tolist()):
-                if is_text and level != "all":
+                if "hidden_states" in outputs:  # token states: only the row's real tokens are kept
                     kept = int(batch.inputs["attention_mask"][row].sum())
                     chunks[index] = {"states": outputs["hidden_states"][row, :kept].to("cpu", storage)}
                 else:
                     chunks[index] = {key: value[row].to("cpu", storage) for key, value in outputs.items()}
     order = range(len(split))
-    if is_text and level != "all":
+    if "states" in chunks[0]:
         states = [chunks[index]["states"] for index in order]
         offsets = torch.zeros(len(states) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(torch.tensor([len(rows) for rows in states]), 0)

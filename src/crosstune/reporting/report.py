@@ -19,7 +19,7 @@ from typing import Any
 
 from crosstune.errors import CrosstuneError
 from crosstune.io import atomic_path
-from crosstune.reporting.experiments import experiments_html
+from crosstune.reporting.experiment_ranking import experiments_html
 from crosstune.reporting.template import build_template
 from crosstune.reporting.wording import mistakes_html, reword_plots
 
@@ -100,7 +100,8 @@ def _metric_order(key: str) -> tuple[int, str]:
     return rank, key
 
 
-def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revision: str) -> str:
+def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revision: str,
+                 task: str = "classification") -> str:
     """Title and headline in words (test metrics, baselines, the guard's verdict), shown above the plots."""
     from crosstune.reporting.wording import headline_html
 
@@ -109,7 +110,8 @@ def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revisi
     old = {key[len(prefix):]: values["old"] for key, values in metrics.items()
            if key.startswith(prefix) and values["old"] is not None} if compare else None
     subtitle = f"workspace at {html.escape(revision)}" + (f", compared with {html.escape(compare)}" if compare else "")
-    return f"<h1>crosstune report</h1>\n<p class=\"subtitle\">{subtitle}</p>\n{headline_html(test, old, compare)}"
+    return (f"<h1>crosstune report</h1>\n<p class=\"subtitle\">{subtitle}</p>\n"
+            f"{headline_html(test, old, compare, task)}")
 
 
 def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, Any]], compare: str | None) -> str:
@@ -160,7 +162,8 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
                               check=False).stdout.strip() or "an uncommitted repository"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
     page = reword_plots(page)
-    page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision))
+    task = str((params.get("prepare.task") or {}).get("new") or "classification")
+    page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task))
     sections = [mistakes_html(repo / PREDICTIONS), experiments_html(repo, _select_metric(params)),
                 tables_html(metrics, params, compare)]
     page = page.replace(TABLES_MARKER, "\n".join(section for section in sections if section))

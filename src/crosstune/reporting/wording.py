@@ -80,11 +80,16 @@ def _score(values: dict[str, Any], key: str) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
-def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str | None) -> str:
-    """The test metrics, the baselines and the guard's verdict, in sentences."""
+def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str | None,
+                  task: str = "classification") -> str:
+    """The test metrics, the baselines and the guard's verdict, in sentences (``task``: ``prepare.task``, whose
+    headline and metrics are shown)."""
+    from crosstune.tasks.registry import TASKS
+
+    headline = TASKS.get(task).headline
     parts = []
     numbers = []
-    for key in ("f1_macro", "accuracy", "f1_weighted", "r2", "mae"):
+    for key in dict.fromkeys((headline, *TASKS.get(task).baseline_metrics)):
         if isinstance(test.get(key), (int, float)):
             before = f" (was {_score(old, key)} at {html.escape(compare)})" if old and compare and key in old else ""
             numbers.append(f"{metric_words(key)} <b>{_score(test, key)}</b>{before}")
@@ -93,7 +98,7 @@ def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str
         parts.append(f"<p>Test {' · '.join(numbers)}{size}.</p>")
     baselines = []
     for key in sorted(test):
-        match = re.fullmatch(r"baseline_(.+)_(f1_macro|r2)", key)
+        match = re.fullmatch(rf"baseline_(.+)_{headline}", key)
         if match:
             name = BASELINE_WORDS.get(match.group(1), match.group(1))
             baselines.append(f"{html.escape(name)} {_score(test, key)}")
@@ -102,17 +107,19 @@ def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str
         if isinstance(test.get("beats_all_baselines"), bool):
             verdict = " — the model beats all of them" if test["beats_all_baselines"] else \
                 " — <b>the model does not beat all of them</b>"
-        parts.append(f"<p>Baselines ({metric_words('f1_macro' if 'f1_macro' in test else 'r2')}): "
+        parts.append(f"<p>Baselines ({metric_words(headline)}): "
                      f"{', '.join(baselines)}{verdict}.</p>")
-    guard = guard_html(test)
+    guard = guard_html(test, task)
     if guard:
         parts.append(guard)
     return "\n".join(parts)
 
 
-def guard_html(test: dict[str, Any]) -> str:
+def guard_html(test: dict[str, Any], task: str = "classification") -> str:
     """The negative-transfer guard's answer to "did the pretrained weights help?", with its figures."""
-    metric = "f1_macro" if "finetuned_f1_macro" in test else "r2"
+    from crosstune.tasks.registry import TASKS
+
+    metric = TASKS.get(task).headline
     if test.get("scratch_model") == "skipped":
         return (f"<p>Did the pretrained weights help? yes: on validation the fine-tuned model "
                 f"({float(test[f'guard_finetuned_validation_{metric}']):.3f}) is at least the best learned baseline "

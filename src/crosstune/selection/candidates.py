@@ -20,7 +20,9 @@ import numpy as np
 
 from crosstune.config import BackboneParams
 from crosstune.errors import ConfigError
+from crosstune.modalities import get_modality
 from crosstune.selection.scores import SCORES, SOURCE_SCORES
+from crosstune.tasks.registry import TASKS
 
 logger = logging.getLogger(__name__)
 FEATURE_STORE = Path(".cache") / "crosstune" / "features"  # features of candidates, by content key
@@ -47,7 +49,7 @@ def sample_indices(size: int, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(size, size=cap, replace=False))
 
 
-def _text_block_features(base: str, params: BackboneParams, texts: Sequence[str], train_texts: Sequence[str],
+def text_block_features(base: str, params: BackboneParams, texts: Sequence[str], train_texts: Sequence[str],
                          seed: int) -> list[np.ndarray]:
     """Mean-pooled features of ``base`` after its embeddings (index 0) and after each block K (index K), from ONE
     forward pass with every block's output: ``NAME@K`` candidates and the per-block scores of ``freeze.depth:
@@ -92,7 +94,7 @@ def _staged_block_features(backbone: Any, inputs: Any) -> list[np.ndarray]:
     return [torch.cat(column).numpy() for column in columns]
 
 
-def _image_block_features(spec: str, params: BackboneParams, images: Any, seed: int) -> list[np.ndarray]:
+def image_block_features(spec: str, params: BackboneParams, images: Any, seed: int) -> list[np.ndarray]:
     from crosstune.backbones.vision import build_vision_backbone
     from crosstune.data.images import ImageBatcher
 
@@ -103,7 +105,7 @@ def _image_block_features(spec: str, params: BackboneParams, images: Any, seed: 
                                              for start in range(0, len(images), BATCH_SIZE)))
 
 
-def _audio_block_features(spec: str, params: BackboneParams, paths: Sequence[str], seed: int) -> list[np.ndarray]:
+def audio_block_features(spec: str, params: BackboneParams, paths: Sequence[str], seed: int) -> list[np.ndarray]:
     """Pooled features of recordings, decoded at the candidate's own sample rate and clip length."""
     from crosstune.backbones.audio import build_audio_backbone
     from crosstune.data.audio import AudioBatcher, clip_length, decode_audio
@@ -119,11 +121,11 @@ def _audio_block_features(spec: str, params: BackboneParams, paths: Sequence[str
                                              for start in range(0, len(waveforms), BATCH_SIZE)))
 
 
-# Every file of the code that shapes the features: reading and encoding the sample (data), the backbones,
+# Every file of the code that shapes the features: reading and encoding the sample (data, modalities), the backbones,
 # their pooling (heads) and this extraction. Features stored by another version of any of them are not
 # reused: they can differ (a pooling change) or differ in the last bits (batching changes summation
 # order), and a fresh clone would then not reproduce them.
-FEATURE_CODE = ("selection/candidates.py", "backbones", "heads", "data")
+FEATURE_CODE = ("selection/candidates.py", "modalities.py", "backbones", "heads", "data")
 
 
 def feature_code_digest() -> str:
@@ -152,20 +154,12 @@ def _cache_key(spec: str, params: BackboneParams, sample_digest: str, train_dige
 
 
 def _sample_digests(modality: str, sample: Any, train_texts: Sequence[str]) -> tuple[str, str]:
-    if modality == "text":
-        raw: str | bytes = json.dumps(list(sample))
-    elif modality == "audio":  # recording paths: their bytes are the sample
-        raw = b"".join(hashlib.sha256(Path(path).read_bytes()).digest() for path in sample)
-    else:
-        raw = sample.numpy().tobytes()
-    digest = hashlib.sha256(raw.encode() if isinstance(raw, str) else raw).hexdigest()
+    digest = hashlib.sha256(get_modality(modality).sample_digest(sample)).hexdigest()
     return digest, hashlib.sha256(json.dumps(list(train_texts)).encode()).hexdigest()
 
 
 def _base_name(spec: str, modality: str) -> tuple[str, int | None]:
-    from crosstune.backbones.text import split_candidate
-
-    return split_candidate(spec) if modality == "text" else (spec, None)
+    return get_modality(modality).candidate_parts(spec)
 
 
 def candidate_features(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
@@ -207,15 +201,15 @@ def block_features(params: BackboneParams, spec: str, modality: str, sample: Any
 
 def block_scores(params: BackboneParams, spec: str, modality: str, sample: Any, labels: np.ndarray,
                  train_texts: Sequence[str], seed: int, cache_dir: Path = FEATURE_STORE,
-                 regression: bool = False) -> tuple[str, list[float]]:
+                 task: str = "classification") -> tuple[str, list[float]]:
     """LogME of ``spec``'s features after its stem (index 0) and after each block, whatever ``backbone.score`` ranks
     the candidates with: the scale ``freeze.depth: auto``'s threshold is set in (nats per example and label column;
-    a source-classifier score would only see the last block). Returns the score's name and the values."""
-    from crosstune.selection.scores import logme
-
+    a source-classifier score would only see the last block). ``task`` says what the labels are (LogME's form for
+    them). Returns the score's name and the values."""
     name = "logme"
+    logme = TASKS.get(task).block_transferability()
     columns = block_features(params, spec, modality, sample, train_texts, seed, cache_dir)
-    values = [float(logme(column, labels, regression=regression)) if np.isfinite(column).all() else float("-inf")
+    values = [float(logme(column, labels)) if np.isfinite(column).all() else float("-inf")
               for column in columns]
     logger.info("%s after the stem and each block of %s: %s", name, spec, [round(value, 4) for value in values])
     return name, values
@@ -223,18 +217,16 @@ def block_scores(params: BackboneParams, spec: str, modality: str, sample: Any, 
 
 def score_candidates(params: BackboneParams, candidates: Sequence[str], modality: str, sample: Any,
                      labels: np.ndarray, train_texts: Sequence[str], seed: int,
-                     cache_dir: Path = FEATURE_STORE, regression: bool = False) -> SelectionResult:
+                     cache_dir: Path = FEATURE_STORE, task: str = "classification") -> SelectionResult:
     """Score each candidate's pooled features of ``sample`` (texts, or a uint8 image tensor) against
-    ``labels`` with ``params.score`` (LogME in its regression form for numeric labels)."""
-    from crosstune.selection.scores import logme
-
+    ``labels`` with ``params.score`` in the form ``task``'s labels call for (LogME's regression form for
+    numbers)."""
+    score = TASKS.get(task).transferability(params.score)
     on_source_classifier = params.score in SOURCE_SCORES
-    if on_source_classifier and (regression or modality != "image"):
+    if on_source_classifier and not get_modality(modality).source_classifiers:
         raise ConfigError(f"params.yaml: backbone.score: {params.score} scores a pretrained source classifier's "
-                          f"predictions of class labels; {'numeric labels' if regression else modality} backbones "
-                          f"have none here. Use one of {SCORES.names()}.")
-    score = (lambda features, targets: logme(features, targets, regression=True)) if regression \
-        else SOURCE_SCORES.get(params.score) if on_source_classifier else SCORES.get(params.score)
+                          f"predictions of class labels; {modality} backbones have none here. Use one of "
+                          f"{SCORES.names()}.")
     result = SelectionResult(params.score)
     paths, extraction = candidate_features(params, candidates, modality, sample, train_texts, seed, cache_dir)
     for spec in candidates:
@@ -312,12 +304,7 @@ def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict
     seconds: dict[str, float] = {}
     for base, members in groups.items():
         started = time.perf_counter()
-        if modality == "text":
-            columns = _text_block_features(base, params, sample, train_texts, seed)
-        elif modality == "audio":
-            columns = _audio_block_features(base, params, sample, seed)
-        else:
-            columns = _image_block_features(base, params, sample, seed)
+        columns = get_modality(modality).block_features(base, params, sample, train_texts, seed)
         for spec, depth in members:
             if depth is not None and not 1 <= depth < len(columns):
                 raise ConfigError(f"params.yaml: backbone.candidates: {spec} asks for {depth} blocks but {base} has "

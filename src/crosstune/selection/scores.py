@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from crosstune.errors import ConfigError
 from crosstune.registry import Registry
 
 Score = Callable[[np.ndarray, np.ndarray], float]
@@ -34,6 +35,13 @@ SCORES: Registry[Score] = Registry("transferability score")
 # scores of a source classifier's probabilities (N, Z) instead of features; backbones without one have none
 SOURCE_SCORES: Registry[Score] = Registry("source-classifier score")
 MAX_FIXED_POINT_STEPS = 100
+
+
+def check_score(name: str) -> None:
+    """``backbone.score`` must name a feature score or a source-classifier score; an unknown one lists both kinds."""
+    if name not in SCORES and name not in SOURCE_SCORES:
+        raise ConfigError(f"params.yaml: backbone.score: unknown score {name!r}; valid: transferability scores "
+                          f"{SCORES.names()} or source-classifier scores {SOURCE_SCORES.names()}")
 
 
 def _targets(labels: np.ndarray, regression: bool) -> np.ndarray:

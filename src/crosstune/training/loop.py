@@ -10,51 +10,59 @@ smoothing) plus the weighted regularisers of :mod:`crosstune.methods.regularizer
 trains how fast. With a
 :class:`~crosstune.training.checkpoints.Checkpointer` the whole state is saved after every epoch and a killed
 run resumes from the last complete epoch with the same final result. Training loss (every
-``log_every`` steps) and validation metrics (every epoch) go to dvclive, keyed by optimizer step.
+``log_every`` steps) and validation metrics (every epoch) go to dvclive, keyed by optimizer step. The task
+(:mod:`crosstune.tasks`) gives the loss, the metrics and which way each is better; the
+:class:`~crosstune.training.run_context.RunContext` the device, precision and data-parallel rank;
+:class:`~crosstune.training.callbacks.TrainingCallback` objects see every step and epoch.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from crosstune.config import FinetuneParams
-from crosstune.data.batching import Batching, Split, TextBatching
+from crosstune.data.batching import Batching, Split
 from crosstune.data.text_encoding import num_batches
-from crosstune.evaluation.metrics import (
-    check_select_metric,
-    classification_metrics,
-    is_better,
-    regression_metrics,
-)
 from crosstune.freezing.gradual import GradualUnfreezing
 from crosstune.freezing.policy import set_train_mode
-from crosstune.inference.outputs import outputs_to_predictions, predict_outputs
+from crosstune.inference.outputs import predict_outputs
 from crosstune.io import round_metrics
 from crosstune.methods.registry import ADAPTATIONS, NO_ADAPTATION
 from crosstune.methods.regularizers import build_regularizers
-from crosstune.model.transfer_model import ModelForward, PrefixLevel, TransferModel
+from crosstune.tasks.base import Task
+from crosstune.tasks.registry import TASKS
 from crosstune.training.attention_dropout import KEEP, set_attention_dropout
 from crosstune.training.attention_kernel import attention_kernel
+from crosstune.training.callbacks import TrainingCallback
 from crosstune.training.checkpoints import Checkpointer, TrainState
 from crosstune.training.distributed import Distributed
 from crosstune.training.domain_streams import build_streams
 from crosstune.training.epoch_selection import settled_through, smoothed
-from crosstune.training.losses import build_loss, class_weight_tensor
 from crosstune.training.optimization import build_optimizer, build_scheduler
-from crosstune.training.precision import autocast, autocast_dtype, precision_name
+from crosstune.training.precision import autocast
+from crosstune.training.run_context import RunContext
+from crosstune.transfer_model.modules import ModelForward, PrefixLevel, TransferModel
 
 logger = logging.getLogger(__name__)
 
-FAULT_KILL_AT_STEP = "CROSSTUNE_FAULT_KILL_AT_STEP"  # tests: SIGKILL this process after that optimizer step
+
+@dataclass
+class TrainingData:
+    """What a run trains on: the target training and validation splits (raw inputs, or the cached frozen
+    prefix's outputs at ``level``), how they become batches, and the labelled source domain (None: none)."""
+
+    train: Split
+    validation: Split
+    batching: Batching
+    level: PrefixLevel | None = None
+    source: Split | None = None
 
 
 @dataclass
@@ -74,18 +82,13 @@ class TrainResult:
     precision: str = "float32"  # of the matrix products: float32, bfloat16 or float16 (finetune.mixed_precision)
 
 
-def validation_metrics(model: torch.nn.Module, split: Split, loss_fn: torch.nn.Module, task: str,
+def validation_metrics(model: torch.nn.Module, split: Split, loss_fn: torch.nn.Module, task: Task,
                        labels: list[str], batching: Batching, device: str) -> dict[str, float]:
     """Loss and task metrics of ``model`` on ``split``."""
     outputs = predict_outputs(model, split, batching, device, batching.batch_size * 2)
     targets = split.labels
     loss = float(loss_fn(outputs.to(device), targets.to(device)).item())
-    predictions, _ = outputs_to_predictions(outputs, task)
-    if task == "classification":
-        metrics = classification_metrics(targets.tolist(), predictions, labels)
-    else:
-        metrics = regression_metrics(targets.tolist(), predictions)
-    return {"loss": loss, **metrics}
+    return {"loss": loss, **task.score(targets.tolist(), outputs, labels)}
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -178,53 +181,52 @@ class TrainingRun:
     batches_per_epoch: int
     steps_per_epoch: int
     total_steps: int
-    task: str
+    task: Task
     labels: list[str]
+    context: RunContext
 
     @property
     def adaptation(self) -> torch.nn.Module | None:
         return self.objective.adaptation
 
 
-def _class_weights(params: FinetuneParams, train_split: Any, source_split: Any | None, task: str,
-                   num_labels: int) -> torch.Tensor | None:
-    """``finetune.class_weights`` over every labelled training row (target and source domain)."""
-    if task != "classification":
-        return None
-    known = train_split.labels if source_split is None else torch.cat([source_split.labels, train_split.labels])
-    return class_weight_tensor(params.class_weights, known[known >= 0], num_labels)
+def _class_weights(params: FinetuneParams, data: TrainingData, task: Task, num_labels: int) -> torch.Tensor | None:
+    """``finetune.class_weights`` over every training row (target and source domain), as the task weighs them."""
+    known = data.train.labels if data.source is None else torch.cat([data.source.labels, data.train.labels])
+    return task.class_weights(params.class_weights, known, num_labels)
 
 
-def build_run(model: TransferModel, train_split: Any, source_split: Any | None, params: FinetuneParams, seed: int,
-              device: str, batching: Batching, level: PrefixLevel | None,
-              distributed: Distributed | None) -> TrainingRun:
+def build_run(model: TransferModel, data: TrainingData, params: FinetuneParams, seed: int,
+              context: RunContext) -> TrainingRun:
     """Set up a run (seeds first, in a fixed order: the same params give the same run)."""
-    task, labels = model.spec["task"], model.spec["labels"]
-    check_select_metric(params.select_metric, task)
+    task, labels = TASKS.get(model.spec["task"]), model.spec["labels"]
+    device, distributed, source_split = context.device, context.distributed, data.source
+    task.check_select_metric(params.select_metric)
     if source_split is None and params.adaptation != NO_ADAPTATION:
         raise ValueError(f"finetune.adaptation: {params.adaptation} needs a labelled source domain; set data.source "
                          f"(prepare) to one, or finetune.adaptation: none.")
-    weights = _class_weights(params, train_split, source_split, task, len(labels))
-    loss_fn = build_loss(params.loss, task, weights.to(device) if weights is not None else None,
-                         params.label_smoothing)
+    weights = _class_weights(params, data, task, len(labels))
+    loss_fn = task.build_loss(params.loss, weights.to(device) if weights is not None else None,
+                              params.label_smoothing)
     model.to(device)
     if params.attention_dropout != KEEP:
         changed = set_attention_dropout(model, float(params.attention_dropout))
         logger.info("attention dropout %.2f in %d attention modules", float(params.attention_dropout), changed)
-    forward = ModelForward(model, level)
+    forward = ModelForward(model, data.level)
     runner = distributed.wrap(forward) if distributed is not None else forward
     regularizers = build_regularizers(model, params)  # L2-SP remembers the starting (pretrained) weights
     adapting = source_split is not None and params.adaptation != NO_ADAPTATION
-    streams = build_streams(source_split, train_split, batching, params.batch_size, adapting) \
+    streams = build_streams(source_split, data.train, data.batching, params.batch_size, adapting) \
         if source_split is not None else None
-    batches_per_epoch = streams.batches_per_epoch if streams else num_batches(len(train_split), params.batch_size)
+    batches_per_epoch = streams.batches_per_epoch if streams else num_batches(len(data.train), params.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / params.grad_accumulation)
     total_steps = steps_per_epoch * params.epochs
     unfreezing = GradualUnfreezing(model, params.unfreeze_every or steps_per_epoch) \
         if params.unfreeze == "gradual" else None
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks (and the discriminator's initial weights)
-    adaptation = ADAPTATIONS.get(params.adaptation)(model.feature_dim, max(len(labels), 1)).to(device) \
+    adaptation = ADAPTATIONS.get(params.adaptation, "finetune.adaptation")(model.feature_dim,
+                                                                           max(len(labels), 1)).to(device) \
         if adapting else None
     optimizer = build_optimizer(model, params, unfreezing.trainable if unfreezing else None)
     if adaptation is not None and any(True for _ in adaptation.parameters()):
@@ -232,11 +234,11 @@ def build_run(model: TransferModel, train_split: Any, source_split: Any | None, 
         optimizer.add_param_group({"params": list(adaptation.parameters()), "lr": rate, "initial_lr": rate,
                                    "weight_decay": params.weight_decay, "layer": -1})
     scheduler = build_scheduler(optimizer, params, total_steps)
-    amp_dtype = autocast_dtype(params.mixed_precision, device)
+    amp_dtype = context.amp_dtype
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     objective = Objective(model, runner, loss_fn, regularizers, adaptation, params.adaptation_weight, distributed)
-    return TrainingRun(model, forward, objective, batching, streams, optimizer, scheduler, scaler, amp_dtype,
-                       unfreezing, generator, batches_per_epoch, steps_per_epoch, total_steps, task, labels)
+    return TrainingRun(model, forward, objective, data.batching, streams, optimizer, scheduler, scaler, amp_dtype,
+                       unfreezing, generator, batches_per_epoch, steps_per_epoch, total_steps, task, labels, context)
 
 
 def _optimizer_step(run: TrainingRun, params: FinetuneParams, trainable: list[torch.nn.Parameter]) -> None:
@@ -255,10 +257,11 @@ def _optimizer_step(run: TrainingRun, params: FinetuneParams, trainable: list[to
 
 
 def train_epoch(run: TrainingRun, train_split: Any, params: FinetuneParams, state: TrainState, epoch: int,
-                device: str, distributed: Distributed | None, progress: Any, metrics_log: _Logger,
-                trainable: list[torch.nn.Parameter], kill_at: int = 0) -> None:
+                progress: Any, metrics_log: _Logger, trainable: list[torch.nn.Parameter],
+                callbacks: Sequence[TrainingCallback] = ()) -> None:
     """One pass over the training batches: forward, loss, backward, and an optimiser step every
     ``grad_accumulation`` batches; the training loss is logged every ``log_every`` steps."""
+    device, distributed = run.context.device, run.context.distributed
     set_train_mode(run.model)
     if run.adaptation is not None:
         run.adaptation.train()
@@ -291,16 +294,18 @@ def train_epoch(run: TrainingRun, train_split: Any, params: FinetuneParams, stat
             metrics_log.log(state.step, {"train/loss": running / counted,
                                          "train/lr": run.scheduler.get_last_lr()[0]})
             running, counted = 0.0, 0
-        if kill_at and state.step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if run.context.is_main:
+            for callback in callbacks:
+                callback.on_step(state.step)
 
 
 def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, state: TrainState, epoch: int,
-              device: str, metrics_log: _Logger, is_main: bool, best_state: dict[str, torch.Tensor],
+              metrics_log: _Logger, best_state: dict[str, torch.Tensor],
               pending: dict[int, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Validate; settle every epoch whose smoothed ``select_metric`` is now final, keeping the best one's
     weights; decide early stopping. ``pending`` holds the weights of the epochs not settled yet (with a
     window of 1 there are none: the epoch settles at once). Returns the best weights so far."""
+    device, is_main = run.context.device, run.context.is_main
     with autocast(device, run.amp_dtype):
         metrics = validation_metrics(run.forward, validation_split, run.objective.loss_fn, run.task, run.labels,
                                      run.batching, device)
@@ -311,7 +316,7 @@ def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, s
         logger.info("epoch %d: validation %s", epoch,
                     ", ".join(f"{key}={val:.4f}" for key, val in metrics.items() if key != "epoch"))
     metrics_log.log(state.step, {f"validation/{key}": metrics[key]
-                                 for key in ("loss", params.select_metric, "accuracy", "f1_macro", "r2", "mae")
+                                 for key in ("loss", params.select_metric, *run.task.summary_metrics)
                                  if key in metrics})
     half = params.select_window // 2
     if half:
@@ -323,7 +328,7 @@ def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, s
         state.selected_through = settled
         weights = pending.pop(settled, None)
         value = smoothed(values, settled, half)
-        if is_better(params.select_metric, value, state.best_value):
+        if run.task.is_better(params.select_metric, value, state.best_value):
             state.best_value, state.best_epoch = value, settled
             state.best_metrics = dict(state.history[settled - 1])
             state.bad_epochs = 0
@@ -340,30 +345,25 @@ def end_epoch(run: TrainingRun, validation_split: Any, params: FinetuneParams, s
     return best_state
 
 
-def train(model: TransferModel, train_split: Any, validation_split: Any, params: FinetuneParams, seed: int,
-          device: str, live: Any | None = None, batching: Any | None = None, level: PrefixLevel | None = None,
-          checkpoint: Checkpointer | None = None, distributed: Distributed | None = None,
-          source_split: Any | None = None,
-          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+def train(model: TransferModel, data: TrainingData, params: FinetuneParams, seed: int, context: RunContext,
+          live: Any | None = None, checkpoint: Checkpointer | None = None,
+          callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
     """Fine-tune ``model`` in place and leave it holding the best epoch's weights.
 
     Args:
         model: a model whose freeze policy is already applied.
-        train_split: the target training split; with a source domain its rows labelled -1 are the
-            unlabelled target pool.
+        data: the splits and their batching; with a source domain every step takes a source batch and a target
+            batch (:mod:`crosstune.training.domain_streams`) and adds ``finetune.adaptation``'s loss on their
+            features, and the target training split's rows labelled -1 are the unlabelled target pool.
+        context: the device, precision and data-parallel rank (:func:`crosstune.training.run_context.training_context`).
         live: a ``dvclive.Live`` to log to, or None (and on ranks other than 0).
-        batching: how splits become batches; default: text batches from ``params``.
-        level: the splits hold cached frozen-prefix outputs at this level (:mod:`crosstune.prefix_cache.store`).
         checkpoint: save after every ``checkpoint_every`` epochs and resume a matching unfinished run.
-        distributed: this process's rank in a data-parallel run.
-        source_split: the labelled source domain: every step then takes a source batch and a target batch
-            (:mod:`crosstune.training.domain_streams`) and adds ``finetune.adaptation``'s loss on their features.
-        on_epoch: called with (epoch, validation metrics) after each epoch on the main process; `crosstune tune`
-            reports to its Optuna trial here (:mod:`crosstune.training.trial_reporting`) and may stop the run.
+        callbacks: told of every optimizer step and every epoch's validation metrics on the main process
+            (`crosstune tune` reports to its Optuna trial there, :mod:`crosstune.experiments.trial_pruning`, and
+            may stop the run).
     """
-    batching = batching or TextBatching(params.batch_size, params.max_length)
-    is_main = distributed is None or distributed.is_main
-    run = build_run(model, train_split, source_split, params, seed, device, batching, level, distributed)
+    is_main = context.is_main
+    run = build_run(model, data, params, seed, context)
     state = TrainState()
     best_state = _snapshot(model)
     pending: dict[int, dict[str, torch.Tensor]] = {}  # weights of the epochs whose smoothed value is not final
@@ -378,10 +378,9 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
     if run.unfreezing is not None:
         run.unfreezing.apply(state.step)
     trainable = [p for group in run.optimizer.param_groups for p in group["params"]]
-    kill_at = int(os.environ.get(FAULT_KILL_AT_STEP, "0"))
 
     result = TrainResult(best_epoch=state.best_epoch, best_metrics=dict(state.best_metrics),
-                         resumed_from_epoch=state.epoch, precision=precision_name(run.amp_dtype))
+                         resumed_from_epoch=state.epoch, precision=context.precision)
     started = time.perf_counter()
     progress = tqdm(total=run.steps_per_epoch * params.epochs, initial=state.step, desc="finetune", unit="step",
                     mininterval=2.0, disable=not is_main)
@@ -389,14 +388,13 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
         if state.stopped_early:
             break
         epoch_started = time.perf_counter()
-        train_epoch(run, train_split, params, state, epoch, device, distributed, progress, metrics_log, trainable,
-                    kill_at)
+        train_epoch(run, data.train, params, state, epoch, progress, metrics_log, trainable, callbacks)
         result.epoch_seconds.append(time.perf_counter() - epoch_started)
-        best_state = end_epoch(run, validation_split, params, state, epoch, device, metrics_log, is_main,
-                               best_state, pending)
+        best_state = end_epoch(run, data.validation, params, state, epoch, metrics_log, best_state, pending)
         result.elapsed_at_epoch.append(time.perf_counter() - started)
-        if on_epoch is not None and is_main:
-            on_epoch(epoch, state.history[-1])
+        if is_main:
+            for callback in callbacks:
+                callback.on_epoch(epoch, state.history[-1])
         last = epoch == params.epochs or state.stopped_early
         if checkpoint is not None and is_main and (epoch % params.checkpoint_every == 0 or last):
             checkpoint.save(state, model, best_state, run.optimizer, run.scheduler, run.scaler, run.generator,
@@ -406,7 +404,7 @@ def train(model: TransferModel, train_split: Any, validation_split: Any, params:
         checkpoint.finish()
     if run.unfreezing is not None:
         run.unfreezing.release()
-    return _finish(result, state, model, best_state, params, train_split, started, is_main)
+    return _finish(result, state, model, best_state, params, data.train, started, is_main)
 
 
 def _finish(result: TrainResult, state: TrainState, model: TransferModel, best_state: dict[str, torch.Tensor],

@@ -1,4 +1,5 @@
-"""Task losses by name: cross-entropy (optionally class-weighted) and mean squared error."""
+"""Task losses by name: cross-entropy (optionally class-weighted) and mean squared error. Which suit a task,
+and how it builds them, is the task's (:attr:`crosstune.tasks.base.Task.losses`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ if TYPE_CHECKING:
 
 LossFactory = Callable[["torch.Tensor | None", float], "torch.nn.Module"]
 LOSSES: Registry[LossFactory] = Registry("loss")
-LOSS_TASKS = {"cross_entropy": "classification", "mse": "regression"}
 
 
 @LOSSES.register("cross_entropy")
@@ -58,14 +58,3 @@ def class_weight_tensor(
             f"labels; give one weight per label in sorted label order (see data/prepared/labels.json)."
         )
     return torch.tensor(list(setting), dtype=torch.float32)
-
-
-def build_loss(name: str, task: str, class_weights: "torch.Tensor | None",
-               label_smoothing: float = 0.0) -> "torch.nn.Module":
-    """The loss ``name``, checked against the task it suits."""
-    if LOSS_TASKS[name] != task:
-        suitable = sorted(loss for loss, loss_task in LOSS_TASKS.items() if loss_task == task)
-        raise ValueError(f"params.yaml: finetune.loss: {name!r} does not suit a {task} task; use one of {suitable}.")
-    if label_smoothing and task != "classification":
-        raise ValueError("params.yaml: finetune.label_smoothing applies to classification; set it to 0.")
-    return LOSSES.get(name)(class_weights, label_smoothing)

@@ -141,10 +141,17 @@ def build_optimizer(model: "torch.nn.Module", params: "FinetuneParams", trainabl
     groups = parameter_groups(model, params, trainable)
     if not groups:
         raise ValueError("no trainable parameters: freeze.depth/patterns froze the head too; loosen them.")
-    return OPTIMIZERS.get(params.optimizer)(groups, params)
+    return OPTIMIZERS.get(params.optimizer, "finetune.optimizer")(groups, params)
 
 
 def build_scheduler(optimizer: "torch.optim.Optimizer", params: "FinetuneParams", total_steps: int) -> Any:
     """The schedule named by ``finetune.scheduler``, warming up over ``warmup_ratio`` of the steps."""
     warmup_steps = int(round(params.warmup_ratio * total_steps))
-    return SCHEDULERS.get(params.scheduler)(optimizer, warmup_steps, total_steps, params)
+    return SCHEDULERS.get(params.scheduler, "finetune.scheduler")(optimizer, warmup_steps, total_steps, params)
+
+
+def check_names(params: "FinetuneParams") -> None:
+    """``finetune.optimizer`` and ``finetune.scheduler`` name registered entries: checked before a stage loads a
+    model, so a typo costs no work."""
+    OPTIMIZERS.check(params.optimizer, "finetune.optimizer")
+    SCHEDULERS.check(params.scheduler, "finetune.scheduler")

@@ -11,26 +11,18 @@ from typing import Any
 import torch
 
 from crosstune.config import to_dict
-from crosstune.model.saved import NO_FREEZE, saved_head
+from crosstune.modalities import modality_of_config
+from crosstune.transfer_model.settings import NO_FREEZE, saved_head
 
 
 def random_init_model(attached: Any, config: dict[str, Any], seed: int) -> Any:
     """The ``attached`` model's architecture and head (as attached, before training), with a randomly
     initialised (seeded) backbone and nothing frozen: the no-transfer alternative. ``config`` is the
     attached model's ``config.json``."""
-    from crosstune.model.transfer_model import (
-        STAGED_MODALITIES,
-        build_transfer_model,
-        rebuild_staged_backbone,
-    )
+    from crosstune.transfer_model.modules import build_transfer_model
 
     torch.manual_seed(seed)
-    if attached.modality in STAGED_MODALITIES:
-        backbone: torch.nn.Module = rebuild_staged_backbone(config["backbone"])
-    else:
-        from transformers import AutoModel
-
-        backbone = AutoModel.from_config(attached.backbone.config)
+    backbone = modality_of_config(config).rebuild_backbone(config)
     head = saved_head(config)
     model = build_transfer_model(backbone, task=config["task"], labels=config["labels"], head_type=head.type,
                                  pooling=head.pooling, dropout=head.dropout, hidden_dim=head.hidden_dim, seed=seed)

@@ -1,4 +1,4 @@
-"""crosstune.training.linear_probe and the probe stage: the closed-form head fit, LP-FT's start, and the
+"""crosstune.training.closed_form_head and the probe stage: the closed-form head fit, LP-FT's start, and the
 probe model the guard compares."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import write_params
 
-from crosstune.training.linear_probe import (
+from crosstune.tasks.registry import TASKS
+from crosstune.training.closed_form_head import (
     PROBE_STRENGTHS,
     fit_output_layer,
     output_layer,
@@ -39,7 +40,7 @@ def test_fit_matches_scikit_learn_on_raw_inputs(classes: int) -> None:
     train_x, train_y = _blobs(120, classes, seed=1)
     valid_x, valid_y = _blobs(60, classes, seed=2)
     labels = [f"c{i}" for i in range(classes)]
-    fit = fit_output_layer(train_x, train_y, valid_x, valid_y, "classification", labels, "f1_macro", None,
+    fit = fit_output_layer(train_x, train_y, valid_x, valid_y, TASKS.get("classification"), labels, "f1_macro", None,
                            torch.nn.CrossEntropyLoss(), seed=0)
     assert fit.strength in PROBE_STRENGTHS and len(fit.tried) == len(PROBE_STRENGTHS)
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=fit.strength, max_iter=5000, random_state=0))
@@ -57,16 +58,16 @@ def test_strength_is_chosen_on_validation_and_class_weights_count() -> None:
     valid_x, valid_y = _blobs(90, 3, seed=5, offset=0.0, scale=1.0)
     valid_x = valid_x + np.random.default_rng(6).normal(size=valid_x.shape).astype(np.float32) * 12
     labels = ["a", "b", "c"]
-    fit = fit_output_layer(train_x, train_y, valid_x, valid_y, "classification", labels, "f1_macro", None,
+    fit = fit_output_layer(train_x, train_y, valid_x, valid_y, TASKS.get("classification"), labels, "f1_macro", None,
                            torch.nn.CrossEntropyLoss(), seed=0)
     best = max(row["f1_macro"] for row in fit.tried)
     assert fit.validation["f1_macro"] == best
     assert fit.strength == next(row["strength"] for row in fit.tried if row["f1_macro"] == best)
     keep = (train_y != 2) | (np.arange(len(train_y)) % 6 == 2)  # class c: 5 of 30 rows
     weights = torch.tensor([1.0, 1.0, 8.0])
-    plain = fit_output_layer(train_x[keep], train_y[keep], valid_x, valid_y, "classification", labels,
+    plain = fit_output_layer(train_x[keep], train_y[keep], valid_x, valid_y, TASKS.get("classification"), labels,
                              "loss", None, torch.nn.CrossEntropyLoss(), seed=0)
-    weighted = fit_output_layer(train_x[keep], train_y[keep], valid_x, valid_y, "classification", labels,
+    weighted = fit_output_layer(train_x[keep], train_y[keep], valid_x, valid_y, TASKS.get("classification"), labels,
                                 "loss", weights, torch.nn.CrossEntropyLoss(weight=weights), seed=0)
     predicted_c = [(valid_x @ f.weight.T + f.bias).argmax(1).tolist().count(2) for f in (plain, weighted)]
     assert predicted_c[1] > predicted_c[0]
@@ -77,7 +78,7 @@ def test_regression_probe_is_ridge() -> None:
     inputs = rng.normal(size=(200, 4)).astype(np.float32) * 3 + 7
     targets = (inputs @ np.array([1.0, -2.0, 0.5, 0.0]) + 3 + rng.normal(size=200) * 0.1).astype(np.float32)
     loss = torch.nn.MSELoss()
-    fit = fit_output_layer(inputs[:150], targets[:150], inputs[150:], targets[150:], "regression", ["value"],
+    fit = fit_output_layer(inputs[:150], targets[:150], inputs[150:], targets[150:], TASKS.get("regression"), ["value"],
                            "r2", None, lambda outputs, y: loss(outputs.squeeze(-1), y.float()), seed=0)
     assert fit.weight.shape == (1, 4) and fit.validation["r2"] > 0.99
 
@@ -107,7 +108,7 @@ def test_probe_stage_saves_a_loadable_model_that_scores_as_it_validated(attached
 
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.inference.outputs import predict_outputs, score_outputs
-    from crosstune.model.transfer_model import load_transfer_model
+    from crosstune.transfer_model.storage import load_transfer_model
 
     summary = _probe(attached, tmp_path / "probe", attached["params"])
     model, config = load_transfer_model(tmp_path / "probe")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from crosstune.errors import CrosstuneError
+from crosstune.training.callbacks import TrainingCallback
 
 TRIAL_ENVIRONMENT = "CROSSTUNE_TUNE_TRIAL"  # JSON: storage URL, study name, trial id, pruner settings
 PRUNED_MESSAGE = "pruned by Optuna's median pruner"  # what `crosstune tune` looks for in a failed trial's output
@@ -61,8 +62,8 @@ def open_storage(url: str, attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
-def reporter_from_environment() -> Callable[[int, dict[str, float]], None] | None:
-    """The per-epoch callback for the trial named in ``CROSSTUNE_TUNE_TRIAL``, or None outside `crosstune tune`."""
+def reporter_from_environment() -> TrainingCallback | None:
+    """The training callback for the trial named in ``CROSSTUNE_TUNE_TRIAL``, or None outside `crosstune tune`."""
     text = os.environ.get(TRIAL_ENVIRONMENT)
     if not text:
         return None
@@ -74,7 +75,9 @@ def reporter_from_environment() -> Callable[[int, dict[str, float]], None] | Non
     return _OptunaReporter(spec)
 
 
-class _OptunaReporter:
+class _OptunaReporter(TrainingCallback):
+    """Reports each epoch's validation metric to the Optuna trial and stops the run when the pruner says so."""
+
     def __init__(self, spec: TrialSpec) -> None:
         import optuna
 
@@ -84,7 +87,7 @@ class _OptunaReporter:
         self.trial: Any = optuna.trial.Trial(self.study, spec.trial_id)
         self.metric = spec.metric
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.trial.report(float(metrics[self.metric]), epoch)
         if self.trial.should_prune():
             raise TrialPruned(f"trial {self.trial.number} {PRUNED_MESSAGE} after epoch {epoch} (validation "

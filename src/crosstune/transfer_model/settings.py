@@ -1,4 +1,5 @@
-"""What a saved model directory's ``config.json`` says, read back as typed settings (torch-free).
+"""What a saved model directory says, read back as typed settings (torch-free): its ``config.json`` and the
+records the stages leave beside it.
 
 The freeze policy and head settings are written from the typed params of the stage that made the model
 (attach_head), so later stages read them from here instead of re-supplying defaults of their own; the
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from crosstune.config import FreezeParams, HeadParams, from_mapping
-from crosstune.errors import ArtifactError
 
 GUARD_RECORD = "guard.json"  # in models/scratch: how the scratch model was made, or that the guard was off
+PROBE_RECORD = "probe.json"  # in models/probe: how its output layer was fitted
 NO_FREEZE = FreezeParams(depth=0, patterns=(), lora_r=0)  # what a model trained from scratch has
 HF_SECTION = "crosstune"  # where a Hugging Face-form config.json keeps crosstune's fields
 
@@ -44,21 +45,22 @@ def saved_freeze(config: dict[str, Any]) -> FreezeParams:
 
 
 def saved_head(config: dict[str, Any]) -> HeadParams:
-    """The head settings (type, dropout, hidden size, pooling) recorded in a model's config."""
+    """The head settings (type, dropout, hidden size, pooling) recorded in a model's config; the pooling only
+    where it was a choice (a staged backbone records its own fixed pooling, which is no ``head.pooling``)."""
+    from crosstune.heads.registry import POOLINGS
+
     config = model_settings(config)
     head = config["head"]
     values = {key: head[key] for key in ("type", "dropout", "hidden_dim") if key in head}
-    if config.get("modality", "text") == "text" and "pooling" in config:
+    if config.get("pooling") in POOLINGS:
         values["pooling"] = config["pooling"]
     return from_mapping(HeadParams, values, "head")
 
 
 def saved_max_length(config: dict[str, Any], directory: str | Path) -> int:
-    """Tokens per text the model was trained with (written by the finetune and scratch stages)."""
+    """Tokens per input the model was trained with (written by the finetune and scratch stages; 0 for a
+    modality without tokens)."""
+    from crosstune.modalities import modality_of_config
+
     config = model_settings(config)
-    if config.get("modality") in ("image", "audio"):
-        return 0  # no tokens
-    if "max_length" not in config:
-        raise ArtifactError(f"{Path(directory) / 'config.json'}: has no max_length, so it is not a trained model "
-                            f"(finetune and scratch write one); point at models/finetuned or rerun `dvc repro`.")
-    return int(config["max_length"])
+    return modality_of_config(config).saved_max_length(config, directory)

@@ -1,8 +1,10 @@
-"""prepare-target-data: read, validate, normalise, deduplicate and split the target-domain table.
+"""prepare-target-data: read, validate, normalise, deduplicate and split the target-domain data.
 
-Outputs (in ``out_dir``): ``train.csv``, ``validation.csv``, ``test.csv`` with columns
-``text`` (or ``image`` / ``audio``: file paths) and ``label``, ``labels.json`` (sorted label names: index i is class i) and
-``summary.json``. Tokenising waits for the backbone stage, which knows the tokenizer.
+Outputs (in ``out_dir``): ``train.csv``, ``validation.csv``, ``test.csv`` with columns named after the
+modality (``text``, or ``image`` / ``audio``: file paths) and ``label``, ``labels.json`` (the task, the sorted
+label names: index i is output i, and the modality) and ``summary.json``. The task (:mod:`crosstune.tasks`) says
+how labels are read, checked and stratified; the modality (:mod:`crosstune.modalities`) how inputs are read
+and compared. Tokenising waits for the backbone stage, which knows the tokenizer.
 """
 
 from __future__ import annotations
@@ -18,15 +20,22 @@ from typing import Any
 import pandas as pd
 
 from crosstune.config import PrepareParams
-from crosstune.data.prepared import SPLITS
-from crosstune.data.tables import READERS, read_table
+from crosstune.data.prepared_dir import SPLITS
+from crosstune.data.tables import READERS, read_table, row_numbers
 from crosstune.errors import DataError
 from crosstune.io import atomic_directory, write_csv, write_json
+from crosstune.modalities import (
+    MODALITIES,
+    Modality,
+    folder_modality,
+    modality_of_frame,
+)
+from crosstune.tasks.base import Task
+from crosstune.tasks.registry import get_task
 
 logger = logging.getLogger(__name__)
 
 _WHITESPACE = re.compile(r"\s+")
-_MAX_ROWS_IN_ERROR = 5
 
 
 def normalise_text(text: str, lowercase: bool = False) -> str:
@@ -38,27 +47,20 @@ def normalise_text(text: str, lowercase: bool = False) -> str:
     return text.lower() if lowercase else text
 
 
-def _rows(mask: pd.Series) -> str:
-    """Human row numbers (1 = first row after the header) of the True entries, a few at most."""
-    rows = [int(i) + 1 for i in mask[mask].index[:_MAX_ROWS_IN_ERROR]]
-    more = int(mask.sum()) - len(rows)
-    return ", ".join(map(str, rows)) + (f" and {more} more" if more > 0 else "")
-
-
 def _require_values(frame: pd.DataFrame, column: str, what: str, fix: str, path: Path) -> pd.Series:
     """``frame[column]``, or a `DataError` naming the rows where it is empty or missing."""
     values = frame[column]
     empty = values.isna() | (values.astype(str).str.strip() == "")
     if empty.any():
         raise DataError(
-            f"{path}: empty or missing {what} in column {column!r} at row(s) {_rows(empty)} "
+            f"{path}: empty or missing {what} in column {column!r} at row(s) {row_numbers(empty)} "
             f"(row 1 = first row after the header); {fix}."
         )
     return values
 
 
 def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
-    """Read one input and return a clean frame (``text``, ``image`` or ``audio``, and ``label``), or raise
+    """Read one input and return a clean frame (the modality's input column and ``label``), or raise
     `DataError`.
 
     A directory holds one sub-folder per class, of images (ImageFolder) or of recordings (wav, flac, ogg); a
@@ -66,21 +68,21 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
     or of recording paths (``prepare.audio_column``), relative to the table's folder.
     """
     path = Path(path)
+    task = get_task(params.task)
     if path.is_dir():
-        from crosstune.data.audio import AUDIO_SUFFIXES, is_audio_folder
-        from crosstune.data.images import IMAGE_SUFFIXES
-
         if not any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
             raise DataError(f"{path}: no class sub-folders; put each class's images or recordings in "
                             f"{path}/<class name>/.")
-        if is_audio_folder(path):
-            return _check_files(list_class_folder(path, AUDIO_SUFFIXES, "audio"), "audio", path, params)
-        return _check_files(list_class_folder(path, IMAGE_SUFFIXES, "image"), "image", path, params)
+        modality = folder_modality(path)
+        task.check_modality(modality.name, path)
+        return _check_files(list_class_folder(path, modality.folder_suffixes, modality.name), modality, params)
     frame = read_table(path, params.separator).reset_index(drop=True)
     if params.text_column not in frame.columns:
-        for kind, column in (("image", params.image_column), ("audio", params.audio_column)):
+        for name in MODALITIES:
+            modality = MODALITIES.get(name)
+            column = getattr(params, modality.column_param)
             if column in frame.columns:
-                return _load_path_table(frame, path, params, kind, column)
+                return _load_path_table(frame, path, params, task, modality, column)
     missing = [column for column in (params.text_column, params.label_column) if column not in frame.columns]
     if missing:
         raise DataError(
@@ -88,26 +90,19 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
             f"Set prepare.text_column (or prepare.image_column / prepare.audio_column for file paths) / "
             f"prepare.label_column in params.yaml to the right names."
         )
+    task.check_modality("text", path)
     texts = _require_values(frame, params.text_column, "text", "remove those rows or fill in their text", path)
     labels = _require_values(frame, params.label_column, "label", "label those rows or remove them", path)
     clean = pd.DataFrame({
         "text": texts.astype(str).map(lambda text: normalise_text(text, params.lowercase)),
-        "label": labels.astype(str).str.strip(),
+        "label": task.read_labels(labels, path),
     })
     too_short = clean["text"].str.len() < params.min_text_chars
     if too_short.any():
         raise DataError(
             f"{path}: text shorter than prepare.min_text_chars={params.min_text_chars} after normalising at "
-            f"row(s) {_rows(too_short)}; remove those rows or lower prepare.min_text_chars."
+            f"row(s) {row_numbers(too_short)}; remove those rows or lower prepare.min_text_chars."
         )
-    if params.task == "regression":
-        numeric = pd.to_numeric(clean["label"], errors="coerce")
-        if numeric.isna().any():
-            raise DataError(
-                f"{path}: non-numeric label at row(s) {_rows(numeric.isna())} but prepare.task is regression; "
-                f"fix those labels or set prepare.task: classification."
-            )
-        clean["label"] = numeric.astype("float64")
     return clean
 
 
@@ -124,8 +119,11 @@ def list_class_folder(directory: Path, suffixes: tuple[str, ...], kind: str) -> 
     return pd.DataFrame(rows, columns=[kind, "label"])
 
 
-def _load_path_table(frame: pd.DataFrame, path: Path, params: PrepareParams, kind: str, column: str) -> pd.DataFrame:
+def _load_path_table(frame: pd.DataFrame, path: Path, params: PrepareParams, task: Task, modality: Modality,
+                     column: str) -> pd.DataFrame:
     """A table of image or recording paths (relative to the table's folder, or absolute) and labels."""
+    kind = modality.name
+    task.check_modality(kind, path)
     if params.label_column not in frame.columns:
         raise DataError(f"{path}: missing column {params.label_column!r}; the file has {list(frame.columns)}. "
                         f"Set prepare.label_column.")
@@ -137,97 +135,45 @@ def _load_path_table(frame: pd.DataFrame, path: Path, params: PrepareParams, kin
     if missing:
         raise DataError(f"{path}: {kind} file(s) not found at row(s) {', '.join(str(i + 1) for i in missing[:5])} "
                         f"(e.g. {resolved[missing[0]]}); paths are relative to the table's folder.")
-    clean = pd.DataFrame({kind: resolved, "label": labels.astype(str).str.strip()})
-    return _check_files(clean, kind, path, params)
+    clean = pd.DataFrame({kind: resolved, "label": task.read_labels(labels, path)})
+    return _check_files(clean, modality, params)
 
 
-def _check_files(frame: pd.DataFrame, kind: str, source: Path, params: PrepareParams) -> pd.DataFrame:
+def _check_files(frame: pd.DataFrame, modality: Modality, params: PrepareParams) -> pd.DataFrame:
     """Decode every image or recording once (corrupt, empty, silent, too small or too short ones are errors)
     and keep paths relative to the working directory, so the prepared tables stay valid in a teammate's clone."""
     import os
 
-    if kind == "image":
-        from crosstune.data.images import check_image
-
-        for image_path in frame["image"]:
-            check_image(Path(image_path), params.min_image_size)
-    else:
-        from crosstune.data.audio import check_audio
-
-        for audio_path in frame["audio"]:
-            check_audio(Path(audio_path), params.min_audio_seconds)
+    modality.check_files(frame[modality.name].tolist(), params)
     frame = frame.copy()
-    frame[kind] = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd()) else str(Path(p).resolve())
-                   for p in frame[kind]]
-    if params.task == "regression":
-        raise DataError(f"{source}: {kind} inputs support prepare.task: classification only.")
+    frame[modality.name] = [os.path.relpath(p) if Path(p).resolve().is_relative_to(Path.cwd())
+                            else str(Path(p).resolve()) for p in frame[modality.name]]
     return frame
-
-
-def _content_keys(frame: pd.DataFrame) -> pd.Series:
-    """What makes two examples the same: the text, or the image or recording file's bytes."""
-    if "text" in frame:
-        return frame["text"]
-    import hashlib
-
-    return frame[modality_of(frame)].map(lambda file: hashlib.sha1(Path(file).read_bytes()).hexdigest())
-
-
-MODALITIES = ("text", "image", "audio")  # each prepared table's input column is named after its modality
-
-
-def modality_of(frame: pd.DataFrame) -> str:
-    """``text``, ``image`` or ``audio``: the input column a clean frame holds."""
-    return next(column for column in MODALITIES if column in frame)
 
 
 def deduplicate(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop repeated training examples and training examples that also appear in the test set (leakage)."""
-    keys = _content_keys(train)
+    modality = modality_of_frame(train)
+    keys = modality.content_keys(train)
     repeated_mask = keys.duplicated(keep="first")
-    leaking = keys.isin(set(_content_keys(test))) & ~repeated_mask
+    leaking = keys.isin(set(modality.content_keys(test))) & ~repeated_mask
     train = train[~repeated_mask & ~leaking]
     return train.reset_index(drop=True), {"duplicates_dropped": int(repeated_mask.sum()),
                                           "test_overlap_dropped": int(leaking.sum())}
 
 
-def check_class_counts(train: pd.DataFrame, path: str | Path, minimum: int) -> None:
-    """Every class needs ``minimum`` training examples for a stratified split and a meaningful F1."""
-    counts = train["label"].value_counts()
-    small = counts[counts < minimum]
-    if not small.empty:
-        detail = ", ".join(f"{label!r}: {count}" for label, count in small.sort_index().items())
-        raise DataError(
-            f"{path}: too few training examples for class(es) {detail} (need at least "
-            f"prepare.min_examples_per_class={minimum}); add examples, merge or drop those classes, "
-            f"or lower prepare.min_examples_per_class."
-        )
-
-
-def check_test_labels(test: pd.DataFrame, labels: list[str], path: str | Path) -> None:
-    """Test labels must all be seen in training: the head has no output for anything else."""
-    unknown = ~test["label"].isin(labels)
-    if unknown.any():
-        names = sorted(set(test.loc[unknown, "label"]))
-        raise DataError(
-            f"{path}: label(s) {names} at row(s) {_rows(unknown)} never occur in the training file "
-            f"(known labels: {labels}); fix the labels, add training examples for them, or drop those rows."
-        )
-
-
-def _split(frame: pd.DataFrame, fraction: float, seed: int, stratify: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(frame: pd.DataFrame, fraction: float, seed: int, task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out ``fraction`` of ``frame``, keeping the proportions the task stratifies by."""
     from sklearn.model_selection import train_test_split
 
-    kept, held_out = train_test_split(
-        frame, test_size=fraction, random_state=seed, stratify=frame["label"] if stratify else None
-    )
+    kept, held_out = train_test_split(frame, test_size=fraction, random_state=seed, stratify=task.stratify_by(frame))
     return kept.reset_index(drop=True), held_out.reset_index(drop=True)
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The three clean splits, the optional labelled source domain and the sorted label names (empty for
-    regression). Target training rows whose label is hidden (``prepare.target_labelled`` < 1) have an
+    """The three clean splits, the optional labelled source domain and the sorted label names (empty when the
+    task predicts values). Target training rows whose label is hidden (``prepare.target_labelled`` < 1) have an
     empty label: they are the unlabelled target pool."""
 
     train: pd.DataFrame
@@ -263,9 +209,7 @@ def find_source(path: str | Path) -> Path | None:
 
 def load_source(path: Path, params: PrepareParams, labels: list[str]) -> pd.DataFrame:
     """The labelled source domain, its labels mapped onto the target's (``prepare.source_label_map``)."""
-    if params.task != "classification":
-        raise DataError(f"{path}: a source domain needs prepare.task: classification (labels to align); "
-                        f"set data.source to data/source (no source) for regression.")
+    get_task(params.task).check_source_domain(path)
     source = load_examples(path, params)
     mapping = params.source_label_map
     if mapping:
@@ -282,7 +226,7 @@ def load_source(path: Path, params: PrepareParams, labels: list[str]) -> pd.Data
     unknown = ~source["label"].isin(labels)
     if unknown.any():
         raise DataError(f"{path}: source label(s) {sorted(set(source.loc[unknown, 'label']))} at row(s) "
-                        f"{_rows(unknown)} are not target labels {labels}; declare how they map in "
+                        f"{row_numbers(unknown)} are not target labels {labels}; declare how they map in "
                         f"prepare.source_label_map (source label: target label, or drop).")
     if source.empty:
         raise DataError(f"{path}: no source rows left after prepare.source_label_map; map some labels to target ones.")
@@ -317,7 +261,7 @@ def prepare_target_data(
 ) -> PreparedData:
     """Validate and split the target data (and the source domain, when ``source_path`` holds one);
     nothing is written here (see :func:`write_prepared`)."""
-    classify = params.task == "classification"
+    task = get_task(params.task)
     source_file = find_source(source_path) if source_path is not None else None
     if source_file is None and (params.target_labelled < 1.0 or params.validation_domain == "source"):
         key = "target_labelled" if params.target_labelled < 1.0 else "validation_domain"
@@ -328,44 +272,38 @@ def prepare_target_data(
     if test_path is not None:
         test = load_examples(test_path, params)
     else:
-        if classify:
-            check_class_counts(train, train_path, params.min_examples_per_class)
-        train, test = _split(train, params.test_fraction, seed, stratify=classify)
+        task.check_training_labels(train, Path(train_path), params.min_examples_per_class)
+        train, test = _split(train, params.test_fraction, seed, task)
     dedup_counts = {"duplicates_dropped": 0, "test_overlap_dropped": 0}
     if params.deduplicate:
         train, dedup_counts = deduplicate(train, test)
-    labels: list[str] = []
-    if classify:
-        check_class_counts(train, train_path, params.min_examples_per_class)
-        labels = sorted(train["label"].unique())
-        check_test_labels(test, labels, test_path or train_path)
+    task.check_training_labels(train, Path(train_path), params.min_examples_per_class)
+    labels = task.label_names(train)
+    task.check_test_labels(test, labels, Path(test_path or train_path))
     source = load_source(source_file, params, labels) if source_file is not None else None
     if source is not None and params.validation_domain == "source":
-        check_class_counts(source, source_file, params.min_examples_per_class)
-        source, validation = _split(source, params.validation_fraction, seed, stratify=classify)
+        task.check_training_labels(source, source_file, params.min_examples_per_class)
+        source, validation = _split(source, params.validation_fraction, seed, task)
     else:
-        train, validation = _split(train, params.validation_fraction, seed, stratify=classify)
+        train, validation = _split(train, params.validation_fraction, seed, task)
     if source is not None:
         train = hide_target_labels(train, params.target_labelled, seed)
     splits = {"train": train, "validation": validation, "test": test}
-    modality = modality_of(train)
+    modality = modality_of_frame(train).name
     for other, path in ((test, test_path), (source, source_file)):
-        if other is not None and modality_of(other) != modality:
-            raise DataError(f"{path}: holds {modality_of(other)} inputs but {train_path} holds {modality} inputs; "
-                            f"give both in the same kind.")
-    summary: dict[str, Any] = {"task": params.task, "modality": modality, "num_labels": len(labels), **dedup_counts}
+        if other is not None and modality_of_frame(other).name != modality:
+            raise DataError(f"{path}: holds {modality_of_frame(other).name} inputs but {train_path} holds {modality} "
+                            f"inputs; give both in the same kind.")
+    summary: dict[str, Any] = {"task": task.name, "modality": modality, "num_labels": len(labels), **dedup_counts}
     if source is not None:
         splits["source"] = source
         summary.update({"source": str(source_file), "validation_domain": params.validation_domain,
                         "train_labelled": int((train["label"] != "").sum())})
     for name, frame in splits.items():
         summary[f"{name}_size"] = len(frame)
-        if classify:
-            for label, count in frame["label"].value_counts().sort_index().items():
-                if label != "":
-                    summary[f"{name}_count_{label}"] = int(count)
+        summary.update({f"{name}_count_{label}": count for label, count in task.label_counts(frame).items()})
     logger.info("prepared %s", ", ".join(f"{name}={len(frame)}" for name, frame in splits.items()))
-    if classify:
+    if labels:
         logger.info("labels %s; training counts %s", labels, train["label"].value_counts().to_dict())
     return PreparedData(train, validation, test, labels, summary, source)
 
@@ -384,5 +322,3 @@ def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParam
                                              "modality": data.summary["modality"]})
         write_json(staging / "summary.json", data.summary)
         write_json(staging / "params.json", to_dict(params))
-
-

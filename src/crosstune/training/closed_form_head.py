@@ -7,8 +7,9 @@ Out-of-Distribution" (ICLR 2022, https://arxiv.org/abs/2202.10054) show that fin
 sends large, random gradients into the pretrained features while the head is still wrong, and that fitting
 the head on the frozen features first avoids it.
 
-The fit is scikit-learn's L-BFGS logistic regression (classification) or ridge regression, on standardised
-inputs of the head's output layer z (what it sees with the model in eval mode). For classification,
+The fit is the task's (:meth:`crosstune.tasks.base.Task.fit_output_layer`: scikit-learn's L-BFGS logistic
+regression for classification, ridge regression for values), on standardised inputs of the head's output
+layer z (what it sees with the model in eval mode). For classification,
 
     W*, b* = argmin_{W,b}  sum_i c_{y_i} * -log softmax(W z~_i + b)_{y_i}  +  ||W||^2 / (2C),
     z~ = (z - mu) / sigma,
@@ -28,11 +29,7 @@ import numpy as np
 import torch
 
 from crosstune.data.batching import Batching, Split
-from crosstune.evaluation.metrics import (
-    classification_metrics,
-    is_better,
-    regression_metrics,
-)
+from crosstune.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +53,7 @@ def head_inputs(model: Any, split: Split, batching: Batching, device: str, level
     Shape:
         -> (N, in_features) float32
     """
-    from crosstune.model.transfer_model import ModelForward
+    from crosstune.transfer_model.modules import ModelForward
 
     forward = ModelForward(model, level)
     forward.eval()
@@ -88,7 +85,7 @@ class ProbeFit:
 
 
 def fit_output_layer(train_inputs: np.ndarray, train_targets: np.ndarray, validation_inputs: np.ndarray,
-                     validation_targets: np.ndarray, task: str, labels: list[str], select_metric: str,
+                     validation_targets: np.ndarray, task: Task, labels: list[str], select_metric: str,
                      class_weights: torch.Tensor | None, loss_fn: torch.nn.Module, seed: int) -> ProbeFit:
     """Fit the layer at each of :data:`PROBE_STRENGTHS`; keep the best on validation by ``select_metric``
     (ties: the stronger regularisation, tried first)."""
@@ -99,12 +96,13 @@ def fit_output_layer(train_inputs: np.ndarray, train_targets: np.ndarray, valida
     best: ProbeFit | None = None
     tried = []
     for strength in PROBE_STRENGTHS:
-        weight, bias = _fit(standardised, train_targets, task, len(labels), strength, class_weights, seed)
+        weight, bias = task.fit_output_layer(standardised, train_targets, task.num_outputs(labels), strength,
+                                             class_weights, seed)
         weight = weight / scale  # fold the standardisation into the layer
         bias = bias - weight @ mean
         metrics = _validation_metrics(weight, bias, validation_inputs, validation_targets, task, labels, loss_fn)
         tried.append({"strength": strength, **metrics})
-        if best is None or is_better(select_metric, metrics[select_metric], best.validation[select_metric]):
+        if best is None or task.is_better(select_metric, metrics[select_metric], best.validation[select_metric]):
             best = ProbeFit(weight.astype(np.float32), bias.astype(np.float32), strength, metrics)
     assert best is not None
     best.tried = tried
@@ -113,38 +111,13 @@ def fit_output_layer(train_inputs: np.ndarray, train_targets: np.ndarray, valida
     return best
 
 
-def _fit(inputs: np.ndarray, targets: np.ndarray, task: str, num_labels: int, strength: float,
-         class_weights: torch.Tensor | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(weight (outputs, features), bias) of one scikit-learn fit on standardised ``inputs``."""
-    if task != "classification":
-        from sklearn.linear_model import Ridge
-
-        ridge = Ridge(alpha=1.0 / strength).fit(inputs, targets.astype(np.float64))
-        return ridge.coef_.reshape(1, -1).astype(np.float64), np.atleast_1d(ridge.intercept_).astype(np.float64)
-    from sklearn.linear_model import LogisticRegression
-
-    weights = None if class_weights is None else {index: float(w) for index, w in enumerate(class_weights.tolist())}
-    probe = LogisticRegression(C=strength, max_iter=5000, class_weight=weights, random_state=seed)
-    probe.fit(inputs, targets)
-    coef, intercept = probe.coef_.astype(np.float64), probe.intercept_.astype(np.float64)
-    if len(probe.classes_) == 2:  # one logit z for the second class: softmax([-z/2, z/2]) = sigmoid(z)
-        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-    weight = np.zeros((num_labels, inputs.shape[1]))
-    # A class with no training row can never be predicted (a bias far below the others'), as in a fit that knew it.
-    bias = np.full(num_labels, intercept.min() - 30.0)
-    weight[probe.classes_], bias[probe.classes_] = coef, intercept
-    return weight, bias
-
-
-def _validation_metrics(weight: np.ndarray, bias: np.ndarray, inputs: np.ndarray, targets: np.ndarray, task: str,
+def _validation_metrics(weight: np.ndarray, bias: np.ndarray, inputs: np.ndarray, targets: np.ndarray, task: Task,
                         labels: list[str], loss_fn: torch.nn.Module) -> dict[str, float]:
     """The same metrics as training's validation (:func:`crosstune.training.loop.validation_metrics`)."""
     outputs = torch.from_numpy(inputs.astype(np.float64) @ weight.T + bias).float()
     target_tensor = torch.from_numpy(targets)
     loss = float(loss_fn(outputs, target_tensor).item())
-    if task == "classification":
-        return {"loss": loss, **classification_metrics(targets.tolist(), outputs.argmax(1).tolist(), labels)}
-    return {"loss": loss, **regression_metrics(targets.tolist(), outputs[:, 0].tolist())}
+    return {"loss": loss, **task.score(targets.tolist(), outputs, labels)}
 
 
 def set_output_layer(head: torch.nn.Module, fit: ProbeFit) -> None:

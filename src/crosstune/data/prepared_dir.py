@@ -25,14 +25,17 @@ def encoded_has_source(encoded_dir: str | Path) -> bool:
 
 
 def read_split(prepared_dir: str | Path, split: str) -> pd.DataFrame:
-    """Read one prepared split (or ``source``) back with explicit dtypes (labels: str, or float for
-    regression; an empty label marks an unlabelled target row)."""
+    """Read one prepared split (or ``source``) back with explicit dtypes (inputs as text; labels as the task
+    reads them: names, or numbers; an empty label name marks an unlabelled target row)."""
     path = Path(prepared_dir) / f"{split}.csv"
     if not path.is_file():
         raise DataError(f"{path}: not found; run the prepare stage first (dvc repro prepare).")
+    from crosstune.modalities import MODALITIES
+    from crosstune.tasks.registry import TASKS
+
     task, _ = read_label_info(prepared_dir)
-    label_dtype = "float64" if task == "regression" else str
-    return pd.read_csv(path, dtype={"text": str, "image": str, "audio": str, "label": label_dtype}, keep_default_na=False)
+    dtypes = {**{name: str for name in MODALITIES}, "label": TASKS.get(task).label_dtype}
+    return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
 
 
 def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:

@@ -1,59 +1,35 @@
 """The model crosstune trains: a pretrained encoder, a pooling rule and a new task head.
 
-Saved as a Hugging Face-style directory: ``config.json`` (everything needed to rebuild the
-modules: backbone config, head, pooling, labels, freeze policy), ``model.safetensors`` and the
-tokenizer files. Loading never unpickles code: the modules are rebuilt from the JSON config and
-the tensors come from safetensors.
-
-A ``head.type: hf`` model (:mod:`crosstune.heads.hf`) is saved in the Hugging Face form instead: a stock
-``...ForSequenceClassification`` directory (Hugging Face config and tensor names) with crosstune's fields
-under ``config.json``'s ``crosstune`` key, so ``transformers`` and :func:`load_transfer_model` both load it.
+One subclass of :class:`TransferModel` per modality says how its backbone gives pooled features, how its
+frozen prefix is cut for the cache and what a traced (ONNX) batch looks like; the task
+(:mod:`crosstune.tasks`) says how wide the head's output is. Saving and loading:
+:mod:`crosstune.transfer_model.storage`.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
 
-from crosstune.backbones.audio import (
-    AudioBackbone,
-    audio_config,
-    rebuild_audio_backbone,
-)
 from crosstune.backbones.staged import StagedBackbone
 from crosstune.backbones.text import (
     block_path,
     drop_unused_pooler,
     embedding_module,
     embedding_path,
-    save_tokenizer,
     swapped_module,
     transformer_blocks,
 )
-from crosstune.backbones.vision import rebuild_vision_backbone, vision_config
-from crosstune.errors import ArtifactError
 from crosstune.heads.registry import HF_HEAD, HF_POOLING, POOLINGS, build_head
-from crosstune.io import (
-    artifact_fix,
-    load_tensors,
-    load_weights,
-    read_artifact_json,
-    read_json,
-    write_json,
-)
-from crosstune.model.saved import HF_SECTION, is_hf_form, model_settings, saved_head
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = {"text": "crosstune-text", "image": "crosstune-image", "audio": "crosstune-audio"}
-STAGED_MODALITIES = ("image", "audio")  # backbones cut into stem + blocks (StagedBackbone), not Hugging Face encoders
 PrefixLevel = Union[int, str]  # N = stem + bottom N blocks; "all" = pooled features of the whole backbone
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+ONNX_EXAMPLE_BATCH = 2  # the traced batch: not 0 or 1, which torch.export would fix as a constant
+ONNX_EXAMPLE_TOKENS = 8  # its sequence length, likewise
 
 
 class TransferModel(nn.Module):
@@ -61,11 +37,17 @@ class TransferModel(nn.Module):
 
     Args:
         backbone: the pretrained feature extractor.
-        head: maps pooled features to ``num_outputs`` (classes, or 1 for regression).
+        head: maps pooled features to the task's outputs (``num_outputs``: one per class, or one value).
         spec: the JSON-able description saved in ``config.json`` (task, labels, head, pooling, freeze).
     """
 
-    modality = ""
+    modality: ClassVar[str] = ""
+    by_modality: ClassVar[dict[str, type["TransferModel"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.modality:
+            TransferModel.by_modality[cls.modality] = cls
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__()
@@ -116,6 +98,24 @@ class TransferModel(nn.Module):
         for parameter in self.backbone.parameters():
             layers.setdefault(id(parameter), len(blocks))
         return layers, top
+
+    def backbone_entry(self) -> dict[str, Any]:
+        """What a crosstune-form config.json records of the backbone, to rebuild its architecture."""
+        raise NotImplementedError
+
+    def onnx_input_names(self) -> tuple[str, ...]:
+        """The keys of a batch's ``inputs``: the traced graph's input names."""
+        raise NotImplementedError
+
+    def onnx_example_inputs(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """A batch shaped as the batching loop makes them, to trace the model with."""
+        raise NotImplementedError
+
+    def onnx_dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        """Per input, its dynamic axes as torch.export ``Dim`` objects (their names become the graph's axis names)."""
+        from torch.export import Dim
+
+        return ({0: Dim("batch")},)
 
 
 class TextTransferModel(TransferModel):
@@ -171,6 +171,26 @@ class TextTransferModel(TransferModel):
         blocks = transformer_blocks(self.backbone)
         return swapped_module(self.backbone, block_path(self.backbone), nn.ModuleList(list(blocks)[start:stop]))
 
+    def backbone_entry(self) -> dict[str, Any]:
+        return {"backbone_config": portable_config(self.backbone.config)}
+
+    def onnx_input_names(self) -> tuple[str, ...]:
+        return ("input_ids", "attention_mask")
+
+    def onnx_example_inputs(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Random token ids with a padded second row, so the attention mask's padding path is traced."""
+        vocab_size = int(self.backbone.config.vocab_size)
+        input_ids = torch.randint(0, vocab_size, (ONNX_EXAMPLE_BATCH, ONNX_EXAMPLE_TOKENS), generator=generator)
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[1, ONNX_EXAMPLE_TOKENS // 2 :] = 0
+        return input_ids, attention_mask
+
+    def onnx_dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        from torch.export import Dim
+
+        batch, sequence = Dim("batch"), Dim("sequence")
+        return ({0: batch, 1: sequence}, {0: batch, 1: sequence})
+
 
 class StagedTransferModel(TransferModel):
     """A staged backbone (:class:`~crosstune.backbones.staged.StagedBackbone`: image or audio) with its pooling.
@@ -208,6 +228,12 @@ class StagedTransferModel(TransferModel):
     def block_modules(self) -> list[list[nn.Module]]:
         return self.backbone.blocks
 
+    def backbone_entry(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.saved_config("none")}
+
+    def onnx_input_names(self) -> tuple[str, ...]:
+        return (self.input_name,)
+
 
 class ImageTransferModel(StagedTransferModel):
     """A CNN with global average pooling. Shape: pixel_values (B, 3, S, S) -> (B, num_outputs)."""
@@ -215,12 +241,49 @@ class ImageTransferModel(StagedTransferModel):
     modality = "image"
     input_name = "pixel_values"
 
+    def onnx_example_inputs(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        size = self.backbone.preprocessing.image_size
+        return (torch.randn(ONNX_EXAMPLE_BATCH, 3, size, size, generator=generator),)
+
 
 class AudioTransferModel(StagedTransferModel):
     """A speech encoder mean-pooled over time. Shape: input_features (B, ...) -> (B, num_outputs)."""
 
     modality = "audio"
     input_name = "input_features"
+
+    def onnx_example_inputs(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Random waveforms through the backbone's own feature extraction: the features' real layout."""
+        from crosstune.data.audio import AudioBatcher
+
+        preprocessing = self.backbone.preprocessing
+        waveforms = torch.randint(-3000, 3000, (ONNX_EXAMPLE_BATCH, preprocessing.clip_samples), generator=generator)
+        return (AudioBatcher(preprocessing)(waveforms.to(torch.int16)),)
+
+    def onnx_dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        from torch.export import Dim
+
+        axis = self.time_axis()
+        return ({0: Dim("batch")} if axis is None else {0: Dim("batch"), axis: Dim("time")},)
+
+    def time_axis(self) -> int | None:
+        """The axis of the input features that grows with the clip, or None to keep time fixed.
+
+        The feature layouts differ ((B, 80, T) for Whisper, (B, T, 40) for GE2E), so the axis is found by
+        extracting features of two clip lengths. Time stays fixed for recurrent backbones: torch.export lowers
+        ``nn.LSTM`` with the traced sequence length fixed in a Reshape, so such a graph fails on any other
+        length. Nothing is lost: the predictor cuts or pads every clip to the saved ``clip_samples``.
+        """
+        from crosstune.data.audio import AudioBatcher
+
+        if any(isinstance(module, nn.RNNBase) for module in self.modules()):
+            return None
+        preprocessing = self.backbone.preprocessing
+        batcher = AudioBatcher(preprocessing)
+        short, long = (batcher(torch.zeros(1, samples, dtype=torch.int16)).shape
+                       for samples in (preprocessing.sample_rate // 2, preprocessing.sample_rate))
+        growing = [axis for axis, (before, after) in enumerate(zip(short, long)) if before != after]
+        return growing[0] if len(growing) == 1 else None
 
 
 class ModelForward(nn.Module):
@@ -254,169 +317,35 @@ def build_transfer_model(
     backbone: nn.Module, *, task: str, labels: list[str], head_type: str, pooling: str,
     dropout: float, hidden_dim: int, seed: int,
 ) -> TransferModel:
-    """Put a freshly initialised head (seeded) on ``backbone`` (a Hugging Face encoder, or a vision or audio
-    :class:`~crosstune.backbones.staged.StagedBackbone`).
+    """Put a freshly initialised head (seeded) on ``backbone`` (a Hugging Face text encoder, or a
+    :class:`~crosstune.backbones.staged.StagedBackbone` of the modality it declares), as wide as ``task``'s
+    output for ``labels``.
 
     The hf head classifies from the first token as the stock Hugging Face model does, whatever ``pooling``
-    says (``params.yaml`` must say ``cls``: :class:`~crosstune.config.HeadParams`), and takes the encoder's
-    pretrained pooler where its architecture has one.
+    says (``params.yaml`` must say ``cls``: :func:`crosstune.heads.registry.check_head_params`), and takes the
+    encoder's pretrained pooler where its architecture has one.
     """
+    from crosstune.tasks.registry import TASKS
+
     staged = isinstance(backbone, StagedBackbone)
     feature_dim = backbone.feature_dim if staged else int(backbone.config.hidden_size)
-    num_outputs = len(labels) if task == "classification" else 1
+    num_outputs = TASKS.get(task).num_outputs(labels)
     if head_type == HF_HEAD and pooling != HF_POOLING:
         logger.warning("head.type hf classifies from the first token; pooling %r does not apply", pooling)
         pooling = HF_POOLING
     torch.manual_seed(seed)
-    head = build_head(head_type, feature_dim, num_outputs, dropout, hidden_dim, backbone=backbone)
+    head = build_head(head_type, feature_dim, num_outputs, dropout, hidden_dim, backbone=backbone, task=task)
     if not staged:
         backbone = drop_unused_pooler(backbone)  # after the hf head took the pooler it uses
     spec = {
-        "task": task, "labels": list(labels), "pooling": _staged_pooling(backbone) if staged else pooling,
+        "task": task, "labels": list(labels), "pooling": backbone.pooling_name if staged else pooling,
         "head": {"type": head_type, "dropout": dropout, "hidden_dim": hidden_dim, "num_outputs": num_outputs},
     }
-    kind = AudioTransferModel if isinstance(backbone, AudioBackbone) else ImageTransferModel
-    return (kind if staged else TextTransferModel)(backbone, head, spec)
+    modality = backbone.modality if staged else TextTransferModel.modality
+    return TransferModel.by_modality[modality](backbone, head, spec)
 
 
-def _staged_pooling(backbone: StagedBackbone) -> str:
-    return "time_average" if isinstance(backbone, AudioBackbone) else "global_average"
-
-
-def staged_config(model: TransferModel) -> dict[str, Any]:
-    """The ``backbone`` entry of an image or audio model's config.json."""
-    if model.modality == "audio":
-        return audio_config(model.backbone.name, "none", model.backbone)
-    return vision_config(model.backbone.name, "none", model.backbone)
-
-
-def rebuild_staged_backbone(config: dict[str, Any]) -> StagedBackbone:
-    """The architecture of a saved image or audio backbone (``config`` its ``backbone`` entry, or the backbone
-    stage's config.json), randomly initialised: weights are loaded after."""
-    if config.get("modality") == "audio":
-        return rebuild_audio_backbone(config)
-    return rebuild_vision_backbone(config)
-
-
-def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: Any = None,
-                        extra: dict[str, Any] | None = None) -> None:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer for text) into ``directory``; in the Hugging
-    Face form (see the module docstring) for an hf head."""
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if model.spec["head"]["type"] == HF_HEAD:
-        _save_hf_form(model, directory, extra)
-    else:
-        if model.modality in STAGED_MODALITIES:
-            backbone_entry = {"backbone": staged_config(model)}
-        else:
-            backbone_entry = {"backbone_config": _portable_config(model.backbone.config)}
-        config = {"model_type": MODEL_TYPES[model.modality], "modality": model.modality, **model.spec,
-                  **backbone_entry, **(extra or {})}
-        write_json(directory / CONFIG_NAME, config)
-        save_model(model, str(directory / WEIGHTS_NAME))
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, directory)
-
-
-def _portable_config(config: Any) -> dict[str, Any]:
+def portable_config(config: Any) -> dict[str, Any]:
     """A Hugging Face config as a dict, without ``_name_or_path`` (where the backbone was loaded from on this
     machine: not part of the model)."""
     return {key: value for key, value in config.to_dict().items() if key != "_name_or_path"}
-
-
-def _save_hf_form(model: TransferModel, directory: Path, extra: dict[str, Any] | None) -> None:
-    """The stock Hugging Face classification directory: its config (label maps from crosstune's labels) with
-    crosstune's fields under ``crosstune``, and the tensors under the Hugging Face names."""
-    from safetensors.torch import save_file
-
-    from crosstune.heads.hf import classification_config, hf_state_dict
-
-    spec = model.spec
-    config = classification_config(model.backbone.config, spec["head"]["num_outputs"], spec["head"]["dropout"],
-                                   spec["labels"], spec["task"])
-    config.architectures = [type(model.head.model).__name__]
-    hf_config = {key: value for key, value in _portable_config(config).items() if key != HF_SECTION}
-    write_json(directory / CONFIG_NAME, {**hf_config, HF_SECTION: {"modality": model.modality, **spec,
-                                                                   **(extra or {})}})
-    # "format": "pt" is what transformers' from_pretrained checks a safetensors file for.
-    save_file(hf_state_dict(model.backbone, model.head), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-
-
-def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str, Any]]:
-    """Rebuild a :class:`TransferModel` from its directory; returns the model and its config.
-
-    The freeze policy in the config is *not* applied here (``requires_grad`` is not saved with the
-    weights): callers that train apply the saved one (:func:`crosstune.model.saved.saved_freeze`,
-    :func:`crosstune.freezing.policy.apply_policy`). A missing, truncated or corrupt file is an
-    :class:`~crosstune.errors.ArtifactError` naming the file and the fix. The config returned has crosstune's
-    fields at the top level in either form (:func:`crosstune.model.saved.model_settings`).
-    """
-    from transformers import AutoModel
-
-    directory = Path(directory)
-    raw = read_artifact_json(directory / CONFIG_NAME)
-    config = model_settings(raw)
-    if not is_hf_form(raw) and config.get("model_type") not in MODEL_TYPES.values():
-        raise ArtifactError(
-            f"{directory / CONFIG_NAME}: model_type is {config.get('model_type')!r}, not one of "
-            f"{sorted(MODEL_TYPES.values())} and it has no {HF_SECTION!r} section; this is not a crosstune model "
-            f"directory (run the attach-head or finetune stage to make one)."
-        )
-    try:
-        if config.get("model_type") in (MODEL_TYPES[modality] for modality in STAGED_MODALITIES):
-            backbone: nn.Module = rebuild_staged_backbone(config["backbone"])
-        else:
-            backbone = AutoModel.from_config(_backbone_config(config))
-        head = saved_head(config)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ArtifactError(f"{directory / CONFIG_NAME}: incomplete or malformed ({type(error).__name__}: {error}); "
-                            f"{artifact_fix(directory)}") from error
-    model = build_transfer_model(
-        backbone, task=config["task"], labels=config["labels"], head_type=head.type, pooling=head.pooling,
-        dropout=head.dropout, hidden_dim=head.hidden_dim, seed=0,
-    )
-    model.spec = {key: config[key] for key in ("task", "labels", "pooling", "head", "freeze") if key in config}
-    if is_hf_form(raw):
-        _load_hf_weights(model, directory / WEIGHTS_NAME)
-    else:
-        load_weights(model, directory / WEIGHTS_NAME)
-    model.eval()
-    return model, config
-
-
-def _load_hf_weights(model: TransferModel, path: Path) -> None:
-    """Load a Hugging Face-form ``model.safetensors`` (Hugging Face tensor names) into ``model``."""
-    from crosstune.heads.hf import hf_names
-
-    tensors = load_tensors(path)
-    names = hf_names(model.backbone, model.head)
-    missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
-    if missing or unexpected:
-        raise ArtifactError(f"{path}: does not match its config.json (missing {missing[:3]}, unexpected "
-                            f"{unexpected[:3]}); {artifact_fix(path)}")
-    try:
-        model.load_state_dict({names[name]: value for name, value in tensors.items()}, strict=True)
-    except RuntimeError as error:  # a tensor of the wrong shape
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ArtifactError(f"{path}: does not match its config.json ({first_line}); {artifact_fix(path)}") from error
-
-
-def _backbone_config(config: dict[str, Any]) -> Any:
-    from transformers import AutoConfig
-
-    from crosstune.backbones.static import register_architecture
-
-    register_architecture()  # crosstune's own text architecture (static token embeddings)
-    backbone_config = dict(config["backbone_config"])
-    return AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
-
-
-def load_tokenizer(directory: str | Path) -> Any:
-    """The tokenizer saved beside the model (told the backbone's config, not crosstune's)."""
-    from transformers import AutoTokenizer
-
-    config = model_settings(read_json(Path(directory) / CONFIG_NAME))
-    return AutoTokenizer.from_pretrained(str(directory), config=_backbone_config(config))
