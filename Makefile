@@ -47,6 +47,9 @@ else
 endif
 	@echo "Test-split metrics (metrics/eval.json; all runs: dvc metrics show, dvc exp show):"
 	@$(BIN)/python -c 'import json; [print(f"  {k:40s} {v:.4f}" if isinstance(v, float) else f"  {k:40s} {v}") for k, v in json.load(open("metrics/eval.json")).items()]'
+ifndef EXAMPLE
+	@$(BIN)/crosstune compare-committed
+endif
 
 test: install  ## run the whole test suite (unit tests and the end-to-end dvc test)
 	$(BIN)/python -m pytest

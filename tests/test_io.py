@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -92,3 +93,77 @@ def test_stage_script_and_predict_print_one_line(attached: dict[str, Path], tmp_
         errors = [line for line in result.stderr.splitlines() if line.startswith("crosstune: error:")]
         assert len(errors) == 1 and "model.safetensors: truncated or corrupt" in errors[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_killed_writers_temporary_sibling_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    from crosstune.io import atomic_directory, write_json
+
+    (tmp_path / ".model.abc123.tmp").mkdir()  # what a kill -9 mid-write leaves
+    (tmp_path / ".model.abc123.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".eval.json.x1y2.tmp").write_text("{")
+    (tmp_path / ".other.tmp").write_text("")  # not a sibling of these outputs: left alone
+    with atomic_directory(tmp_path / "model") as staging:
+        (staging / "config.json").write_text("{}")
+    write_json(tmp_path / "eval.json", {"f1_macro": 0.5})
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.tmp", "eval.json", "model"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs mounted for the test (root only; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): the full-disk test needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_clear_line_and_the_previous_outputs_stay(small_disk: Path, attached: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """A model directory and a metrics file written once; the disk then fills; writing them again fails with one
+    line naming the output and the fix, and the first ones are byte for byte what they were."""
+    from crosstune.io import atomic_directory, write_metrics
+
+    model, metrics = small_disk / "models" / "initial", small_disk / "metrics" / "eval.json"
+    shutil.copytree(attached["initial"], model)
+    write_metrics(metrics, {"f1_macro": 0.5})
+    before = {path.relative_to(small_disk): path.read_bytes() for path in small_disk.rglob("*") if path.is_file()}
+    filler = small_disk / "filler"
+    with filler.open("wb") as handle:  # everything but a few kilobytes
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+    with pytest.raises(ArtifactError, match=r"models/initial: no space left on the device while writing it.*the "
+                                            r"previous initial is untouched.*dvc gc"):
+        with atomic_directory(model) as staging:
+            shutil.copytree(attached["initial"], staging, dirs_exist_ok=True)
+    with pytest.raises(ArtifactError, match=r"eval\.json: no space left on the device"):
+        write_metrics(metrics, {"f1_macro": 0.6, "rows": list(range(20000))})
+    after = {path.relative_to(small_disk): path.read_bytes() for path in small_disk.rglob("*")
+             if path.is_file() and not path.name.startswith("filler")}
+    assert after == before  # nothing half-written, nothing lost
+
+
+def test_a_stage_on_a_full_disk_prints_one_line(small_disk: Path, attached: dict[str, Path]) -> None:
+    """The attach-head stage writing onto a full disk: exit status 2 and one line, no traceback."""
+    filler = small_disk / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "attach_head.py"), "--backbone",
+                             str(attached["backbone"]), "--prepared", str(attached["prepared"]), "--model",
+                             str(small_disk / "initial"), "--report", str(small_disk / "freeze.json"),
+                             "--params", str(attached["params"])], capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert re.search(r"crosstune: error: .*: no space left on the device", result.stderr), result.stderr[-2000:]

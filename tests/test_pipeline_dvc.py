@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -79,7 +80,7 @@ class Repo:
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
         self.base_params = IMAGE_PARAMS if images else AUDIO_PARAMS if audio else TEXT_PARAMS
         write_params(root / "params.yaml", self.base_params)
-        (root / ".gitignore").write_text("__pycache__/\n/checkpoints/\n", encoding="utf-8")
+        (root / ".gitignore").write_text((REPO_ROOT / ".gitignore").read_text(encoding="utf-8"), encoding="utf-8")
         (root / "data" / "source").mkdir(parents=True, exist_ok=True)
         (root / "data" / "source" / "README.md").write_text("optional source sample\n", encoding="utf-8")
         self.git("init", "-q")
@@ -133,6 +134,23 @@ class Repo:
     def metrics(self) -> dict:
         return json.loads((self.root / "metrics" / "eval.json").read_text(encoding="utf-8"))
 
+    def locked_outs(self) -> dict[str, str]:
+        """Every stage output's md5 as dvc.lock records it."""
+        stages = yaml.safe_load((self.root / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+        return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}
+
+    def shim_env(self, **variables: str) -> dict[str, str]:
+        """The environment with tests/helpers/python_shim first on PATH: the `python` dvc runs stages with then
+        injects the faults ``variables`` ask for (kill_mid_write.py, kill_at_step.py)."""
+        shim = REPO_ROOT / "tests" / "helpers" / "python_shim"
+        return {**self.env, "PATH": f"{shim}{os.pathsep}{self.env['PATH']}", "CROSSTUNE_TEST_PYTHON": sys.executable,
+                **variables}
+
+    def leftovers(self) -> list[str]:
+        """Temporary siblings of outputs (``.NAME.*.tmp``) anywhere in the repository but DVC's own folder."""
+        return sorted(str(path.relative_to(self.root)) for path in self.root.rglob(".*.tmp")
+                      if ".dvc" not in path.relative_to(self.root).parts)
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
@@ -152,11 +170,28 @@ def test_full_run_then_no_op(repo: Repo) -> None:
     assert repo.repro() == set()
     # the command line is no stage's dependency: rewording `crosstune tune`'s help reruns nothing
     cli = repo.root / "src" / "crosstune" / "cli.py"
-    reworded = cli.read_text(encoding="utf-8").replace('help="trials this worker runs', 'help="trials run by this worker')
+    reworded = cli.read_text(encoding="utf-8").replace('help="trials this worker runs',
+                                                       'help="trials run by this worker')
     cli.write_text(reworded, encoding="utf-8")
     assert "trials run by this worker" in cli.read_text(encoding="utf-8")
     assert "up to date" in repo.dvc("status")
     repo.git("checkout", "-q", "--", "src/crosstune/cli.py")
+
+
+def test_a_rerun_that_moved_a_metric_is_said_in_words(repo: Repo) -> None:
+    """`crosstune compare-committed` (the end of `make repro`): reproduced, or which test metric moved, by how much,
+    against the measured seed spread."""
+    repo.baseline()
+    assert repo.run(sys.executable, "-m", "crosstune", "compare-committed").startswith("Reproduced: dvc.lock")
+    metrics = repo.metrics()
+    moved = {**metrics, "f1_macro": round(metrics["f1_macro"] - 0.01, 6),
+             "accuracy": round(metrics["accuracy"] + 0.1, 6)}
+    (repo.root / "metrics" / "eval.json").write_text(json.dumps(moved, indent=2) + "\n", encoding="utf-8")
+    said = repo.run(sys.executable, "-m", "crosstune", "compare-committed")
+    repo.git("checkout", "-q", "--", "metrics")
+    assert "The rerun differs from the committed results at HEAD (1 files: metrics/eval.json)" in said
+    assert re.search(r"test macro-F1 [\d.]+ -> [\d.]+ \(-0\.0100\); within the seed spread of macro-F1", said), said
+    assert re.search(r"test accuracy [\d.]+ -> [\d.]+ \(\+0\.1000\)\n", said), said
 
 
 def test_exported_model_card_and_round_trip(repo: Repo) -> None:
@@ -274,9 +309,7 @@ def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:
     repo.baseline({"evaluate": {"guard": "off"}})
     repo.set_param("finetune", "epochs", 3)
     # dvc runs `python stages/finetune.py ...`: the shim first on PATH runs it under a SIGKILL-at-step callback
-    shim = REPO_ROOT / "tests" / "helpers" / "python_shim"
-    env = {**repo.env, "PATH": f"{shim}{os.pathsep}{repo.env['PATH']}", "CROSSTUNE_TEST_PYTHON": sys.executable,
-           "CROSSTUNE_TEST_KILL_AT_STEP": "13"}  # 9 optimizer steps an epoch
+    env = repo.shim_env(CROSSTUNE_TEST_KILL_AT_STEP="13")  # 9 optimizer steps an epoch
     killed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo.root, env=env,
                             capture_output=True, text=True, check=False)
     assert killed.returncode != 0
@@ -287,6 +320,113 @@ def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:
     resumed = repo.metrics()
     assert repo.repro("--force", "--downstream", "finetune") == {"finetune", "scratch", "evaluate"}
     assert repo.metrics() == resumed
+
+
+# Where each stage is killed: inside its N-th atomic write, when that output is whole beside its place and every
+# earlier output of the stage is written (a stage of one output: inside that one).
+KILL_POINTS = {"prepare": 1, "backbone": 2, "attach_head": 2, "cache": 1, "probe": 2, "finetune": 1, "scratch": 1,
+               "evaluate": 2}
+
+
+def test_kill_9_in_the_middle_of_every_stage_then_repro_ends_as_an_uninterrupted_run(repo: Repo) -> None:
+    """Each stage killed (SIGKILL) in the middle of writing its outputs: the next `dvc repro` reruns it, or restores
+    it from DVC's run-cache (it ran with these deps before), and ends with every output equal to the uninterrupted
+    run's and `git status` clean. What a killed writer left beside its output (a hidden ``.NAME.*.tmp``, never inside
+    an output) is ignored by git and removed by the stage's next real write: a forced rerun at the end leaves none."""
+    repo.baseline()
+    reference = repo.locked_outs()
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for stage, write in KILL_POINTS.items():
+        env = repo.shim_env(CROSSTUNE_TEST_KILL_STAGE=f"stages/{stage}.py", CROSSTUNE_TEST_KILL_WRITE=str(write))
+        killed = subprocess.run([dvc, "repro", "--force", "--single-item", stage], cwd=repo.root, env=env,
+                                capture_output=True, text=True, check=False)
+        output = killed.stdout + killed.stderr
+        assert killed.returncode != 0 and "exited with 97" not in output, f"{stage} was not killed:\n{output}"
+        assert repo.leftovers(), f"{stage}: the kill left no temporary sibling (was it killed mid-write?)"
+        ran = repo.repro()
+        assert stage in ran, f"{stage} did not rerun after its kill"
+        assert repo.locked_outs() == reference, f"{stage}: outputs differ from the uninterrupted run"
+        assert repo.git("status", "--porcelain", "--ignored=no") == "", stage
+        for leftover in repo.leftovers():
+            assert repo.git("check-ignore", leftover).strip() == leftover
+            assert not any(leftover.startswith(f"{out}/") for out in reference), f"{leftover} is inside an output"
+    assert ALL_STAGES <= repo.repro("--force", "--no-run-cache")
+    assert repo.leftovers() == [], f"the stages' own writes did not remove {repo.leftovers()}"
+    assert repo.locked_outs() == reference
+
+
+def test_handoff_through_a_dvc_remote_reproduces_nothing_and_predicts_the_same(repo: Repo, tmp_path: Path) -> None:
+    """The handoff the README's recipe gives: commit and `dvc push` to a remote (a local folder here, S3 or SSH for a
+    team); a teammate's clone `dvc pull`s; `dvc status` is clean, `dvc repro` runs nothing, `dvc metrics diff` is
+    empty and `crosstune predict` labels new texts exactly as the original did."""
+    import pandas as pd
+
+    repo.baseline()
+    remote = tmp_path / "team-remote"
+    repo.dvc("remote", "add", "--default", "team", str(remote))
+    repo.commit("a DVC remote for the team")
+    try:
+        repo.dvc("push")
+        teammate = tmp_path / "teammate"
+        repo.run("git", "clone", "--quiet", str(repo.root), str(teammate))
+        clone = Repo.__new__(Repo)
+        clone.root, clone.env = teammate, repo.env
+        clone.dvc("pull")
+        assert "up to date" in clone.dvc("status")
+        assert clone.repro() == set()
+        assert json.loads(clone.dvc("metrics", "diff", "--json") or "{}") == {}
+        pd.DataFrame({"text": ["the drug helped a lot", "terrible nausea and headache", "okay I guess"]}).to_csv(
+            tmp_path / "new.csv", index=False)
+        for where in (repo, clone):
+            where.run(sys.executable, "-m", "crosstune", "predict", "--model", "models/finetuned", "--input",
+                      str(tmp_path / "new.csv"), "--output", str(tmp_path / f"{where.root.name}.csv"))
+        assert (tmp_path / f"{repo.root.name}.csv").read_bytes() == (tmp_path / "teammate.csv").read_bytes()
+    finally:
+        repo.dvc("remote", "remove", "team")
+        repo.commit("no remote")
+
+
+def test_two_experiments_at_once_wait_or_fail_with_dvcs_lock_and_corrupt_nothing(repo: Repo) -> None:
+    """Two experiments started at the same moment in one repository. With ``--temp`` (the README's way to run them
+    side by side; `crosstune sweep` and `tune` queue them) both run, each in its own copy, both are recorded whole,
+    and the workspace is untouched. Two plain `dvc exp run` in the workspace: the second fails with DVC's lock
+    message and nothing is corrupted: every experiment DVC recorded is whole and holds its own params, the workspace
+    comes back with `git checkout` + `dvc checkout`, and the next experiment runs. (DVC 3.67 may also fail the
+    first: the second's clean-up removes the EXEC_BASELINE ref the first commits against; see the README.)"""
+    repo.baseline()
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def at_once(*options: str, rates: tuple[str, str]) -> tuple[list[int], list[str]]:
+        runs = [subprocess.Popen([dvc, "exp", "run", *options, "-S", f"finetune.lr={lr}"], cwd=repo.root,
+                                 env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for lr in rates]
+        outputs = [run.communicate(timeout=900)[0] for run in runs]
+        return [run.returncode for run in runs], outputs
+
+    def recorded(rates: tuple[str, str]) -> list[dict]:
+        found = [(params["finetune"]["lr"], metrics) for params, metrics in _experiments_from_dvc(repo).values()
+                 if str(params["finetune"]["lr"]) in rates]
+        assert all("f1_macro" in metrics["metrics/eval.json"] for _, metrics in found)  # each one is whole
+        return found
+
+    statuses, outputs = at_once("--temp", rates=("0.002", "0.004"))
+    assert statuses == [0, 0], outputs
+    assert sorted(lr for lr, _ in recorded(("0.002", "0.004"))) == [0.002, 0.004]
+    assert repo.git("status", "--porcelain") == "" and "up to date" in repo.dvc("status")
+
+    statuses, outputs = at_once(rates=("0.005", "0.006"))
+    assert statuses != [0, 0], "two workspace runs at once both went through"
+    failed = [output for status, output in zip(statuses, outputs) if status]
+    assert any(re.search(r"is busy, it is being blocked by|Unable to acquire lock", output) for output in failed), \
+        outputs
+    assert len(recorded(("0.005", "0.006"))) == statuses.count(0)
+    repo.git("checkout", "-q", "--", ".")
+    repo.dvc("checkout", "--force")
+    assert "up to date" in repo.dvc("status")
+    assert repo.dvc("exp", "run", "-S", "finetune.lr=0.007") and len(recorded(("0.007",))) == 1
+    repo.git("checkout", "-q", "--", ".")
+    repo.dvc("checkout", "--force")
+    assert "up to date" in repo.dvc("status")
 
 
 def _experiments_from_dvc(repo: Repo) -> dict[str, tuple[dict, dict]]:
@@ -349,24 +489,66 @@ def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> 
     assert repo.git("status", "--porcelain", "--", "params.yaml", "dvc.lock") == ""
 
 
-def test_two_tune_workers_share_one_sqlite_study_of_dvc_experiments(repo: Repo, tmp_path: Path) -> None:
-    """Two `crosstune tune` processes on one SQLite study: every trial is one study entry, each completed one
-    a DVC experiment holding the sampled params and the validation value the study was told."""
+@pytest.fixture(scope="module")
+def postgresql_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server (Debian's package, .ci/run installs it) with an empty database on a free
+    localhost port, as the README's several-machine recipe has one; skipped where no server is installed."""
+    import socket
+    import tempfile
+
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not binaries:
+        pytest.skip("no PostgreSQL server installed (.ci/run installs Debian's postgresql)")
+    bindir, user = binaries[-1].parent, "postgres"
+    as_user = ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []  # the server refuses to run as root
+    root = Path(tempfile.mkdtemp(prefix="crosstune-postgres-"))
+    root.chmod(0o755)
+    if as_user:
+        shutil.chown(root, user)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", user], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "crosstune"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg://{user}@127.0.0.1:{port}/crosstune"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False,
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_tune_workers_share_one_study_of_dvc_experiments(repo: Repo, tmp_path: Path, database: str,
+                                                            request: pytest.FixtureRequest) -> None:
+    """Two `crosstune tune` processes on one study, in SQLite (one machine) and in PostgreSQL (the README's
+    several-machine recipe, each worker on its own seed): every trial is one study entry, none lost or run twice,
+    each completed one a DVC experiment holding the sampled params and the validation value the study was told."""
     import optuna
 
     repo.baseline({"evaluate": {"guard": "off"}, "finetune": {"epochs": 2}})
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"finetune": {"lr": {"low": 1e-3, "high": 3e-2, "log": True},
                                                   "head_lr": [0.0, 0.01]}}), encoding="utf-8")
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if database == "sqlite" else \
+        request.getfixturevalue("postgresql_url")
+    study_name = f"pair-{database}"
     workers = [subprocess.Popen([sys.executable, "-m", "crosstune", "tune", str(space), "--trials", "1", "--study",
-                                 "pair", "--storage", storage, "--seed", str(seed)], cwd=repo.root, env=repo.env,
+                                 study_name, "--storage", storage, "--seed", str(seed)], cwd=repo.root, env=repo.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
     outputs = [worker.communicate(timeout=900) for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
-    study = optuna.load_study(study_name="pair", storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
     states = [trial.state.name for trial in study.trials]
-    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}, states  # none lost, none twice
+    assert sorted(trial.number for trial in study.trials) == [0, 1]
+    completed = [trial.user_attrs["experiment"] for trial in study.trials if trial.state.name == "COMPLETE"]
+    assert len(set(completed)) == len(completed)  # one experiment per trial
     experiments = _experiments_from_dvc(repo)
     for trial in study.trials:
         if trial.state.name != "COMPLETE":

@@ -204,6 +204,43 @@ def test_two_gloo_processes_match_one_process(attached: dict[str, Path], tmp_pat
     assert abs(accuracies[0] - accuracies[1]) <= 0.1
 
 
+@pytest.mark.slow
+def test_the_readmes_two_node_torchrun_recipe_matches_one_process(attached: dict[str, Path], tmp_path: Path) -> None:
+    """The README's several-machine recipe run for real: two torchrun "nodes" (one process each) meeting on a
+    loopback c10d rendezvous, gloo, the finetune stage script with its usual arguments; rank 0 writes the model,
+    which predicts the test split as the single-process run's does within the contract's tolerance."""
+    import socket
+
+    from crosstune.data.batching import TextBatching
+    from crosstune.inference.outputs import predict_outputs
+    from crosstune.transfer_model.storage import load_transfer_model
+
+    params = write_params(tmp_path / "params.yaml", {"finetune": {"epochs": 3}})
+    one = _finetune(attached, tmp_path / "one", params, checkpoints=False)
+    assert one.returncode == 0, one.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stage = [str(REPO_ROOT / "stages" / "finetune.py"), "--initial", str(attached["initial"]), "--encoded",
+             str(attached["encoded"]), "--model", str(tmp_path / "nodes" / "model"), "--live",
+             str(tmp_path / "nodes" / "live"), "--params", str(params)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "readme-recipe"]
+    nodes = [subprocess.Popen([*torchrun, *stage], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(output[-3000:] for output in outputs)
+    assert any("data-parallel process 1 of 2 on cpu" in output for output in outputs)
+    test = load_split(attached["encoded"] / "test.safetensors")
+    accuracies = []
+    for run in (tmp_path / "one" / "model", tmp_path / "nodes" / "model"):
+        model, _ = load_transfer_model(run)
+        predicted = predict_outputs(model, test, TextBatching(16, 32), "cpu").argmax(-1)
+        accuracies.append(float((predicted == test.labels).float().mean()))
+    assert accuracies[1] > 0.6  # well above the 1/3 of guessing
+    assert abs(accuracies[0] - accuracies[1]) <= 0.1  # the contract: within seed noise, not bit for bit
+
+
 def test_layer_wise_decay_and_head_rate_give_each_group_its_rate(attached: dict[str, Path]) -> None:
     model = attached_model(attached)
     params = FinetuneParams(lr=1e-3, head_lr=1e-2, layer_decay=0.5)

@@ -81,6 +81,12 @@ def _zoo(args: argparse.Namespace) -> None:
         print(f"{name}: installed in {install(name)}")
 
 
+def _compare_committed(args: argparse.Namespace) -> None:
+    from crosstune.reporting.rerun import rerun_summary
+
+    print(rerun_summary(args.repo, args.revision))
+
+
 def _check(args: argparse.Namespace) -> None:
     from crosstune.checks import run_check
 
@@ -174,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a param as `dvc exp run -S` would (repeatable)")
     check.set_defaults(handler=_check)
+    compare = commands.add_parser("compare-committed", help="after a rerun: say whether it reproduced the committed "
+                                                            "metrics and dvc.lock, and what moved (make repro runs it)")
+    compare.add_argument("--revision", default="HEAD", help="the commit to compare with (default: HEAD)")
+    compare.add_argument("--repo", default=".", help="the git/DVC repository (default: current directory)")
+    compare.set_defaults(handler=_compare_committed)
     sweep = commands.add_parser("sweep", help="run a grid of params as queued DVC experiments and rank them by the "
                                               "validation metric")
     sweep.add_argument("grid", nargs="+", metavar="KEY=V1,V2", help="a params key and its values, e.g. "

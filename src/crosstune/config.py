@@ -67,6 +67,7 @@ class BaseParams:
     seed: int = 42  # one seed fixes splits, head init, shuffling and dropout
     device: str = "auto"  # auto picks cuda when present, else cpu
     num_threads: int = 0  # CPU threads for torch; 0 = all cores of this machine
+    deterministic: bool = False  # torch.use_deterministic_algorithms: refuse kernels that are not (GPU atomics)
 
     def __post_init__(self) -> None:
         _check_choice("base.device", self.device, ("auto", "cpu", "cuda"))
@@ -248,7 +249,7 @@ class FinetuneParams:
     early_stopping_patience: int = 0  # stop after this many epochs without a better select_metric; 0 = off
     max_grad_norm: float = 0.0  # clip the gradient norm; 0 = off
     grad_accumulation: int = 1  # batches per optimizer step
-    mixed_precision: str = "auto"  # auto (GPU: bf16/fp16; CPU: bf16 with bf16 instructions) | off | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (GPU: bf16/fp16; CPU: float32: reproduces across CPUs) | off | bf16 | fp16
     attention_dropout: Union[float, str] = 0.0  # on attention probabilities; "backbone" = its own (1.4x slower)
     num_processes: int = 1  # > 1: data-parallel processes (torchrun; gloo on CPU, nccl on GPUs); 0 = one per GPU
     checkpoint_every: int = 1  # epochs between resumable checkpoints (checkpoints/finetune)

@@ -7,6 +7,7 @@ A module of its own, so the stage scripts depend on this and not on the command 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable, Sequence
@@ -27,5 +28,11 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"crosstune: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk in a write that is not crosstune's own (dvclive's logs, a library's)
+        if error.errno != errno.ENOSPC or os.environ.get("CROSSTUNE_DEBUG"):
+            raise
+        print(f"crosstune: error: {error.filename or 'a file'}: no space left on the device while writing it; free "
+              f"some space (dvc gc -w, dvc exp remove) and rerun.", file=sys.stderr)
         return 2
     return 0

@@ -1,13 +1,19 @@
 """Atomic writes: an interrupted or failed stage never leaves a half-written file or directory.
 
 Everything is written to a temporary sibling first and moved into place with ``os.replace``,
-which is atomic on one filesystem; an existing output survives until its replacement is whole.
+which is atomic on one filesystem; an existing output survives until its replacement is whole. A writer
+killed outright (``kill -9``, the OOM killer, a power cut) cannot clean up its temporary sibling: the next
+writer of the same output removes it before it starts, so a rerun leaves nothing behind. A full disk while
+writing is one clear line naming the output, with the previous output left as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -18,6 +24,29 @@ from typing import Any, Iterator
 from crosstune.errors import ArtifactError
 
 METRIC_DIGITS = 6  # significant digits of every metric written: the same run gives the same bytes anywhere
+logger = logging.getLogger(__name__)
+
+
+def _leftovers(target: Path) -> list[Path]:
+    """The temporary siblings a killed writer of ``target`` left: only the atomic writers here make that name."""
+    return [Path(found) for found in glob.glob(str(target.parent / f".{glob.escape(target.name)}.*.tmp"))]
+
+
+def _sweep_leftovers(target: Path) -> None:
+    for stale in _leftovers(target):
+        logger.info("removing %s, left by a write of %s that was killed", stale, target)
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def _disk_full_error(target: Path, error: BaseException) -> ArtifactError:
+    free = shutil.disk_usage(target.parent).free
+    return ArtifactError(f"{target}: no space left on the device while writing it ({free / 2**20:.1f} MiB free); "
+                         f"the previous {target.name} is untouched. Free some space (dvc gc -w removes cached "
+                         f"outputs no commit uses; dvc exp remove old experiments) and rerun.")
 
 
 @contextlib.contextmanager
@@ -25,6 +54,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary file path next to ``target``; move it onto ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(target)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
@@ -32,6 +62,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, target)
+    except Exception as error:
+        if _disk_full(error):
+            raise _disk_full_error(target, error) from error
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -41,7 +75,13 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory next to ``target``; swap it in for ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _sweep_leftovers(target)
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as error:
+        if _disk_full(error):
+            raise _disk_full_error(target, error) from error
+        raise
     temporary.chmod(0o755)
     try:
         yield temporary
@@ -55,6 +95,10 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(temporary, target)
+    except Exception as error:
+        if _disk_full(error):
+            raise _disk_full_error(target, error) from error
+        raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 

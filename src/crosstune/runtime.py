@@ -43,15 +43,21 @@ def configure_threads(base: BaseParams) -> int:
 
 
 def setup(base: BaseParams) -> str:
-    """Seed, set threads and pick the device; returns the device name."""
+    """Seed, set threads, pick the device and (``base.deterministic``) allow deterministic kernels only;
+    returns the device name."""
+    import torch
+
     seed_everything(base.seed)
     threads = configure_threads(base)
     device = resolve_device(base)
+    if base.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; read when the first CUDA handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(base.deterministic)
     if device == "cuda":
-        import torch
-
         # TF32 tensor cores for float32 matmuls and convolutions: ~10 bits of mantissa, far faster.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    logger.info("seed=%d device=%s threads=%d", base.seed, device, threads)
+    logger.info("seed=%d device=%s threads=%d%s", base.seed, device, threads,
+                " deterministic kernels only" if base.deterministic else "")
     return device

@@ -1,20 +1,20 @@
 """Mixed precision: which autocast dtype a run uses, by ``finetune.mixed_precision`` and the device.
 
-On a GPU ``auto`` is bf16 (fp16 with a grad scaler where bf16 is missing). On a CPU ``auto`` is bf16 where
-the CPU has bf16 instructions (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``, and torch's oneDNN runs
-bf16), float32 elsewhere. Autocast (https://pytorch.org/docs/stable/amp.html) runs matmuls in bf16,
+On a GPU ``auto`` is bf16 (fp16 with a grad scaler where bf16 is missing). On a CPU ``auto`` is float32, and bf16
+autocast is opt-in (``bf16``). Autocast (https://pytorch.org/docs/stable/amp.html) runs matmuls in bf16,
 y = bf16(x) bf16(W) accumulated in float32, and keeps weights, optimizer and reductions (softmax, layer norm,
-loss) in float32. Measured on the text default (3 seeds, bench/speed/precision_epyc.json): fine-tuning 1.83x
-faster on an AMD EPYC, test macro-F1 0.5525 +/- 0.017 against float32's 0.5568 +/- 0.022 (within seed noise).
+loss) in float32.
 
-Why instructions and not a timing: the rule must give a teammate the same precision, so the same metrics,
-from the same params. Autocast's bf16 runs reproduced to the last digit across CPUs (seed 42: macro-F1
-0.568805 on an Intel AVX512-BF16 CPU and on the AMD EPYC), as float32 runs do; a timed rule would flip where
-a CPU's bf16 is slow. It is slow on one CPU measured: an Intel without AMX multiplied bf16 matrices at 0.58x
-float32's rate and fine-tuned 1.32x slower (bench/speed/precision.json), against 4.2x and 1.83x faster on the
-EPYC and 3.6x on an AMX CPU (precision_amx.json). So the rule's speed is measured too (:func:`cpu_bf16_speedup`)
-and a warning names ``off`` where bf16 is the slower choice. The finetune metrics record the precision that
-ran (``precision``); ``off`` pins float32 on every machine.
+Why float32 by default on a CPU: a teammate must get the committed test metrics back. Measured on the text
+default (bench/reproducibility/README.md): in float32 ``metrics/eval.json`` came out byte-identical with this
+AMD EPYC's full instruction set and with its kernels capped to AVX-512 without bf16 and to AVX2 (PyTorch's,
+oneDNN's and MKL's choice alike); in bf16 the same seed gave test macro-F1 0.5586 on the EPYC (AVX512-BF16) and
+0.5758 on an Intel Xeon with AMX, whose bf16 tiles round differently. The price: bf16 fine-tunes 1.83x faster on
+the EPYC (bench/speed/precision_epyc.json, test macro-F1 0.5525 +/- 0.017 against float32's 0.5568 +/- 0.022 over
+3 seeds: within seed noise), 3.6x faster matrix products on the AMX CPU, and 1.32x slower on an Intel CPU without
+AMX (bench/speed/precision.json). ``bf16`` asked for on a CPU runs bf16 wherever oneDNN can; a timed probe
+(:func:`cpu_bf16_speedup`) then warns, naming ``off``, where it is the slower choice or emulated. The finetune
+metrics record the precision that ran (``precision``).
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ def cpu_bf16_speedup() -> float:
 def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
     """The autocast dtype for ``finetune.mixed_precision`` on ``device`` (None = float32).
 
-    GPU: ``auto`` = bf16, or fp16 where bf16 is unsupported. CPU: ``auto`` = bf16 where :func:`cpu_has_bf16`,
-    else float32; ``bf16`` = bf16; ``fp16`` falls back to float32 (CPU fp16 autocast is slower than float32);
-    ``off`` = float32 everywhere. On a CPU, bf16 measured slower than float32 gets a warning naming ``off``.
+    GPU: ``auto`` = bf16, or fp16 where bf16 is unsupported. CPU: ``auto`` = float32 (it reproduces across
+    CPUs, see the module docstring); ``bf16`` = bf16; ``fp16`` falls back to float32 (CPU fp16 autocast is slower
+    than float32); ``off`` = float32 everywhere. On a CPU, bf16 measured slower than float32 gets a warning naming
+    ``off``.
     """
     if setting == "off":
         return None
@@ -105,8 +106,10 @@ def _cpu_dtype(setting: str) -> torch.dtype | None:
         logger.warning("finetune.mixed_precision: fp16 is for GPUs; training in float32 on this CPU (bf16 runs on "
                        "CPUs)")
         return None
-    if setting == "auto" and not cpu_has_bf16():
-        logger.info("this CPU has no bf16 instructions (%s): float32", " / ".join(BF16_FLAGS))
+    if setting == "auto":
+        if cpu_has_bf16():
+            logger.info("float32 (finetune.mixed_precision: auto on a CPU reproduces across CPUs); this CPU has bf16 "
+                        "instructions: finetune.mixed_precision: bf16 trains faster, in metrics of this CPU only")
         return None
     speedup = cpu_bf16_speedup()
     if speedup == 0.0:
