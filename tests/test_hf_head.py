@@ -192,6 +192,38 @@ def test_cache_and_finetune_stages_give_a_pipeline_model(attached: dict[str, Pat
     assert [row["score"] for row in actual] == pytest.approx([row["score"] for row in expected], abs=1e-5)
 
 
+MESSY_TEXTS = ['"I didn&#039;t  sleep &amp; felt\u00a0dizzy"', "it worked &mdash; no nausea&#8230;", "  'fine'  ",
+               "caf\u00e9 \uff21\uff22 &lt;b&gt;strong&lt;/b&gt;", "&quot;great&quot; drug\n\nreally"]
+
+
+def test_an_export_serves_the_texts_training_saw_through_the_stock_pipeline(attached: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """The export's tokenizer cleans texts as training and `crosstune predict` do (HTML entities, NFKC, white
+    space, wrapping quotes), so the stock pipeline gives the same label and score on raw, messy texts; the same
+    directory without it does not."""
+    import shutil
+
+    import transformers
+
+    import crosstune
+    from crosstune.inference.export import _normalise_in_tokenizer
+    from crosstune.pipeline.finetune import finetune_stage
+
+    finetuned = tmp_path / "finetuned"
+    finetune_stage(str(attached["initial"]), str(attached["encoded"]), str(finetuned), str(tmp_path / "live"),
+                   str(attached["params"]))
+    exported = tmp_path / "exported"
+    shutil.copytree(finetuned, exported)
+    assert "Text clean-up" in _normalise_in_tokenizer(exported, tmp_path)
+    expected = crosstune.load(finetuned).predict(MESSY_TEXTS)
+    for served in (transformers.pipeline("text-classification", model=str(exported), device="cpu")(MESSY_TEXTS),
+                   crosstune.load(exported).predict(MESSY_TEXTS)):  # no second clean-up in crosstune's own predict
+        assert [row["label"] for row in served] == [row["label"] for row in expected]
+        assert [row["score"] for row in served] == pytest.approx([row["score"] for row in expected], abs=1e-5)
+    unclean = transformers.pipeline("text-classification", model=str(finetuned), device="cpu")(MESSY_TEXTS)
+    assert [row["score"] for row in unclean] != pytest.approx([row["score"] for row in expected], abs=1e-5)
+
+
 def test_hf_head_needs_a_supported_text_backbone() -> None:
     from transformers import AutoModel
 

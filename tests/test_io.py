@@ -85,8 +85,9 @@ def test_stage_script_and_predict_print_one_line(attached: dict[str, Path], tmp_
                             str(attached["initial"]), "--encoded", str(attached["encoded"]), "--model",
                             str(tmp_path / "finetuned"), "--live", str(tmp_path / "live"), "--params",
                             str(attached["params"])], capture_output=True, text=True, check=False)
+    (tmp_path / "new.csv").write_text("review\nfine\n", encoding="utf-8")
     predict = subprocess.run([sys.executable, "-m", "crosstune", "predict", "--model", str(attached["initial"]),
-                              "--input", "nothing.csv", "--output", str(tmp_path / "out.csv")],
+                              "--input", str(tmp_path / "new.csv"), "--output", str(tmp_path / "out.csv")],
                              capture_output=True, text=True, check=False)
     for result in (stage, predict):
         assert result.returncode == 2, result.stderr

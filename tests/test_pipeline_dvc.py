@@ -86,6 +86,9 @@ class Repo:
         self.git("init", "-q")
         self.dvc("init", "-q")
         self.dvc("config", "core.analytics", "false")
+        # the project's offline page for `dvc plots show` (.dvc/config plots.html_template)
+        shutil.copy(REPO_ROOT / ".dvc" / "plots_template.html", root / ".dvc" / "plots_template.html")
+        self.dvc("config", "plots.html_template", "plots_template.html")
         self.commit("pipeline")
 
     def baseline(self, overrides: dict | None = None) -> set[str]:
@@ -263,6 +266,11 @@ def test_report_compares_revisions_and_renders_offline(repo: Repo, tmp_path: Pat
     image = Image.open(screenshot).convert("RGB")
     charts = image.crop((0, 250, image.width, image.height))  # below the title: the plots area
     assert len(charts.getcolors(maxcolors=1 << 20) or []) > 50, "the chart area is blank"
+    # plain `dvc plots show` renders offline too: its page loads the vendored vega by a relative path
+    assert "vega-5.33.1.min.js" in (REPO_ROOT / ".dvc" / "plots_template.html").read_text(encoding="utf-8")
+    repo.dvc("plots", "show")
+    shown = run_chromium(tmp_path / "profile", "--dump-dom", (repo.root / "dvc_plots" / "index.html").as_uri())
+    assert len(re.findall(r'<canvas width="\d{3,}" height="\d{3,}" class="marks"', shown)) >= 6
 
 
 def test_same_params_give_identical_metrics(repo: Repo) -> None:
@@ -301,6 +309,26 @@ def test_bad_param_fails_clearly_and_nothing_is_lost(repo: Repo) -> None:
     repo.dvc("checkout", "--force")
     assert "up to date" in repo.dvc("status")
     assert (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes() == model_before
+
+
+def test_no_separate_test_file_holds_out_test_fraction_end_to_end(repo: Repo) -> None:
+    """`data.test` set to `data.train`'s path: no test file; prepare holds out `prepare.test_fraction` of the
+    training table, stratified and apart from validation, and the whole pipeline runs on it without dvc.yaml
+    edited."""
+    import pandas as pd
+
+    repo.baseline({"data": {"train": "data/raw/train.csv", "test": "data/raw/train.csv"},
+                   "prepare": {"test_fraction": 0.2}})
+    prepared = repo.root / "data" / "prepared"
+    splits = {name: pd.read_csv(prepared / f"{name}.csv", keep_default_na=False)
+              for name in ("train", "validation", "test")}
+    total = sum(len(frame) for frame in splits.values())  # the training table, less duplicates dropped
+    assert len(splits["test"]) == pytest.approx(0.2 * total, abs=1)
+    assert set(splits["test"]["text"]).isdisjoint(splits["train"]["text"])
+    assert set(splits["test"]["label"]) == set(splits["train"]["label"])  # stratified: every class in both
+    assert repo.metrics()["f1_macro"] >= 0 and (repo.root / "metrics" / "predictions.csv").is_file()
+    assert len(pd.read_csv(repo.root / "metrics" / "predictions.csv")) == len(splits["test"])
+    assert (repo.root / "dvc.yaml").read_bytes() == (REPO_ROOT / "dvc.yaml").read_bytes()
 
 
 def test_dvc_repro_resumes_a_killed_finetune(repo: Repo) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from typing import Sequence
 
@@ -19,8 +20,18 @@ logger = logging.getLogger(__name__)
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from crosstune.inference.predictor import Predictor
 
+    model, table = Path(args.model), Path(args.input)
+    if not model.is_dir():  # the flag that carried the bad path, before anything is loaded
+        raise CrosstuneError(f"--model {args.model}: {'is a file, not' if model.exists() else 'no such'} directory; "
+                             f"pass a model directory such as models/finetuned (made by `dvc repro`) or one "
+                             f"`crosstune export` wrote.")
+    if not table.is_file():
+        raise CrosstuneError(f"--input {args.input}: {'is a directory, not' if table.exists() else 'no such'} file; "
+                             f"pass the table to label (CSV, TSV, JSON Lines, Excel or Parquet).")
     predictor = Predictor.from_directory(args.model, runtime="onnx" if args.onnx else "torch")
     count = predictor.predict_file(args.input, args.output, args.text_column)
     logger.info("labelled %d rows of %s into %s", count, args.input, args.output)
@@ -69,10 +80,10 @@ def preset_overrides(path: str) -> list[str]:
 
 
 def _zoo(args: argparse.Namespace) -> None:
-    from crosstune.backbones.zoo import catalogue, install, opt_in_names
+    from crosstune.backbones.zoo import catalogue, compact_catalogue, install, opt_in_names
 
     if args.action == "list":
-        print(catalogue())
+        print(catalogue() if args.markdown else compact_catalogue(shutil.get_terminal_size((100, 24)).columns))
         return
     if not args.names:
         raise CrosstuneError(f"crosstune zoo install: name the entries to install, e.g. `crosstune zoo install "
@@ -145,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default="models/finetuned", help="model directory (default: models/finetuned)")
     predict.add_argument("--input", required=True, help="file of new texts")
     predict.add_argument("--output", required=True, help="CSV to write: the input columns plus predictions")
-    predict.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    predict.add_argument("--text-column", help="column holding the texts, or the image or recording paths "
+                                               "(default: the column the model was trained from)")
     predict.add_argument("--onnx", action="store_true", help="run the model directory's model.onnx with ONNX Runtime "
                                                              "(made by `crosstune export --format onnx`)")
     predict.set_defaults(handler=_predict)
@@ -173,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "`crosstune zoo install NAME` installs an opt-in one (make zoo)")
     zoo.add_argument("action", nargs="?", choices=("list", "install"), default="list")
     zoo.add_argument("names", nargs="*", help="with install: the opt-in entries to install (e.g. mpnet-base)")
+    zoo.add_argument("--markdown", action="store_true", help="list every field (pretraining, source, install) as a "
+                                                             "Markdown table")
     zoo.set_defaults(handler=_zoo)
     check = commands.add_parser("check", help="validate every params section and the data paths at once, before "
                                               "any stage runs; lists all problems")

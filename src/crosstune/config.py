@@ -85,7 +85,7 @@ class PrepareParams:
     separator: str = "auto"  # CSV/TSV/TXT: auto sniffs , ; tab | from the file's start; or force one of them
     task: str = "classification"  # a name of crosstune.tasks.registry.TASKS: classification | regression
     validation_fraction: float = 0.15  # held out of the training file, stratified
-    test_fraction: float = 0.2  # used only when no test file is given
+    test_fraction: float = 0.2  # held out as the test split when data.test is data.train (no test file)
     min_examples_per_class: int = 5  # fewer makes stratified splits and F1 meaningless
     lowercase: bool = False  # most modern tokenizers handle case themselves
     deduplicate: bool = True  # identical texts leak between splits otherwise

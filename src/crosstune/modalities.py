@@ -289,7 +289,8 @@ class Text(Modality):
         from crosstune.data.splitting import normalise_text
         from crosstune.data.text_encoding import encode_texts
 
-        clean = [normalise_text(str(text)) for text in values]
+        # an export's tokenizer cleans texts itself (crosstune.inference.exported_tokenizer): not twice
+        clean = [str(text) if config.get("tokenizer_normalises") else normalise_text(str(text)) for text in values]
         return encode_texts(tokenizer, clean, torch.zeros(len(clean)), max_length)
 
     def figure_inputs(self, frame: "pd.DataFrame", split: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -477,6 +478,17 @@ def modality_of_tensors(tensors: dict[str, Any]) -> Modality:
     others': its loader then names what the file lacks)."""
     return next((MODALITIES.get(name) for name in MODALITIES if MODALITIES.get(name).split_tensor in tensors),
                 MODALITIES.get("text"))
+
+
+def modality_of_values(values: Sequence[str]) -> Modality:
+    """What a table column holds, by its values: paths with an image or audio suffix for most of them, else
+    texts. Lets `crosstune predict` tell a table of recordings given to a text model from a mistyped column."""
+    for name in MODALITIES:
+        suffixes = MODALITIES.get(name).folder_suffixes
+        if suffixes and values and sum(Path(str(value)).suffix.lower() in suffixes for value in values) * 2 > \
+                len(values):
+            return MODALITIES.get(name)
+    return MODALITIES.get("text")
 
 
 def folder_modality(directory: Path) -> Modality:

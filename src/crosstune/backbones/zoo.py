@@ -228,6 +228,24 @@ def opt_in_names() -> list[str]:
     return [name for name in ZOO.names() if ZOO.get(name).packages]
 
 
+def compact_catalogue(width: int = 100) -> str:
+    """The zoo for a terminal ``width`` columns wide: name, modality, the model's short description, licence,
+    installed here or not (`crosstune zoo list --markdown` has every field)."""
+    header = ("backbone.name", "modality", "model", "licence", "here")
+    rows = [(name, ZOO.get(name).modality, ZOO.get(name).model, ZOO.get(name).licence,
+             "yes" if ZOO.get(name).installed() else "no") for name in ZOO.names()]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    widths[3] = min(widths[3], 18)  # a licence's first words say which; the Markdown table has the rest
+    # the model description takes what the other columns leave; cut with an ellipsis where it does not fit
+    widths[2] = max(len(header[2]), min(widths[2], width - sum(widths) + widths[2] - 2 * (len(header) - 1)))
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [cell if len(cell) <= size else cell[:size - 1] + "\u2026" for cell, size in zip(row, widths)]
+        return "  ".join(cell.ljust(size) for cell, size in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
 def catalogue() -> str:
     """The zoo as a Markdown table: name, modality, model, pretraining, licence, source, install, here or not."""
     rows = ["| backbone.name | modality | model | pretraining | licence | source | install | installed here |",

@@ -44,6 +44,12 @@ def read_label_info(prepared_dir: str | Path) -> tuple[str, list[str]]:
     return info["task"], list(info["labels"])
 
 
+def read_input_column(prepared_dir: str | Path) -> str | None:
+    """The column of the user's table that held the inputs (``prepare.text_column`` or its image/audio
+    counterpart), recorded in the model so `crosstune predict` reads new tables the same way."""
+    return read_json(Path(prepared_dir) / "labels.json").get("input_column")
+
+
 def read_modality(prepared_dir: str | Path) -> str:
     """``text``, ``image`` or ``audio``: what the prepared data holds."""
     return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")

@@ -2,7 +2,7 @@
 
 Outputs (in ``out_dir``): ``train.csv``, ``validation.csv``, ``test.csv`` with columns named after the
 modality (``text``, or ``image`` / ``audio``: file paths) and ``label``, ``labels.json`` (the task, the sorted
-label names: index i is output i, and the modality) and ``summary.json``. The task (:mod:`crosstune.tasks`) says
+label names: index i is output i, the modality and the column of the user's table that held the inputs) and ``summary.json``. The task (:mod:`crosstune.tasks`) says
 how labels are read, checked and stratified; the modality (:mod:`crosstune.modalities`) how inputs are read
 and compared. Tokenising waits for the backbone stage, which knows the tokenizer.
 """
@@ -269,6 +269,11 @@ def prepare_target_data(
                         f"({source_path}) holds none; point data.source at one, or set "
                         f"prepare.target_labelled: 1.0 and prepare.validation_domain: target.")
     train = load_examples(train_path, params)
+    if test_path is not None and Path(test_path).resolve() == Path(train_path).resolve():
+        # data.test set to data.train's path: no separate test file (dvc.yaml needs a path in both)
+        logger.info("prepare: data.test is data.train (%s): holding out prepare.test_fraction = %g of it as the "
+                    "test split", train_path, params.test_fraction)
+        test_path = None
     if test_path is not None:
         test = load_examples(test_path, params)
     else:
@@ -318,7 +323,10 @@ def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParam
             write_csv(staging / f"{name}.csv", getattr(data, name))
         if data.source is not None:
             write_csv(staging / "source.csv", data.source)
+        modality = MODALITIES.get(data.summary["modality"])
+        # the table column that held the inputs: the model records it, so `crosstune predict` reads it by default
         write_json(staging / "labels.json", {"task": params.task, "labels": data.labels,
-                                             "modality": data.summary["modality"]})
+                                             "modality": modality.name,
+                                             "input_column": getattr(params, modality.column_param)})
         write_json(staging / "summary.json", data.summary)
         write_json(staging / "params.json", to_dict(params))

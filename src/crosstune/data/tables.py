@@ -84,7 +84,8 @@ def read_table(path: str | Path, separator: str = "auto") -> pd.DataFrame:
     if separator != "auto" and separator != "\t" and separator not in TABLE_SEPARATORS:
         raise ValueError(f"separator {separator!r} is not one of {['auto', *TABLE_SEPARATORS]}.")
     if not path.is_file():
-        raise DataError(f"{path}: no such file; check the path given to the prepare stage in dvc.yaml.")
+        raise DataError(f"{path}: no such file; check the path (data.train, data.test or data.source in "
+                        f"params.yaml for the pipeline, --input for crosstune predict).")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; it needs a header row and at least one example.")
     frame = reader(path, TABLE_SEPARATORS.get(separator, separator))

@@ -155,6 +155,48 @@ def exported_model_dir(eval_metrics: str | Path = "metrics/eval.json") -> str:
     return EXPORTED_DIRS[choice]
 
 
+def _raw_training_texts(repo_dir: Path) -> list[str]:
+    """The texts of the training table `data.train` names, as the user gave them (before clean-up), or none where
+    it is not a readable table here: only their numeric HTML references are read."""
+    from crosstune.config import PrepareParams, load_section, read_params_file
+    from crosstune.data.tables import read_table
+    from crosstune.errors import CrosstuneError
+
+    try:
+        params = read_params_file(repo_dir / "params.yaml")
+        column = load_section(PrepareParams, repo_dir / "params.yaml").text_column
+        table = read_table(repo_dir / params["data"]["train"])
+        return table[column].dropna().astype(str).tolist()
+    except (CrosstuneError, OSError, KeyError, TypeError):
+        return []
+
+
+def _normalise_in_tokenizer(directory: Path, repo_dir: Path) -> str:
+    """Save crosstune's text clean-up into the exported tokenizer (:mod:`crosstune.inference.exported_tokenizer`)
+    and record it in config.json, so the stock pipeline sees the tokens training saw and `crosstune predict`
+    does not clean twice; returns the model card's paragraph on it."""
+    from crosstune.inference.exported_tokenizer import add_crosstune_normalizer
+    from crosstune.io import read_json, write_json
+    from crosstune.transfer_model.settings import HF_SECTION, is_hf_form
+
+    add_crosstune_normalizer(directory / "tokenizer.json", _raw_training_texts(repo_dir))
+    config = read_json(directory / "config.json")
+    settings = config[HF_SECTION] if is_hf_form(config) else config
+    settings["tokenizer_normalises"] = True
+    write_json(directory / "config.json", config)
+    truncation = ""
+    if isinstance(settings.get("max_length"), int) and (directory / "tokenizer_config.json").is_file():
+        # `pipeline(..., truncation=True)` cuts at model_max_length: where training and crosstune predict cut
+        tokenizer_config = read_json(directory / "tokenizer_config.json")
+        tokenizer_config["model_max_length"] = settings["max_length"]
+        write_json(directory / "tokenizer_config.json", tokenizer_config)
+        truncation = (f" Texts were cut at {settings['max_length']} tokens in training: call the pipeline with "
+                      f"`truncation=True` to cut them there too.")
+    return ("\n## Text clean-up\n\nThe tokenizer cleans each text as training did (HTML entities, Unicode NFKC, "
+            "white space, wrapping quotes) before its own normalizer, so `transformers.pipeline` and "
+            f"`crosstune predict` see the same tokens.{truncation}\n")
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = "metrics/eval.json",
                  backbone_summary: str | Path = "metrics/backbone.json",
                  data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".",
@@ -194,5 +236,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
 
             write_onnx(model_dir, staging / ONNX_NAME)
             card += onnx_card_section(staging / ONNX_NAME)
+        if (staging / "tokenizer.json").is_file():
+            card += _normalise_in_tokenizer(staging, repo_dir)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
     return out_dir

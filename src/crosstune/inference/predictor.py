@@ -35,6 +35,10 @@ class Predictor:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}; valid: {list(RUNTIMES)}")
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{directory}: {'is a file, not' if directory.exists() else 'no such'} directory; pass a crosstune "
+                f"model directory such as models/finetuned (made by `dvc repro`) or one `crosstune export` wrote.")
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"{directory}: no config.json; pass a crosstune model directory such as models/finetuned "
@@ -74,25 +78,43 @@ class Predictor:
         outputs = predict_outputs(self.model, split, batching, self.device)
         return TASKS.get(self.config["task"]).prediction_records(outputs, self.labels)
 
-    def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str = "text") -> int:
-        """Label every row of a CSV/TSV/Parquet file (``text_column`` holds texts, or image or recording paths
-        relative to the file for an image or audio model); writes its columns plus the predictions as CSV."""
+    @property
+    def input_column(self) -> str:
+        """The column new tables hold the inputs in: the one the model was trained from (recorded at training),
+        else the modality's own name (``text``, ``image``, ``audio``)."""
+        return self.config.get("input_column") or self.modality
+
+    def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str | None = None) -> int:
+        """Label every row of a CSV/TSV/Parquet file (``text_column``, by default :attr:`input_column`, holds texts,
+        or image or recording paths relative to the file for an image or audio model); writes its columns plus the
+        predictions as CSV."""
         import pandas as pd
 
         from crosstune.data.tables import read_table
         from crosstune.errors import DataError
         from crosstune.io import write_csv
-        from crosstune.modalities import get_modality
+        from crosstune.modalities import get_modality, modality_of_values
 
         frame = read_table(input_path)
+        given = text_column is not None
+        text_column = text_column or self.input_column
         if text_column not in frame.columns:
-            raise DataError(f"{input_path}: no column {text_column!r} (columns: {list(frame.columns)}); "
-                            f"pass --text-column with the right name.")
+            where = "given by --text-column" if given else f"the column {self.source} was trained from"
+            raise DataError(f"{input_path}: no column {text_column!r} ({where}; columns: {list(frame.columns)}); "
+                            f"pass --text-column with the column that holds the "
+                            f"{'texts' if self.modality == 'text' else self.modality + ' paths'}.")
         empty = frame[text_column].isna()
         if empty.any():
             rows = [int(i) + 1 for i in empty[empty].index[:5]]
             raise DataError(f"{input_path}: empty text at row(s) {rows}; fill or remove them.")
-        values = get_modality(self.modality).resolve_paths(frame[text_column].astype(str).tolist(), Path(input_path))
+        given_values = frame[text_column].astype(str).tolist()
+        held = modality_of_values(given_values[:50]).name
+        if held != self.modality:
+            raise DataError(
+                f"{input_path}: column {text_column!r} holds {held} inputs (row 1: {given_values[0][:60]!r}), but "
+                f"{self.source} is a {self.modality} {self.config.get('task', 'classification')} model; label them "
+                f"with a {held} model, or pass --text-column with the column that holds {self.modality} inputs.")
+        values = get_modality(self.modality).resolve_paths(given_values, Path(input_path))
         results = pd.DataFrame(self.predict(values))
         prefixed = results.rename(columns={column: f"predicted_{column}" for column in results.columns})
         write_csv(output_path, pd.concat([frame.reset_index(drop=True), prefixed], axis=1))

@@ -40,7 +40,7 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     is reported whatever the depth, with the per-block scores (``blocks_path``: a table for ``dvc plots``)."""
     import dataclasses
 
-    from crosstune.data.prepared_dir import read_label_info
+    from crosstune.data.prepared_dir import read_input_column, read_label_info
     from crosstune.freezing.auto_depth import read_block_scores, recommend_depth
     from crosstune.freezing.policy import apply_freeze
     from crosstune.heads.registry import check_head_params
@@ -73,6 +73,7 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     if blocks_path is not None:
         _write_block_table(blocks_path, recommendation, freeze.depth)
     model.spec["freeze"] = to_dict(freeze)  # the depth chosen, never "auto": later stages read what was applied
+    model.spec["input_column"] = read_input_column(prepared_dir)
     with atomic_directory(model_dir) as staging:
         save_transfer_model(model, staging, tokenizer)
     if freeze.lora_r:

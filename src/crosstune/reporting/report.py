@@ -100,8 +100,21 @@ def _metric_order(key: str) -> tuple[int, str]:
     return rank, key
 
 
+def training_record(repo: Path) -> dict[str, Any]:
+    """The fine-tuned model's per-epoch validation history, its finetune params and kept epoch, as the workspace
+    holds them (empty where the pipeline has not run): what the headline's epoch sentences read."""
+    model = repo / "models" / "finetuned"
+    try:
+        history = json.loads((model / "train_history.json").read_text(encoding="utf-8"))
+        finetune = json.loads((model / "params.json").read_text(encoding="utf-8")).get("finetune", {})
+        best = json.loads((repo / "metrics" / "finetune" / "metrics.json").read_text(encoding="utf-8"))["best_epoch"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return {}
+    return {"history": history, "finetune": finetune, "best_epoch": best}
+
+
 def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revision: str,
-                 task: str = "classification") -> str:
+                 task: str = "classification", training: dict[str, Any] | None = None) -> str:
     """Title and headline in words (test metrics, baselines, the guard's verdict), shown above the plots."""
     from crosstune.reporting.wording import headline_html
 
@@ -109,9 +122,11 @@ def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revisi
     test = {key[len(prefix):]: values["new"] for key, values in metrics.items() if key.startswith(prefix)}
     old = {key[len(prefix):]: values["old"] for key, values in metrics.items()
            if key.startswith(prefix) and values["old"] is not None} if compare else None
-    subtitle = f"workspace at {html.escape(revision)}" + (f", compared with {html.escape(compare)}" if compare else "")
+    subtitle = f"workspace at {html.escape(revision)}" + (
+        f", compared with {html.escape(compare)}" if compare else
+        "; <code>crosstune report --compare REV</code> sets it beside another commit, branch or experiment")
     return (f"<h1>crosstune report</h1>\n<p class=\"subtitle\">{subtitle}</p>\n"
-            f"{headline_html(test, old, compare, task)}")
+            f"{headline_html(test, old, compare, task, training)}")
 
 
 def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, Any]], compare: str | None) -> str:
@@ -160,10 +175,14 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
         page = inline_images((Path(workdir) / "out" / "index.html").read_text(encoding="utf-8"), Path(workdir) / "out")
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=False).stdout.strip() or "an uncommitted repository"
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                             text=True, check=False).stdout.strip()
+    if changed:  # the figures are the workspace's, which the commit alone does not reproduce
+        revision += f" with uncommitted changes ({len(changed.splitlines())} files; git status lists them)"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
     page = reword_plots(page)
     task = str((params.get("prepare.task") or {}).get("new") or "classification")
-    page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task))
+    page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task, training_record(repo)))
     sections = [mistakes_html(repo / PREDICTIONS), experiments_html(repo, _select_metric(params)),
                 tables_html(metrics, params, compare)]
     page = page.replace(TABLES_MARKER, "\n".join(section for section in sections if section))

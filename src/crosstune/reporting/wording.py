@@ -81,9 +81,10 @@ def _score(values: dict[str, Any], key: str) -> str:
 
 
 def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str | None,
-                  task: str = "classification") -> str:
-    """The test metrics, the baselines and the guard's verdict, in sentences (``task``: ``prepare.task``, whose
-    headline and metrics are shown)."""
+                  task: str = "classification", training: dict[str, Any] | None = None) -> str:
+    """The test metrics, the model against each baseline, the guard's verdict and the kept epoch, in plain
+    sentences that hold on every metric shown (``task``: ``prepare.task``; ``training``: the fine-tuned model's
+    per-epoch ``history`` and ``finetune`` params, when the workspace has them)."""
     from crosstune.tasks.registry import TASKS
 
     headline = TASKS.get(task).headline
@@ -96,36 +97,119 @@ def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str
     if numbers:
         size = f" on {test['test_size']} test examples" if "test_size" in test else ""
         parts.append(f"<p>Test {' · '.join(numbers)}{size}.</p>")
-    baselines = []
-    for key in sorted(test):
-        match = re.fullmatch(rf"baseline_(.+)_{headline}", key)
-        if match:
-            name = BASELINE_WORDS.get(match.group(1), match.group(1))
-            baselines.append(f"{html.escape(name)} {_score(test, key)}")
-    if baselines:
-        verdict = ""
-        if isinstance(test.get("beats_all_baselines"), bool):
-            verdict = " — the model beats all of them" if test["beats_all_baselines"] else \
-                " — <b>the model does not beat all of them</b>"
-        parts.append(f"<p>Baselines ({metric_words(headline)}): "
-                     f"{', '.join(baselines)}{verdict}.</p>")
-    guard = guard_html(test, task)
-    if guard:
-        parts.append(guard)
-    return "\n".join(parts)
+    finetune = (training or {}).get("finetune", {})
+    parts.append(baselines_html(test, task, finetune.get("class_weights")))
+    parts.append(guard_html(test, task))
+    history = (training or {}).get("history") or []
+    if history and finetune:
+        parts.append(kept_epoch_html(history, finetune.get("select_metric", headline),
+                                     int(finetune.get("select_window", 1)), training.get("best_epoch")))
+        parts.append(overconfidence_html(history, finetune.get("select_metric", headline)))
+    return "\n".join(part for part in parts if part)
+
+
+def _baselines(test: dict[str, Any]) -> list[str]:
+    return sorted({match.group(1) for key in test if (match := re.fullmatch(r"baseline_(.+?)_(f1_macro|accuracy|r2|"
+                                                                            r"mae|mse|f1_weighted)", key))})
+
+
+def baselines_html(test: dict[str, Any], task: str = "classification", class_weights: str | None = None) -> str:
+    """The model against each baseline on the headline metric and on the task's other baseline metrics, ahead or
+    behind on each; one sentence on why macro-F1 and accuracy disagree when they do."""
+    from crosstune.tasks.registry import TASKS
+
+    spec = TASKS.get(task)
+    metrics = [name for name in dict.fromkeys((spec.headline, *spec.baseline_metrics))
+               if isinstance(test.get(name), (int, float))]
+    rows, mixed = [], False
+    for baseline in _baselines(test):
+        verdicts = []
+        for metric in metrics:
+            theirs = test.get(f"baseline_{baseline}_{metric}")
+            if not isinstance(theirs, (int, float)):
+                continue
+            ahead = spec.is_better(metric, float(test[metric]), float(theirs))
+            tied = abs(float(test[metric]) - float(theirs)) < 5e-4
+            word = "level" if tied else ("ahead" if ahead else "<b>behind</b>")
+            verdicts.append((word, f"{metric_words(metric)} {float(theirs):.3f} ({word})"))
+        if not verdicts:
+            continue
+        words = {word for word, _ in verdicts} - {"level"}
+        mixed |= len(words) > 1
+        summary = "ahead on every metric" if words == {"ahead"} else \
+            ("<b>behind on every metric</b>" if words == {"<b>behind</b>"} else "ahead on some, behind on others")
+        rows.append(f"<li>{html.escape(BASELINE_WORDS.get(baseline, baseline))}: "
+                    f"{', '.join(text for _, text in verdicts)}; the model is {summary}.</li>")
+    if not rows:
+        return ""
+    why = ""
+    if mixed and {"f1_macro", "accuracy"} <= set(metrics):
+        weighting = (" The model is trained with class-balanced weights (<code>finetune.class_weights: balanced"
+                     "</code>), which trade hits on the frequent class for recall on the rare ones.") \
+            if class_weights == "balanced" else ""
+        why = (f"<p>Macro-F1 and accuracy disagree because macro-F1 weighs every class alike and accuracy every "
+               f"example, so a model can win on the rare classes and lose on the frequent one.{weighting}</p>")
+    return (f"<p>Against the baselines (the model: "
+            f"{', '.join(f'{metric_words(m)} {float(test[m]):.3f}' for m in metrics)}):</p>"
+            f"<ul class=\"baselines\">{''.join(rows)}</ul>{why}")
+
+
+def kept_epoch_html(history: list[dict[str, Any]], metric: str, window: int, best_epoch: int | None) -> str:
+    """Which epoch's weights were kept and why: the validation metric averaged over ``window`` neighbouring epochs
+    (``finetune.select_window``), raw and smoothed values named, so the kept score beside the curve is read
+    right."""
+    from crosstune.training.epoch_selection import smoothed
+
+    values = [float(entry[metric]) for entry in history if isinstance(entry.get(metric), (int, float))]
+    if not values or best_epoch is None or not 1 <= best_epoch <= len(values):
+        return ""
+    raw = values[best_epoch - 1]
+    if window <= 1:
+        return (f"<p>Kept epoch {best_epoch} of {len(values)}: the best validation {metric_words(metric)} "
+                f"({raw:.3f}).</p>")
+    averaged = smoothed(values, best_epoch, window // 2)
+    last = f"; the curve ends at {values[-1]:.3f} (epoch {len(values)})" if best_epoch != len(values) else ""
+    return (f"<p>Kept epoch {best_epoch} of {len(values)}: the best validation {metric_words(metric)} averaged with "
+            f"its neighbours (<code>finetune.select_window: {window}</code>), {averaged:.3f} averaged, {raw:.3f} at "
+            f"that epoch alone{last}. Averaging keeps an epoch that is good with its neighbours, not one lucky "
+            f"spike on {len(values)} validation scores.</p>")
+
+
+def overconfidence_html(history: list[dict[str, Any]], metric: str, epochs: int = 2) -> str:
+    """A plain warning when validation loss rose for ``epochs`` epochs or more in a row while the metric did not
+    fall: the model grows more confident, also in its mistakes."""
+    losses = [float(entry["loss"]) for entry in history if isinstance(entry.get("loss"), (int, float))]
+    scores = [float(entry[metric]) for entry in history if isinstance(entry.get(metric), (int, float))]
+    if len(losses) != len(scores) or len(losses) <= epochs:
+        return ""
+    start = 0  # first epoch (0-based) of the current run of rising validation losses
+    for end in range(len(losses)):
+        if end + 1 < len(losses) and losses[end + 1] > losses[end]:
+            continue  # still rising
+        if end - start >= epochs and scores[end] >= scores[start]:
+            return (f"<p class=\"warning\">Validation loss rose from {losses[start]:.2f} to {losses[end]:.2f} "
+                    f"over epochs {start + 1} to {end + 1} while validation {metric_words(metric)} went from "
+                    f"{scores[start]:.3f} to {scores[end]:.3f}: the model grows over-confident (sure of its "
+                    f"mistakes too), so its scores are not probabilities to trust. To try: "
+                    f"<code>finetune.label_smoothing: 0.1</code>, fewer <code>finetune.epochs</code>, or a lower "
+                    f"<code>finetune.lr</code>.</p>")
+        start = end + 1
+    return ""
 
 
 def guard_html(test: dict[str, Any], task: str = "classification") -> str:
-    """The negative-transfer guard's answer to "did the pretrained weights help?", with its figures."""
+    """The negative-transfer guard's answer to "did the pretrained weights help?": what was measured, and what was
+    assumed named as such."""
     from crosstune.tasks.registry import TASKS
 
     metric = TASKS.get(task).headline
     if test.get("scratch_model") == "skipped":
-        return (f"<p>Did the pretrained weights help? yes: on validation the fine-tuned model "
-                f"({float(test[f'guard_finetuned_validation_{metric}']):.3f}) is at least the best learned baseline "
-                f"({float(test[f'guard_best_baseline_validation_{metric}']):.3f}, {metric_words(metric)}), which a "
-                f"model trained from scratch on this data stays below, so none was trained "
-                f"(<code>evaluate.scratch: always</code> trains it). Exported: the "
+        return (f"<p>Did the pretrained weights help? Measured: on validation the fine-tuned model "
+                f"({float(test[f'guard_finetuned_validation_{metric}']):.3f} {metric_words(metric)}) is at least the "
+                f"best learned baseline ({float(test[f'guard_best_baseline_validation_{metric}']):.3f}). Assumed, not "
+                f"measured on this data: that a model trained from scratch would stay below that baseline (it did on "
+                f"every task and seed of the project's benchmarks), so none was trained; "
+                f"<code>evaluate.scratch: always</code> measures it. Exported: the "
                 f"{html.escape(str(test.get('exported_model', 'finetuned')))} model.</p>")
     if "transfer_gain" not in test:
         return ""
@@ -139,7 +223,7 @@ def guard_html(test: dict[str, Any], task: str = "classification") -> str:
                   for name in ("finetuned", "probe", "scratch") if f"{name}_validation_{metric}" in test]
     if validation and test.get("guard") == "fallback":
         exported += f" It was chosen on validation ({metric_words(metric)}: {', '.join(validation)})."
-    return (f"<p>Did the pretrained weights help? {answer}. Fine-tuned {_score(test, f'finetuned_{metric}')} "
+    return (f"<p>Did the pretrained weights help? Measured: {answer}. Fine-tuned {_score(test, f'finetuned_{metric}')} "
             f"against the same architecture trained from scratch {_score(test, f'scratch_{metric}')} "
             f"({metric_words(metric)}, {gain:+.3f}){probe}.{exported}</p>")
 
