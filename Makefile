@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= $(HF_HUB_OFFLINE)
 export DVC_NO_ANALYTICS := 1
+export NO_MKDOCS_2_WARNING := 1
 export PATH := $(BIN):$(PATH)
 QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: install zoo repro test test-fast report clean
+.PHONY: install zoo repro test test-fast report docs clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,10 @@ test: install  ## run the whole test suite (unit tests and the end-to-end dvc te
 
 test-fast: install  ## unit tests only, skipping the end-to-end dvc runs
 	$(BIN)/python -m pytest -m "not slow"
+
+docs: install  ## the documentation site (docs/, MkDocs Material) into build/site/, every link checked
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	@echo "open build/site/index.html"
 
 report: install  ## report.html of the workspace's run; COMPARE=REV adds the differences against a revision
 	$(BIN)/crosstune report --out report.html $(if $(COMPARE),--compare $(COMPARE))

@@ -48,7 +48,7 @@ def test_tables_order_and_mark_changes() -> None:
     assert page.index("base.seed") < page.index("finetune.lr")
     summary = summary_html(metrics, "main", "abc1234")
     assert "Test macro-F1 <b>0.550</b> (was 0.500 at main)" in summary and "compared with main" in summary
-    assert "most frequent class 0.260" in summary
+    assert "most frequent class: macro-F1 0.260 (ahead); the model is ahead on every metric." in summary
 
 
 @pytest.mark.parametrize("path, title", [
@@ -181,3 +181,16 @@ def test_experiments_rank_and_parallel_coordinates_cover_the_varied_params() -> 
     assert points[("b", "validation f1_macro")] == 1.0 and points[("a", "validation f1_macro")] == 0.0
     assert points[("a", "finetune.lr")] == 1.0 and points[("c", "finetune.lr")] == 0.0
     assert {points[(name, "freeze.depth")] for name in "abc"} == {0.0, 0.5, 1.0}  # mixed values placed by order
+
+
+def test_per_class_table_shows_each_class_with_its_support() -> None:
+    from crosstune.reporting.wording import per_class_html
+
+    test = {"f1_macro": 0.5, "neutral_precision": 0.344828, "neutral_recall": 0.277778, "neutral_f1": 0.307692,
+            "neutral_support": 36, "positive_precision": 0.84, "positive_recall": 0.82, "positive_f1": 0.83,
+            "positive_support": 248}
+    table = per_class_html(test)
+    assert table.index("neutral") < table.index("positive")
+    assert ('<tr><td>neutral</td><td class="number">0.345</td><td class="number">0.278</td>'
+            '<td class="number">0.308</td><td class="number">36</td></tr>') in table
+    assert per_class_html({"r2": 0.4}) == ""  # regression: no classes

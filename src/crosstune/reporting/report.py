@@ -21,7 +21,7 @@ from crosstune.errors import CrosstuneError
 from crosstune.io import atomic_path
 from crosstune.reporting.experiment_ranking import experiments_html
 from crosstune.reporting.template import build_template
-from crosstune.reporting.wording import mistakes_html, reword_plots
+from crosstune.reporting.wording import mistakes_html, per_class_html, reword_plots
 
 logger = logging.getLogger(__name__)
 SUMMARY_MARKER = "<!--crosstune:summary-->"
@@ -183,8 +183,10 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     page = reword_plots(page)
     task = str((params.get("prepare.task") or {}).get("new") or "classification")
     page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task, training_record(repo)))
-    sections = [mistakes_html(repo / PREDICTIONS), experiments_html(repo, _select_metric(params)),
-                tables_html(metrics, params, compare)]
+    prefix = "metrics/eval.json:"
+    test = {key[len(prefix):]: values["new"] for key, values in metrics.items() if key.startswith(prefix)}
+    sections = [per_class_html(test), mistakes_html(repo / PREDICTIONS),
+                experiments_html(repo, _select_metric(params)), tables_html(metrics, params, compare)]
     page = page.replace(TABLES_MARKER, "\n".join(section for section in sections if section))
     with atomic_path(output) as temporary:
         temporary.write_text(page, encoding="utf-8")

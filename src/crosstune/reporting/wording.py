@@ -228,6 +228,22 @@ def guard_html(test: dict[str, Any], task: str = "classification") -> str:
             f"({metric_words(metric)}, {gain:+.3f}){probe}.{exported}</p>")
 
 
+def per_class_html(test: dict[str, Any]) -> str:
+    """Precision, recall and F1 of each class on the test split, with its number of examples (classification: the
+    ``<class>_precision`` ... ``<class>_support`` keys of eval.json), so the rare classes are seen at a glance."""
+    classes = [key[: -len("_support")] for key in test if key.endswith("_support")]
+    rows = []
+    for name in classes:
+        cells = "".join(f'<td class="number">{_score(test, f"{name}_{part}")}</td>'
+                        for part in ("precision", "recall", "f1"))
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}<td class=\"number\">{int(test[f'{name}_support'])}</td>"
+                    f"</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Per class</h2>\n<table class=\"data\"><thead><tr><th>class</th><th>precision</th><th>recall</th>"
+            f"<th>F1</th><th>test examples</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
 def mistakes_html(predictions: Path, shown: int = MISTAKES_SHOWN, name: str = "metrics/predictions.csv") -> str:
     """The most confident test mistakes of a text model as a table (text, true label, predicted, confidence);
     empty for image and audio models, whose mistakes are pictures (``metrics/misclassified.png``)."""
