@@ -75,9 +75,9 @@ def test_rendered_specs_get_worded_titles_and_confusion_counts() -> None:
 def test_guard_verdict_in_words() -> None:
     helped = {"transfer_gain": 0.07, "negative_transfer": False, "finetuned_f1_macro": 0.52, "scratch_f1_macro": 0.45,
               "probe_f1_macro": 0.39, "exported_model": "finetuned"}
-    assert "Did the pretrained weights help? Measured: yes. Fine-tuned 0.520 against the same architecture trained from " \
-           "scratch 0.450 (macro-F1, +0.070); a linear probe on the frozen pretrained features 0.390. Exported: " \
-           "the finetuned model." in guard_html(helped)
+    assert "Did the pretrained weights help? Measured: yes. Fine-tuned 0.520 against the same architecture trained " \
+           "from scratch 0.450 (macro-F1, +0.070); a linear probe on the frozen pretrained features 0.390. " \
+           "Exported: the finetuned model." in guard_html(helped)
     hurt = {**helped, "transfer_gain": -0.1, "negative_transfer": True, "exported_model": "scratch"}
     assert "no: <b>negative transfer</b>" in guard_html(hurt) and "the scratch model" in guard_html(hurt)
     assert "chosen on validation" not in guard_html(hurt)  # report mode: nothing was chosen
