@@ -58,6 +58,8 @@ def test_predict_reads_the_column_the_model_was_trained_from(attached: dict[str,
     given = _one_error(_predict("--model", str(model), "--input", str(table), "--output", str(tmp_path / "o.csv"),
                                 "--text-column", "text"))
     assert "no column 'text' (given by --text-column" in given
+    pd.DataFrame({"text": ["works well"]}).to_csv(table, index=False)  # the prepared splits' name is read too
+    assert _predict("--model", str(model), "--input", str(table), "--output", str(tmp_path / "o.csv")).returncode == 0
 
 
 def test_predict_says_when_the_table_holds_inputs_of_another_model(attached: dict[str, Path], tmp_path: Path) -> None:

@@ -129,8 +129,9 @@ def test_missing_onnx_names_the_directory_and_the_command(exported: dict[str, Pa
     with pytest.raises(FileNotFoundError, match="crosstune export --format onnx --out DIR") as raised:
         Predictor.from_directory(exported["text"], runtime="onnx")
     assert str(exported["text"]) in str(raised.value) and "model.onnx" in str(raised.value)
+    table = _input_table("image", tmp_path)
     with pytest.raises(FileNotFoundError, match="no model.onnx"):
-        main(["predict", "--onnx", "--model", str(exported["image"]), "--input", "x.csv", "--output", "y.csv"])
+        main(["predict", "--onnx", "--model", str(exported["image"]), "--input", str(table), "--output", "y.csv"])
     with pytest.raises(ValueError, match=r"runtime 'tensorrt'; valid: \['torch', 'onnx'\]"):
         Predictor.from_directory(exported["text"], runtime="tensorrt")
 

@@ -299,7 +299,10 @@ def prepare_target_data(
         if other is not None and modality_of_frame(other).name != modality:
             raise DataError(f"{path}: holds {modality_of_frame(other).name} inputs but {train_path} holds {modality} "
                             f"inputs; give both in the same kind.")
-    summary: dict[str, Any] = {"task": task.name, "modality": modality, "num_labels": len(labels), **dedup_counts}
+    # the column of the user's table that held the inputs (none for a folder per class): the model records it
+    column = None if Path(train_path).is_dir() else getattr(params, MODALITIES.get(modality).column_param)
+    summary: dict[str, Any] = {"task": task.name, "modality": modality, "num_labels": len(labels),
+                               "input_column": column, **dedup_counts}
     if source is not None:
         splits["source"] = source
         summary.update({"source": str(source_file), "validation_domain": params.validation_domain,
@@ -323,10 +326,9 @@ def write_prepared(data: PreparedData, out_dir: str | Path, params: PrepareParam
             write_csv(staging / f"{name}.csv", getattr(data, name))
         if data.source is not None:
             write_csv(staging / "source.csv", data.source)
-        modality = MODALITIES.get(data.summary["modality"])
-        # the table column that held the inputs: the model records it, so `crosstune predict` reads it by default
+        # the input column: the model records it, so `crosstune predict` reads it by default
         write_json(staging / "labels.json", {"task": params.task, "labels": data.labels,
-                                             "modality": modality.name,
-                                             "input_column": getattr(params, modality.column_param)})
+                                             "modality": data.summary["modality"],
+                                             "input_column": data.summary["input_column"]})
         write_json(staging / "summary.json", data.summary)
         write_json(staging / "params.json", to_dict(params))

@@ -78,14 +78,15 @@ class Predictor:
         outputs = predict_outputs(self.model, split, batching, self.device)
         return TASKS.get(self.config["task"]).prediction_records(outputs, self.labels)
 
-    @property
-    def input_column(self) -> str:
-        """The column new tables hold the inputs in: the one the model was trained from (recorded at training),
-        else the modality's own name (``text``, ``image``, ``audio``)."""
-        return self.config.get("input_column") or self.modality
+    def input_column(self, columns: Sequence[str]) -> str:
+        """The column of a new table (``columns``) that holds the inputs: the one the model was trained from
+        (recorded at training), else one named after the modality (``text``, ``image``, ``audio``: the prepared
+        splits' name), else ``text`` (the one name every model has read); the first the table has."""
+        candidates = [str(name) for name in (self.config.get("input_column"), self.modality, "text") if name]
+        return next((name for name in candidates if name in columns), candidates[0])
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str | None = None) -> int:
-        """Label every row of a CSV/TSV/Parquet file (``text_column``, by default :attr:`input_column`, holds texts,
+        """Label every row of a CSV/TSV/Parquet file (``text_column``, by default :meth:`input_column`, holds texts,
         or image or recording paths relative to the file for an image or audio model); writes its columns plus the
         predictions as CSV."""
         import pandas as pd
@@ -97,9 +98,10 @@ class Predictor:
 
         frame = read_table(input_path)
         given = text_column is not None
-        text_column = text_column or self.input_column
+        text_column = text_column or self.input_column(list(frame.columns))
         if text_column not in frame.columns:
-            where = "given by --text-column" if given else f"the column {self.source} was trained from"
+            where = "given by --text-column" if given else \
+                f"the column {self.source} was trained from, nor {self.modality!r} or 'text'"
             raise DataError(f"{input_path}: no column {text_column!r} ({where}; columns: {list(frame.columns)}); "
                             f"pass --text-column with the column that holds the "
                             f"{'texts' if self.modality == 'text' else self.modality + ' paths'}.")
