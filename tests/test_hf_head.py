@@ -215,6 +215,10 @@ def test_an_export_serves_the_texts_training_saw_through_the_stock_pipeline(atta
     exported = tmp_path / "exported"
     shutil.copytree(finetuned, exported)
     assert "Text clean-up" in _normalise_in_tokenizer(exported, tmp_path)
+    # a named tokenizer class (MiniLM's BertTokenizer) would rebuild its own normalizer and drop the clean-up
+    assert json.loads((exported / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    normalizer = transformers.AutoTokenizer.from_pretrained(str(exported)).backend_tokenizer.normalizer
+    assert normalizer.normalize_str(' "didn&#039;t\u00a0 sleep" ') == "didn't sleep"
     expected = crosstune.load(finetuned).predict(MESSY_TEXTS)
     for served in (transformers.pipeline("text-classification", model=str(exported), device="cpu")(MESSY_TEXTS),
                    crosstune.load(exported).predict(MESSY_TEXTS)):  # no second clean-up in crosstune's own predict

@@ -38,7 +38,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--revision", default="HEAD")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--clone", type=Path, help="a clone where this ran before: export and compare only")
     args = parser.parse_args()
+    if args.clone is not None:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        run([str(REPO / ".venv" / "bin" / "python"), "-m", "crosstune", "export", "--out", "export"], args.clone, env)
+        text_column = yaml.safe_load((args.clone / "params.yaml").read_text())["prepare"]["text_column"]
+        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.clone, capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        result = {**compare(args.clone, text_column), "revision": f"{revision} (the clone's pipeline run)"}
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="crosstune-stock-") as work:
         clone = Path(work) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
@@ -61,12 +72,9 @@ def main() -> None:
 
 
 def compare(clone: Path, text_column: str) -> dict:
-    import sys
-
     import pandas as pd
     import transformers
 
-    sys.path.insert(0, str(clone / "src"))
     import crosstune
 
     texts = pd.read_csv(clone / "data" / "raw" / "test.csv", dtype=str, keep_default_na=False)[text_column].tolist()

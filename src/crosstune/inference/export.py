@@ -185,13 +185,17 @@ def _normalise_in_tokenizer(directory: Path, repo_dir: Path) -> str:
     settings["tokenizer_normalises"] = True
     write_json(directory / "config.json", config)
     truncation = ""
-    if isinstance(settings.get("max_length"), int) and (directory / "tokenizer_config.json").is_file():
-        # `pipeline(..., truncation=True)` cuts at model_max_length: where training and crosstune predict cut
+    if (directory / "tokenizer_config.json").is_file():
         tokenizer_config = read_json(directory / "tokenizer_config.json")
-        tokenizer_config["model_max_length"] = settings["max_length"]
+        # transformers builds a named class's pipeline (BertTokenizer's normalizer...) from its own code and drops
+        # tokenizer.json's; the generic class loads tokenizer.json as it is, clean-up included
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if isinstance(settings.get("max_length"), int):
+            # `pipeline(..., truncation=True)` cuts at model_max_length: where training and crosstune predict cut
+            tokenizer_config["model_max_length"] = settings["max_length"]
+            truncation = (f" Texts were cut at {settings['max_length']} tokens in training: call the pipeline with "
+                          f"`truncation=True` to cut them there too.")
         write_json(directory / "tokenizer_config.json", tokenizer_config)
-        truncation = (f" Texts were cut at {settings['max_length']} tokens in training: call the pipeline with "
-                      f"`truncation=True` to cut them there too.")
     return ("\n## Text clean-up\n\nThe tokenizer cleans each text as training did (HTML entities, Unicode NFKC, "
             "white space, wrapping quotes) before its own normalizer, so `transformers.pipeline` and "
             f"`crosstune predict` see the same tokens.{truncation}\n")
