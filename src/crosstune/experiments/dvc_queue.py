@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 DONE_STATES = ("success", "failed")
 MAX_FAILED_POLLS = 3  # `dvc exp show` failures in a row before the wait loop gives up
+EXP_SHOW_SECONDS = 120.0  # a `dvc exp show` that has not answered by then is stuck: stopped and asked again
 
 
 @dataclass
@@ -60,15 +61,22 @@ def dvc_command(*args: str) -> list[str]:
     return [str(executable) if executable.is_file() else "dvc", *args]
 
 
-def dvc(*args: str, repo: str | Path = ".", check: bool = True) -> subprocess.CompletedProcess:
-    """Run `dvc ARGS` in ``repo``; a failure names the command and its output.
+def dvc(*args: str, repo: str | Path = ".", check: bool = True,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run `dvc ARGS` in ``repo``; a failure names the command and its output; past ``timeout`` seconds the
+    command is killed and that is a failure too.
 
     The output goes through a temporary file, not a pipe: `dvc queue start` leaves a daemon behind that
     inherits the command's stdout, and reading a pipe until it closes then waits for that daemon, seen hanging
     a sweep past its timeout. Waiting for the command's own exit and then reading the file does not."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        returncode = subprocess.run(dvc_command(*args), cwd=repo, stdout=stdout, stderr=stderr,
-                                    stdin=subprocess.DEVNULL, check=False, env=dvc_environment()).returncode
+        try:
+            returncode = subprocess.run(dvc_command(*args), cwd=repo, stdout=stdout, stderr=stderr,
+                                        stdin=subprocess.DEVNULL, check=False, env=dvc_environment(),
+                                        timeout=timeout).returncode
+        except subprocess.TimeoutExpired as error:
+            raise CrosstuneError(f"`dvc {' '.join(args)}` did not answer within {timeout:.0f} s in {repo}; it was "
+                                 f"stopped") from error
         stdout.seek(0)
         stderr.seek(0)
         completed = subprocess.CompletedProcess(dvc_command(*args), returncode, stdout.read(), stderr.read())
@@ -84,9 +92,22 @@ def _data(entry: dict[str, Any], kind: str) -> dict[str, Any]:
     return {path: (content or {}).get("data") or {} for path, content in files.items()}
 
 
+def _exp_show(repo: str | Path) -> str:
+    """`dvc exp show --json`, asked again when it fails or hangs: with a queue's workers coming and going it was
+    seen waiting for ever (a futex, no CPU) in the sweep test; a fresh call answers."""
+    for attempt in range(1, MAX_FAILED_POLLS + 1):
+        try:
+            return dvc("exp", "show", "--json", repo=repo, timeout=EXP_SHOW_SECONDS).stdout
+        except CrosstuneError as error:
+            if attempt == MAX_FAILED_POLLS:
+                raise
+            logger.info("%s; asking again", error)
+    raise AssertionError("unreachable")
+
+
 def baseline_experiments(repo: str | Path = ".") -> list[Experiment]:
     """The experiments of the workspace's baseline commit (HEAD), newest first, queued ones included."""
-    rows = json.loads(dvc("exp", "show", "--json", repo=repo).stdout or "[]")
+    rows = json.loads(_exp_show(repo) or "[]")
     experiments: list[Experiment] = []
     for baseline in rows:
         if baseline.get("rev") == "workspace":
