@@ -3,7 +3,8 @@ records the crosstune modules it imported and the params keys it read, and every
 that stage's declared deps (a file, or a folder above it) and params (a section, or that key).
 
 Branches a scenario does not take are covered by folder-level deps: text and images, the frozen-prefix
-cache, selection by score, text augmentation, a source domain with DANN, the guard on, and recordings.
+cache, selection by score, text augmentation, a source domain with DANN, the guard on, recordings, and tagged
+sentences (the scratch model and the CRF baseline in the guard).
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ AUDIO_SCENARIO = {
     "freeze": {"depth": 1},
     "finetune": {"epochs": 1, "lr": 0.01, "class_weights": "none"},
     "evaluate": {"baselines": ["majority", "mfcc_logreg"], "guard": "report"},
+}
+
+NER_SCENARIO = {
+    "data": {"train": "data/ner/train.tsv", "test": "data/ner/test.tsv"},
+    "prepare": {"task": "token_classification", "validation_fraction": 0.2},
+    "backbone": {"max_length": 24},
+    "freeze": {"depth": 1},
+    "finetune": {"epochs": 1, "loss": "token_cross_entropy", "select_metric": "entity_f1", "class_weights": "none",
+                 "max_length": 24},
+    "evaluate": {"baselines": ["crf", "dictionary"], "guard": "fallback", "scratch": "always"},
 }
 
 
@@ -112,7 +123,12 @@ def _probe_pipeline(root: Path) -> dict[str, dict]:
 
 def _project(root: Path, scenario: dict) -> Path:
     shutil.copytree(REPO_ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    if scenario is AUDIO_SCENARIO:
+    if scenario is NER_SCENARIO:
+        from test_token_classification import write_ncbi_subset
+
+        write_ncbi_subset(root / "data" / "ner", train=40, test=10)
+        (root / "data" / "source").mkdir(parents=True)
+    elif scenario is AUDIO_SCENARIO:
         write_audio_folder(root / "data" / "audio" / "train", per_class=10, seed=1)
         write_audio_folder(root / "data" / "audio" / "test", per_class=4, seed=2)
         (root / "data" / "source").mkdir(parents=True)
@@ -141,7 +157,8 @@ def _check(results: dict[str, dict]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO, AUDIO_SCENARIO], ids=["text", "image", "audio"])
+@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO, AUDIO_SCENARIO, NER_SCENARIO],
+                         ids=["text", "image", "audio", "tagging"])
 def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario: dict) -> None:
     results = _probe_pipeline(_project(tmp_path, scenario))
     problems = _check(results)
@@ -153,6 +170,10 @@ def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario
         assert "crosstune.evaluation.baselines" in results["scratch"]["record"]["modules"]  # evaluate.scratch: auto
     elif scenario is IMAGE_SCENARIO:
         assert "crosstune.methods.adaptation" in results["finetune"]["record"]["modules"]
+    elif scenario is NER_SCENARIO:
+        assert "crosstune.data.tagging" in results["prepare"]["record"]["modules"]
+        assert "crosstune.evaluation.tagging_baselines" in results["scratch"]["record"]["modules"]
+        assert "crosstune.reporting.tagged_sentences" in results["evaluate"]["record"]["modules"]
     else:
         assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
         assert "crosstune.backbones.audio_features" in results["evaluate"]["record"]["modules"]

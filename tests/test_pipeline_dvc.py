@@ -47,6 +47,16 @@ AUDIO_PARAMS = {
     "finetune": {"epochs": 3, "lr": 0.01, "class_weights": "none"},
     "evaluate": {"baselines": ["majority", "mfcc_logreg"], "guard": "report"},
 }
+NER_PARAMS = {  # the whole tiny model trains, tags weighted against O so that it does tag entities
+    "data": {"train": "data/ner/train.tsv", "test": "data/ner/test.tsv"},
+    "prepare": {"task": "token_classification", "validation_fraction": 0.2},
+    "backbone": {"max_length": 24},  # short windows: sentences are cut in several
+    "head": {"type": "hf", "pooling": "cls"},
+    "freeze": {"depth": 0},
+    "finetune": {"epochs": 4, "lr": 0.003, "loss": "token_cross_entropy", "select_metric": "entity_f1",
+                 "class_weights": "balanced", "max_length": 24},
+    "evaluate": {"baselines": ["crf", "dictionary"], "guard": "report"},
+}
 ALL_STAGES = {"prepare", "backbone", "attach_head", "cache", "probe", "finetune", "scratch", "evaluate"}
 TEXT_PARAMS = {"finetune": {"epochs": 2}, "evaluate": {"guard": "report"}}
 
@@ -63,7 +73,7 @@ def _environment() -> dict[str, str]:
 class Repo:
     """A throwaway copy of the pipeline with tiny data and the tiny random backbone."""
 
-    def __init__(self, root: Path, images: bool = False, audio: bool = False) -> None:
+    def __init__(self, root: Path, images: bool = False, audio: bool = False, ner: bool = False) -> None:
         self.root = root
         self.env = _environment()
         shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
@@ -75,10 +85,14 @@ class Repo:
         elif audio:
             write_audio_folder(root / "data" / "audio" / "train", per_class=12, seed=1)
             write_audio_folder(root / "data" / "audio" / "test", per_class=5, seed=2)
+        elif ner:
+            from test_token_classification import write_ncbi_subset
+
+            write_ncbi_subset(root / "data" / "ner", train=150, test=40)
         else:
             write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
-        self.base_params = IMAGE_PARAMS if images else AUDIO_PARAMS if audio else TEXT_PARAMS
+        self.base_params = IMAGE_PARAMS if images else AUDIO_PARAMS if audio else NER_PARAMS if ner else TEXT_PARAMS
         write_params(root / "params.yaml", self.base_params)
         (root / ".gitignore").write_text((REPO_ROOT / ".gitignore").read_text(encoding="utf-8"), encoding="utf-8")
         (root / "data" / "source").mkdir(parents=True, exist_ok=True)
@@ -671,3 +685,54 @@ def test_audio_pipeline_end_to_end(audio_repo: Repo) -> None:
     assert labels == predictions["predicted"].tolist()
     audio_repo.set_param("backbone", "clip_seconds", 0.3)
     assert audio_repo.repro() == ALL_STAGES - {"prepare"}
+
+
+@pytest.fixture(scope="module")
+def ner_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    return Repo(tmp_path_factory.mktemp("ner"), ner=True)
+
+
+def test_token_classification_end_to_end_and_the_stock_pipeline(ner_repo: Repo, tmp_path: Path) -> None:
+    """Disease mentions (150 NCBI sentences) through every stage with the tiny backbone and the stock Hugging Face
+    head: sentences cut into windows, CRF and dictionary baselines, the guard; `crosstune predict` on raw text gives
+    the entities evaluate found, and the export loads in `transformers.pipeline("token-classification")`, which
+    returns the same entities and scores. (The frozen-prefix cache for tagging: test_token_classification.)"""
+    import pandas as pd
+    import transformers
+
+    import crosstune
+    from crosstune.data.tagging import TaggedSentence, entity_records
+
+    assert ner_repo.baseline() == ALL_STAGES
+    metrics = ner_repo.metrics()
+    assert {"entity_f1", "token_accuracy", "Disease_f1", "baseline_crf_entity_f1", "baseline_dictionary_entity_f1",
+            "probe_entity_f1"} <= set(metrics)
+    assert metrics["baseline_crf_entity_f1"] > 0.1 and metrics["entity_f1"] > 0.02 and metrics["test_size"] == 40
+    assert json.loads((ner_repo.root / "metrics" / "backbone.json").read_text())["train_split_sentences"] > 0
+    assert (ner_repo.root / "metrics" / "misclassified.png").stat().st_size > 1000
+    assert ner_repo.repro() == set()
+    predictions = pd.read_csv(ner_repo.root / "metrics" / "predictions.csv")
+    loaded = crosstune.load(str(ner_repo.root / "models" / "finetuned"))
+    for row, record in zip(predictions.itertuples(index=False), loaded.predict(predictions["text"].tolist())):
+        sentence = TaggedSentence(row.text, tuple(tuple(span) for span in json.loads(row.words)), ())
+        expected = [(e["start"], e["end"], e["label"]) for e in entity_records(sentence, row.predicted.split())]
+        assert [(e["start"], e["end"], e["label"]) for e in record["entities"]] == expected, row.text
+
+    out = tmp_path / "export"
+    ner_repo.run(str(Path(sys.executable).parent / "crosstune"), "export", "--out", str(out))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    texts = []  # six-word pieces of the test sentences that fit one window (the pipeline's own long-text
+    for text, words in zip(predictions["text"], predictions["words"]):  # chunking differs from the windows)
+        spans = json.loads(words)
+        for start in range(0, len(spans), 4):
+            piece = text[spans[start][0] : spans[min(start + 5, len(spans) - 1)][1]]
+            if len(tokenizer(piece)["input_ids"]) <= 24:
+                texts.append(piece)
+    ours = crosstune.load(str(out)).predict(texts)
+    assert len(texts) > 100 and sum(len(record["entities"]) for record in ours) > 20
+    tagger = transformers.pipeline("token-classification", model=str(out), aggregation_strategy="first")
+    for text, record, theirs in zip(texts, ours, tagger(texts)):
+        assert [(e["start"], e["end"], e["entity_group"]) for e in theirs] == \
+            [(e["start"], e["end"], e["label"]) for e in record["entities"]], text
+        assert [float(e["score"]) for e in theirs] == pytest.approx([e["score"] for e in record["entities"]],
+                                                                    abs=1e-4)

@@ -30,7 +30,9 @@ from crosstune.training.losses import LOSSES
 from crosstune.transfer_model.modules import TransferModel
 
 PACKAGE = REPO_ROOT / "src" / "crosstune"
-LABELS = {"classification": ["negative", "neutral", "positive"], "regression": []}
+LABELS = {"classification": ["negative", "neutral", "positive"], "regression": [],
+          "token_classification": ["B-Disease", "I-Disease", "O"]}
+NCBI_TEST = REPO_ROOT / "data" / "ner" / "ncbi_disease" / "test.tsv"
 
 
 def _raw_labels(task: str, count: int = 30) -> pd.Series:
@@ -38,6 +40,28 @@ def _raw_labels(task: str, count: int = 30) -> pd.Series:
     if task == "regression":
         return pd.Series([f" {index % 7 * 1.5} " for index in range(count)])
     return pd.Series([f" {LABELS['classification'][index % 3]}" for index in range(count)])
+
+
+def _prepared(task, count: int = 30) -> pd.DataFrame:
+    """A prepared table of ``count`` examples: read by the task's own reader where it has one (tagged sentences
+    of the NCBI disease corpus), else texts with the labels of :func:`_raw_labels`."""
+    own = task.read_examples(NCBI_TEST, PrepareParams(task=task.name))
+    if own is not None:
+        return own.iloc[:count].reset_index(drop=True)
+    return pd.DataFrame({"text": [f"text {index}" for index in range(count)],
+                         "label": task.read_labels(_raw_labels(task.name, count), Path("train.csv"))})
+
+
+def _decoded(task, frame: pd.DataFrame):
+    """The inputs of ``frame`` as `crosstune predict` decodes them (what ``prediction_records`` reads)."""
+    from types import SimpleNamespace
+
+    from crosstune.data.tagging import TaggedSentence
+
+    if "words" not in frame.columns:
+        return SimpleNamespace()
+    return SimpleNamespace(sentences=[TaggedSentence(text, tuple(tuple(s) for s in json.loads(words)), ())
+                                      for text, words in zip(frame["text"], frame["words"])])
 
 
 @pytest.mark.parametrize("name", TASKS.names())
@@ -51,7 +75,9 @@ def test_every_task_is_a_complete_record(name: str) -> None:
     assert task.headline in task.metrics and "loss" in task.metrics and task.metrics["loss"] is False
     assert set(task.summary_metrics) | set(task.baseline_metrics) | set(task.card_metrics) <= \
         {*task.metrics, "mse", "precision_macro", "recall_macro"}
-    assert hasattr(transformers, task.hf_auto_class) and task.hf_problem_type
+    # token classification has no problem_type in transformers' configs
+    assert hasattr(transformers, task.hf_auto_class)
+    assert task.hf_problem_type or task.hf_auto_class == "AutoModelForTokenClassification"
 
 
 @pytest.mark.parametrize("name", TASKS.names())
@@ -59,28 +85,28 @@ def test_every_task_reads_encodes_scores_and_predicts(name: str) -> None:
     """Labels as a table holds them -> the prepared column -> training targets -> metrics of raw outputs, and
     predictions as `crosstune predict` and the evaluate stage write them."""
     task = TASKS.get(name)
-    frame = pd.DataFrame({"text": [f"text {index}" for index in range(30)],
-                          "label": task.read_labels(_raw_labels(name), Path("train.csv"))})
+    frame = _prepared(task)
     task.check_training_labels(frame, Path("train.csv"), 5)
     labels = task.label_names(frame)
     assert labels == LABELS[name]
     task.check_test_labels(frame, labels, Path("test.csv"))
     targets = task.encode_labels(frame["label"], labels)
-    assert targets.shape == (30,) and bool(task.labelled(targets.numpy()).all())
+    rows = int(targets.shape[0])  # one output row per example, or per word
+    assert rows >= 30 and bool(task.labelled(targets.numpy()).all())
     width = task.num_outputs(labels)
-    outputs = torch.randn(30, width, generator=torch.Generator().manual_seed(0))
+    outputs = torch.randn(rows, width, generator=torch.Generator().manual_seed(0))
     scores = task.score(targets.tolist(), outputs, labels)
     assert task.headline in scores and all(np.isfinite(value) for value in scores.values())
     assert set(task.summary_metrics) <= set(scores) and set(task.baseline_metrics) <= set(scores)
-    records = task.prediction_records(outputs, labels)
+    records = task.prediction_records(outputs, _decoded(task, frame), labels)
     assert len(records) == 30 and all(set(record) == set(records[0]) for record in records)
-    columns = task.prediction_columns(outputs, labels)
+    columns = task.prediction_columns(outputs, targets, labels)
     assert "predicted" in columns and all(len(values) == 30 for values in columns.values())
-    perfect = task.score(targets.tolist(), _perfect_outputs(targets, width), labels)
+    perfect = task.score(targets.tolist(), _perfect_outputs(task.loss_targets(targets), width), labels)
     assert not task.is_better(task.headline, scores[task.headline], perfect[task.headline])
     assert task.gain(task.headline, perfect[task.headline], scores[task.headline]) > 0
     loss = task.build_loss(task.losses[0], task.class_weights("none", targets, len(labels)), 0.0)
-    assert torch.isfinite(loss(outputs, targets))
+    assert torch.isfinite(loss(outputs, task.loss_targets(targets)))
 
 
 def _perfect_outputs(targets: torch.Tensor, width: int) -> torch.Tensor:
@@ -95,7 +121,8 @@ def test_every_task_fits_its_closed_form_output_layer(name: str) -> None:
     rng = np.random.default_rng(0)
     classes = np.arange(60) % 3
     inputs = rng.normal(size=(60, 5)) + np.eye(5)[classes] * 4  # the class shows in one input each
-    targets = classes if name == "classification" else inputs @ np.arange(5) + 1.0
+    targets = {"classification": classes, "regression": inputs @ np.arange(5) + 1.0,
+               "token_classification": np.stack([classes, np.arange(60) // 6], axis=1)}[name]  # (tag, sentence)
     weight, bias = task.fit_output_layer(inputs, targets, task.num_outputs(LABELS[name]), 1.0, None, 0)
     assert weight.shape == (task.num_outputs(LABELS[name]), 5) and bias.shape == (task.num_outputs(LABELS[name]),)
     outputs = torch.from_numpy(inputs @ weight.T + bias).float()

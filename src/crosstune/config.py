@@ -83,7 +83,8 @@ class PrepareParams:
     text_column: str = "review"  # the embedded drug reviews' columns; set your table's
     label_column: str = "rating"
     separator: str = "auto"  # CSV/TSV/TXT: auto sniffs , ; tab | from the file's start; or force one of them
-    task: str = "classification"  # a name of crosstune.tasks.registry.TASKS: classification | regression
+    task: str = "classification"  # crosstune.tasks.registry.TASKS: classification | regression | token_classification
+    tag_scheme: str = "auto"  # token_classification CoNLL tags: auto (BIOES with E-/S-, else IOB2), iob1, iob2, bioes
     validation_fraction: float = 0.15  # held out of the training file, stratified
     test_fraction: float = 0.2  # held out as the test split when data.test is data.train (no test file)
     min_examples_per_class: int = 5  # fewer makes stratified splits and F1 meaningless
@@ -104,6 +105,7 @@ class PrepareParams:
         _check_choice("prepare.separator", separator, ("auto", *TABLE_SEPARATORS))
         _check_range("prepare.target_labelled", self.target_labelled, 0.0, 1.0)
         _check_choice("prepare.validation_domain", self.validation_domain, ("target", "source"))
+        _check_choice("prepare.tag_scheme", self.tag_scheme, ("auto", "iob1", "iob2", "bioes"))
         _check_range("prepare.validation_fraction", self.validation_fraction, 0.0, 0.5, False, False)
         _check_range("prepare.test_fraction", self.test_fraction, 0.0, 0.5, False, False)
         _check_range("prepare.min_examples_per_class", self.min_examples_per_class, low=2)

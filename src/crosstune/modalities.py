@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from crosstune.config import AugmentParams, PrepareParams
+    from crosstune.tasks.base import Task
 
 
 class Modality:
@@ -93,10 +94,11 @@ class Modality:
 
     # --- the backbone stage ---------------------------------------------------------------------------------
 
-    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], targets: Any,
-                        model_dir: str, encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], task: "Task",
+                        labels: list[str], model_dir: str, encoded_dir: str, text_augment: Any,
+                        blocks: dict[str, Any]) -> dict[str, Any]:
         """Load the chosen backbone, save it (with its per-block scores ``blocks``) into ``model_dir``, encode
-        every split into ``encoded_dir`` (``targets(frame)``: the task's encoded labels); returns its summary."""
+        every split into ``encoded_dir`` (labels encoded as ``task`` encodes them); returns its summary."""
         raise NotImplementedError
 
     def vocabulary_texts(self, frame: "pd.DataFrame") -> list[str]:
@@ -194,11 +196,12 @@ class Text(Modality):
     def resolve_paths(self, values: Sequence[str], table: Path) -> list[str]:
         return list(values)
 
-    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], targets: Any,
-                        model_dir: str, encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], task: "Task",
+                        labels: list[str], model_dir: str, encoded_dir: str, text_augment: Any,
+                        blocks: dict[str, Any]) -> dict[str, Any]:
         from crosstune.backbones.text import save_and_encode
 
-        return save_and_encode(params, seed, splits, targets, model_dir, encoded_dir, text_augment, blocks)
+        return save_and_encode(params, seed, splits, task, labels, model_dir, encoded_dir, text_augment, blocks)
 
     def vocabulary_texts(self, frame: "pd.DataFrame") -> list[str]:
         return frame["text"].tolist()
@@ -280,18 +283,14 @@ class Text(Modality):
 
         frames = [read_split(prepared_dir, "train")] + ([read_split(prepared_dir, "source")]
                                                         if has_source(prepared_dir) else [])
-        training = TASKS.get(config["task"]).labelled_rows(pd.concat(frames, ignore_index=True))
-        return list(training["text"]), list(training["label"]), list(read_split(prepared_dir, split)["text"])
+        task = TASKS.get(config["task"])
+        inputs, targets = task.baseline_examples(task.labelled_rows(pd.concat(frames, ignore_index=True)))
+        return inputs, targets, task.baseline_examples(read_split(prepared_dir, split))[0]
 
     def decode(self, values: Sequence[Any], config: dict[str, Any], tokenizer: Any, max_length: int) -> Any:
-        import torch
+        from crosstune.tasks.registry import TASKS
 
-        from crosstune.data.splitting import normalise_text
-        from crosstune.data.text_encoding import encode_texts
-
-        # an export's tokenizer cleans texts itself (crosstune.inference.exported_tokenizer): not twice
-        clean = [str(text) if config.get("tokenizer_normalises") else normalise_text(str(text)) for text in values]
-        return encode_texts(tokenizer, clean, torch.zeros(len(clean)), max_length)
+        return TASKS.get(config["task"]).decode_texts(tokenizer, [str(text) for text in values], config, max_length)
 
     def figure_inputs(self, frame: "pd.DataFrame", split: Any, config: dict[str, Any]) -> dict[str, Any]:
         return {"texts": frame["text"].tolist()}
@@ -339,11 +338,12 @@ class Image(Modality):
     def augments(self, augment: "AugmentParams") -> bool:
         return augment.enabled
 
-    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], targets: Any,
-                        model_dir: str, encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], task: "Task",
+                        labels: list[str], model_dir: str, encoded_dir: str, text_augment: Any,
+                        blocks: dict[str, Any]) -> dict[str, Any]:
         from crosstune.backbones.vision import save_and_encode
 
-        return save_and_encode(params, seed, splits, targets, model_dir, encoded_dir, blocks)
+        return save_and_encode(params, seed, splits, _targets(task, labels), model_dir, encoded_dir, blocks)
 
     def selection_sample(self, values: list[Any]) -> Any:
         """Images decoded once at 256 px; each candidate resizes further."""
@@ -414,11 +414,12 @@ class Audio(Modality):
 
         return AudioSplit(tensors["waveforms"], tensors["labels"])
 
-    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], targets: Any,
-                        model_dir: str, encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+    def save_and_encode(self, params: Any, seed: int, splits: dict[str, "pd.DataFrame"], task: "Task",
+                        labels: list[str], model_dir: str, encoded_dir: str, text_augment: Any,
+                        blocks: dict[str, Any]) -> dict[str, Any]:
         from crosstune.backbones.audio import save_and_encode
 
-        return save_and_encode(params, seed, splits, targets, model_dir, encoded_dir, blocks)
+        return save_and_encode(params, seed, splits, _targets(task, labels), model_dir, encoded_dir, blocks)
 
     def block_features(self, name: str, params: Any, sample: Any, train_texts: Sequence[str], seed: int) -> list[Any]:
         from crosstune.selection.candidates import audio_block_features
@@ -457,6 +458,11 @@ def sample_rate(config: dict[str, Any]) -> int:
 MODALITIES: Registry[Modality] = Registry("modality")
 for _modality in (Text(), Image(), Audio()):
     MODALITIES.register(_modality.name)(_modality)
+
+
+def _targets(task: "Task", labels: list[str]) -> Any:
+    """A prepared frame -> its encoded labels, as ``task`` encodes them."""
+    return lambda frame: task.encode_labels(frame["label"], labels)
 
 
 def get_modality(name: str) -> Modality:

@@ -318,12 +318,13 @@ def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", directory: str | Path) 
     tokenizer.save_pretrained(directory)
 
 
-def save_and_encode(params: BackboneParams, seed: int, splits: dict[str, Any], targets: Any, model_dir: str,
-                    encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+def save_and_encode(params: BackboneParams, seed: int, splits: dict[str, Any], task: Any, labels: list[str],
+                    model_dir: str, encoded_dir: str, text_augment: Any, blocks: dict[str, Any]) -> dict[str, Any]:
     """The backbone stage for texts: load the encoder and tokenizer, save them (with the per-block scores
-    ``blocks``), and tokenize every split once (with ``text_augment``'s seeded copies where asked)."""
+    ``blocks``), and tokenize every split once as ``task`` encodes texts (with ``text_augment``'s seeded copies
+    where asked)."""
     from crosstune.data.text_augmentation import augment_split
-    from crosstune.data.text_encoding import encode_texts, save_split
+    from crosstune.data.text_encoding import save_split
     from crosstune.freezing.auto_depth import BLOCK_SCORES
     from crosstune.io import atomic_directory, round_metrics, write_json
 
@@ -334,15 +335,21 @@ def save_and_encode(params: BackboneParams, seed: int, splits: dict[str, Any], t
         write_json(staging / BLOCK_SCORES, round_metrics(blocks))
     with atomic_directory(encoded_dir) as staging:
         for name, frame in splits.items():
-            encoded = encode_texts(loaded.tokenizer, frame["text"].tolist(), targets(frame), params.max_length)
+            encoded, counts = task.encode_texts(loaded.tokenizer, frame, task.encode_labels(frame["label"], labels),
+                                                params.max_length)
             if name in text_augment.splits and text_augment.copies:
+                if encoded.positions is not None:
+                    raise ConfigError(f"params.yaml: text_augment.copies: a {task.name} task tags words, which "
+                                      f"text augmentation would move; set text_augment.copies: 0.")
                 encoded = augment_split(encoded, text_augment, loaded.tokenizer, seed)
                 summary[f"{name}_augmented_rows"] = len(encoded) - len(frame)
             save_split(encoded, staging / f"{name}.safetensors")
             if not len(encoded):
                 continue  # no source domain: an empty split, nothing to summarise
             summary[f"{name}_mean_tokens"] = round(float(encoded.lengths.float().mean()), 2)
-            summary[f"{name}_truncated"] = int((encoded.lengths >= params.max_length).sum())
+            if encoded.positions is None:  # tagged sentences are cut into windows, never truncated
+                summary[f"{name}_truncated"] = int((encoded.lengths >= params.max_length).sum())
+            summary.update({f"{name}_{key}": value for key, value in counts.items()})
         write_json(staging / "meta.json", {"modality": "text", "backbone": params.name,
                                            "max_length": params.max_length,
                                            "pad_token_id": loaded.tokenizer.pad_token_id,

@@ -69,6 +69,9 @@ def load_examples(path: str | Path, params: PrepareParams) -> pd.DataFrame:
     """
     path = Path(path)
     task = get_task(params.task)
+    own = task.read_examples(path, params)  # a task with file formats of its own (tagged sentences)
+    if own is not None:
+        return own
     if path.is_dir():
         if not any(child.is_dir() and not child.name.startswith(".") for child in path.iterdir()):
             raise DataError(f"{path}: no class sub-folders; put each class's images or recordings in "
@@ -163,10 +166,8 @@ def deduplicate(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 
 def _split(frame: pd.DataFrame, fraction: float, seed: int, task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out ``fraction`` of ``frame``, keeping the proportions the task stratifies by."""
-    from sklearn.model_selection import train_test_split
-
-    kept, held_out = train_test_split(frame, test_size=fraction, random_state=seed, stratify=task.stratify_by(frame))
+    """Hold out ``fraction`` of ``frame`` as the task holds examples out (``Task.hold_out``)."""
+    kept, held_out = task.hold_out(frame, fraction, seed)
     return kept.reset_index(drop=True), held_out.reset_index(drop=True)
 
 
@@ -300,7 +301,8 @@ def prepare_target_data(
             raise DataError(f"{path}: holds {modality_of_frame(other).name} inputs but {train_path} holds {modality} "
                             f"inputs; give both in the same kind.")
     # the column of the user's table that held the inputs (none for a folder per class): the model records it
-    column = None if Path(train_path).is_dir() else getattr(params, MODALITIES.get(modality).column_param)
+    column = None if Path(train_path).is_dir() or task.reads_files else \
+        getattr(params, MODALITIES.get(modality).column_param)
     summary: dict[str, Any] = {"task": task.name, "modality": modality, "num_labels": len(labels),
                                "input_column": column, **dedup_counts}
     if source is not None:
@@ -312,7 +314,7 @@ def prepare_target_data(
         summary.update({f"{name}_count_{label}": count for label, count in task.label_counts(frame).items()})
     logger.info("prepared %s", ", ".join(f"{name}={len(frame)}" for name, frame in splits.items()))
     if labels:
-        logger.info("labels %s; training counts %s", labels, train["label"].value_counts().to_dict())
+        logger.info("labels %s; training counts %s", labels, task.label_counts(train))
     return PreparedData(train, validation, test, labels, summary, source)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+IGNORED = -100  # a token the loss skips (PyTorch's cross-entropy ignore_index)
 BUCKET_BATCHES = 50  # batches per length-sorted bucket: little padding, still well shuffled
 
 
@@ -25,12 +26,17 @@ class EncodedSplit:
     """One tokenized split.
 
     Shape:
-        input_ids (N, L) int32, right-padded; lengths (N,) int64; labels (N,) int64 or float32
+        input_ids (N, L) int32, right-padded; lengths (N,) int64; labels (N,) int64 or float32, or for a
+        per-token task (W, 2) int64: each word's tag and sentence, words in order
+        (:mod:`crosstune.data.token_alignment`); positions (N, L) int64 for a per-token task: the word (row of
+        ``labels``) whose first sub-token sits there and whose tag this row predicts, -1 elsewhere
     """
 
     input_ids: "torch.Tensor"
     lengths: "torch.Tensor"
     labels: "torch.Tensor"
+    positions: "torch.Tensor | None" = None
+    sentences: "list[Any] | None" = None  # new texts' tagged sentences (crosstune predict): not saved
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -40,15 +46,41 @@ class EncodedSplit:
 class Batch:
     """A model-ready batch: ``inputs`` are the model's keyword arguments (``input_ids`` and
     ``attention_mask`` for text, ``pixel_values`` for images); ``indices`` are the rows' positions
-    in the split, so outputs can be put back in order."""
+    in the split, so outputs can be put back in order; a per-token task's ``positions`` (B, T) say which
+    output row each token's prediction goes to (-1: none) and its ``labels`` are per token (-100: ignored)."""
 
     indices: "torch.Tensor"
     inputs: dict[str, "torch.Tensor"]
     labels: "torch.Tensor"
+    positions: "torch.Tensor | None" = None
 
     def to(self, device: str) -> "Batch":
         return Batch(self.indices, {key: value.to(device) for key, value in self.inputs.items()},
-                     self.labels.to(device))
+                     self.labels.to(device), self.positions)
+
+
+def output_rows(split: Any) -> int:
+    """How many output rows a split has: one per example, or one per word for a per-token task."""
+    return int(split.labels.shape[0])
+
+
+def place_outputs(target: "torch.Tensor", batch: Batch, result: "torch.Tensor") -> None:
+    """Write a batch's outputs into ``target`` (one row per output row): row i of ``result`` to
+    ``batch.indices[i]``, or each token at ``batch.positions`` (B, T) >= 0 to that row."""
+    if batch.positions is None:
+        target[batch.indices] = result.to(target.device, target.dtype)
+        return
+    mask = batch.positions >= 0
+    target[batch.positions[mask]] = result[mask.to(result.device)].to(target.dtype).cpu()
+
+
+def token_labels(labels: "torch.Tensor", positions: "torch.Tensor") -> "torch.Tensor":
+    """Per-token training targets from a per-token split's word labels (W, 2) and a batch's positions (B, T):
+    the word's tag at its first sub-token, -100 (ignored by the loss) everywhere else."""
+    import torch
+
+    tags = labels[:, 0][positions.clamp(min=0)]
+    return torch.where(positions >= 0, tags, torch.full_like(tags, IGNORED))
 
 
 def encode_texts(
@@ -73,7 +105,10 @@ def save_split(split: EncodedSplit, path: str | Path) -> None:
     """Write a split as safetensors (no pickle)."""
     from safetensors.torch import save_file
 
-    save_file({"input_ids": split.input_ids, "lengths": split.lengths, "labels": split.labels}, str(path))
+    tensors = {"input_ids": split.input_ids, "lengths": split.lengths, "labels": split.labels}
+    if split.positions is not None:
+        tensors["positions"] = split.positions
+    save_file(tensors, str(path))
 
 
 def load_split(path: str | Path) -> EncodedSplit:
@@ -91,7 +126,7 @@ def split_from_tensors(tensors: dict[str, "torch.Tensor"], path: str | Path) -> 
     missing = sorted({"input_ids", "lengths", "labels"} - set(tensors))
     if missing:
         raise ArtifactError(f"{path}: has no {missing} tensors, so it is not an encoded split; {artifact_fix(path)}")
-    return EncodedSplit(tensors["input_ids"], tensors["lengths"], tensors["labels"])
+    return EncodedSplit(tensors["input_ids"], tensors["lengths"], tensors["labels"], tensors.get("positions"))
 
 
 def _collate(split: EncodedSplit, indices: "torch.Tensor", max_length: int) -> Batch:
@@ -107,7 +142,17 @@ def _collate(split: EncodedSplit, indices: "torch.Tensor", max_length: int) -> B
         last_tokens = split.input_ids[indices[cut], lengths[cut] - 1].long()
         input_ids[cut, width - 1] = last_tokens
     attention_mask = (torch.arange(width).unsqueeze(0) < lengths.clamp(max=width).unsqueeze(1)).long()
-    return Batch(indices, {"input_ids": input_ids, "attention_mask": attention_mask}, split.labels[indices])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if split.positions is None:
+        return Batch(indices, inputs, split.labels[indices])
+    if cut.any():
+        from crosstune.errors import ConfigError
+
+        raise ConfigError(f"params.yaml: finetune.max_length: {max_length} is shorter than the tagged windows the "
+                          f"backbone stage cut ({int(lengths.max())} tokens, backbone.max_length), so words would "
+                          f"lose their tags; set finetune.max_length >= backbone.max_length.")
+    positions = split.positions[indices, :width]
+    return Batch(indices, inputs, token_labels(split.labels, positions), positions)
 
 
 def num_batches(size: int, batch_size: int) -> int:

@@ -88,6 +88,26 @@ def mfcc_logreg(seed: int) -> Any:
     return pixels_logreg(seed)
 
 
+@_register("crf", "token_classification")
+def crf(seed: int) -> Any:
+    """A linear-chain CRF (Lafferty et al. 2001, https://dl.acm.org/doi/10.5555/645530.655813) over hand-made
+    word features (:func:`crosstune.evaluation.tagging_baselines.word_features`), trained by L-BFGS with
+    elastic-net penalties c1 = c2 = 0.1: p(y | x) ∝ exp(sum_t w · f(y_{t-1}, y_t, x, t)). The standard
+    pre-transformer NER baseline (sklearn-crfsuite's tutorial recipe)."""
+    from crosstune.evaluation.tagging_baselines import CrfTagger
+
+    return CrfTagger(c1=0.1, c2=0.1)
+
+
+@_register("dictionary", "token_classification")
+def dictionary(seed: int) -> Any:
+    """Every entity seen in training, matched again (longest first, case-insensitive) in new sentences: what
+    a gazetteer finds without learning anything."""
+    from crosstune.evaluation.tagging_baselines import DictionaryTagger
+
+    return DictionaryTagger()
+
+
 def audio_mfcc(waveforms: Any, sample_rate: int) -> Any:
     """Shape: (N, S) int16 tensor -> (N, 52) float array of MFCC statistics
     (:func:`crosstune.backbones.audio_features.mfcc_statistics`)."""

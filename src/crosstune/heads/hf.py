@@ -80,7 +80,8 @@ class HFSequenceHead(nn.Module):
         return str(self.model.base_model_prefix)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs_embeds=features.unsqueeze(1)).logits
+        """Shape: (B, H) -> (B, num_outputs); a per-token task's (B, T, H) -> (B, T, num_outputs)."""
+        return self.model(inputs_embeds=features if features.dim() == 3 else features.unsqueeze(1)).logits
 
 
 def hf_config(backbone_config: Any, num_outputs: int, dropout: float, labels: list[str] | None = None,

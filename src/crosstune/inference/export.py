@@ -91,7 +91,9 @@ def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str
     example = modality_of_config(config).usage
     headline = {key: value for key, value in metrics.items() if key in TASKS.get(task).card_metrics}
     baselines = {key: value for key, value in metrics.items() if key.startswith(("baseline_", "gain_"))}
-    per_class = {key: value for key, value in metrics.items() if key.split("_", 1)[0] in labels}
+    per_class = {key: value for key, value in metrics.items()  # <class or entity type>_{precision,recall,f1,support}
+                 if key.rpartition("_")[2] in ("precision", "recall", "f1", "support")
+                 and f"{key.rpartition('_')[0]}_support" in metrics}
     return f"""---
 library_name: crosstune
 tags: [crosstune, {task}, {backbone.get('architecture', 'unknown')}]
@@ -107,7 +109,7 @@ Labels (output index order): {', '.join(f'`{label}`' for label in labels) or 'a 
 ```python
 import crosstune
 predictor = crosstune.load("path/to/this/directory")
-predictor.predict({example})  # [{{"label": ..., "score": ...}}]
+predictor.predict({example})  # {TASKS.get(task).prediction_shape}
 ```
 or `crosstune predict --model path/to/this/directory --input new.csv --text-column text --output labelled.csv`.
 
@@ -117,7 +119,7 @@ or `crosstune predict --model path/to/this/directory --input new.csv --text-colu
 
 ### Per class
 
-{_rows(per_class) if per_class else '(regression)'}
+{_rows(per_class) if per_class else '(none: the model predicts values)'}
 
 ### Baselines on the same split
 
@@ -212,6 +214,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
     survives until the new one is whole.
     """
     from crosstune.io import atomic_directory, file_sha256, read_json
+    from crosstune.tasks.registry import TASKS
     from crosstune.transfer_model.settings import model_settings
 
     if format not in EXPORT_FORMATS:
@@ -221,8 +224,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
         raise FileNotFoundError(f"{model_dir}: no config.json; run `dvc repro` first, or pass --model.")
     relative = model_dir.resolve().relative_to(repo_dir.resolve()).as_posix() \
         if model_dir.resolve().is_relative_to(repo_dir.resolve()) else str(model_dir)
+    settings = model_settings(read_json(model_dir / "config.json"))
     card = model_card(
-        config=model_settings(read_json(model_dir / "config.json")), params=read_json(model_dir / "params.json"),
+        config=settings, params=read_json(model_dir / "params.json"),
         metrics=read_json(eval_metrics), backbone=read_json(backbone_summary), data=read_json(data_summary),
         revision=git_revision(repo_dir), locked_hash=dvc_locked_hash(repo_dir, relative),
         weights_sha256=file_sha256(model_dir / "model.safetensors"), trained=trained_as(model_dir),
@@ -240,7 +244,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str |
 
             write_onnx(model_dir, staging / ONNX_NAME)
             card += onnx_card_section(staging / ONNX_NAME)
-        if (staging / "tokenizer.json").is_file():
+        if (staging / "tokenizer.json").is_file() and TASKS.get(settings["task"]).cleans_texts:
             card += _normalise_in_tokenizer(staging, repo_dir)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
     return out_dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from crosstune.data.batching import Batching, Split
+from crosstune.data.text_encoding import output_rows, place_outputs
 from crosstune.freezing.policy import set_train_mode
 
 
@@ -15,7 +16,8 @@ def predict_outputs(model: torch.nn.Module, split: Split, batching: Batching, de
     """Raw model outputs (logits, or regression values) for every row of ``split``.
 
     Shape:
-        -> (N, num_outputs) float32, row i for example i of the split
+        -> (N, num_outputs) float32, row i for example i of the split; for a per-token task
+        (W, num_outputs), row i for word i
     """
     was_training = model.training
     model.eval()
@@ -24,8 +26,8 @@ def predict_outputs(model: torch.nn.Module, split: Split, batching: Batching, de
         batch = batch.to(device)
         result = model(**batch.inputs).float().cpu()
         if outputs is None:
-            outputs = torch.empty((len(split), result.shape[-1]), dtype=torch.float32)
-        outputs[batch.indices] = result
+            outputs = torch.empty((output_rows(split), result.shape[-1]), dtype=torch.float32)
+        place_outputs(outputs, batch, result)
     if was_training:
         set_train_mode(model)  # frozen modules stay in eval mode
     if outputs is None:

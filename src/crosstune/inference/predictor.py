@@ -76,7 +76,7 @@ class Predictor:
         split = get_modality(self.modality).decode(inputs, self.config, self.tokenizer, max_length)
         batching = batching_for(self.config, batch_size, max_length)
         outputs = predict_outputs(self.model, split, batching, self.device)
-        return TASKS.get(self.config["task"]).prediction_records(outputs, self.labels)
+        return TASKS.get(self.config["task"]).prediction_records(outputs, split, self.labels)
 
     def input_column(self, columns: Sequence[str]) -> str:
         """The column of a new table (``columns``) that holds the inputs: the one the model was trained from
@@ -117,7 +117,12 @@ class Predictor:
                 f"{self.source} is a {self.modality} {self.config.get('task', 'classification')} model; label them "
                 f"with a {held} model, or pass --text-column with the column that holds {self.modality} inputs.")
         values = get_modality(self.modality).resolve_paths(given_values, Path(input_path))
+        import json
+
         results = pd.DataFrame(self.predict(values))
+        for column in results.columns:  # nested values (a tagger's entities) as JSON, not Python's repr
+            if results[column].map(lambda value: isinstance(value, (list, dict))).any():
+                results[column] = results[column].map(json.dumps)
         prefixed = results.rename(columns={column: f"predicted_{column}" for column in results.columns})
         write_csv(output_path, pd.concat([frame.reset_index(drop=True), prefixed], axis=1))
         return len(frame)

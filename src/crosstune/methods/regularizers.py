@@ -58,6 +58,11 @@ class BatchSpectralShrinkage(nn.Module):
         self.k = k
 
     def forward(self, model: "TransferModel", features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 2:
+            from crosstune.errors import ConfigError
+
+            raise ConfigError("params.yaml: finetune.bss shrinks a batch's (examples x features) matrix, and a "
+                              "per-token task's features are one row per token of every example; set finetune.bss: 0.")
         singular_values = torch.linalg.svdvals(features.float())  # descending
         return singular_values[-self.k:].pow(2).sum()
 

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 from crosstune.config import (
     DEFAULT_PARAMS_PATH,
@@ -55,14 +55,11 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
     logger.info("backbone: %s (%s), %d/%d/%d examples", candidates if params.select == "score" else params.name,
                 modality.name, *(len(splits[name]) for name in SPLITS))
 
-    def targets(frame: Any) -> "torch.Tensor":
-        return task.encode_labels(frame["label"], labels)
-
     source = splits["source"] if len(splits["source"]) else None
     selection, gaps, blocks = _select(params, candidates, modality, splits["train"], task, base.seed, source)
     chosen = selection.best if params.select == "score" else params.name
     params = dataclasses.replace(params, name=chosen)
-    summary = modality.save_and_encode(params, base.seed, splits, targets, model_dir, encoded_dir, text_augment,
+    summary = modality.save_and_encode(params, base.seed, splits, task, labels, model_dir, encoded_dir, text_augment,
                                        blocks)
     summary[f"{selection.score_name}"] = selection.scores[chosen]
     write_metrics(summary_path, summary)
@@ -103,14 +100,14 @@ def _select(params: Any, candidates: list[str], modality: Any, train: Any, task:
     if len(labelled) < 10 and source_frame is not None:
         labelled = source_frame  # unsupervised: score on the labelled source domain
     rows = sample_indices(len(labelled), params.selection_samples, seed)
-    labels = np.asarray(labelled["label"].iloc[rows])
+    values, labels = task.selection_examples(labelled, rows, modality.name)
     source = None
     if source_frame is not None:
         source = [source_frame[modality.name].iloc[i] for i in sample_indices(len(source_frame),
                                                                               params.selection_samples, seed)]
         target_rows = sample_indices(len(target_pool), params.selection_samples, seed)
         target_sample = [target_pool[i] for i in target_rows]
-    sample = modality.selection_sample(labelled[modality.name].iloc[rows].tolist())
+    sample = modality.selection_sample(values)
     if source is not None:
         source, target_sample = modality.selection_sample(source), modality.selection_sample(target_sample)
     train_texts = modality.vocabulary_texts(train)

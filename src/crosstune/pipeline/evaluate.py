@@ -28,6 +28,7 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     the scratch and probe stages' models (:mod:`crosstune.evaluation.guard`); with a source domain (and
     ``initial_dir``), the domain gap before and after fine-tuning."""
     from crosstune.data.batching import batching_for, load_any_split
+    from crosstune.data.prepared_dir import read_split
     from crosstune.evaluation.features import PooledFeatures
     from crosstune.inference.outputs import predict_outputs, score_outputs
     from crosstune.runtime import setup
@@ -71,7 +72,7 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
         attached = load_transfer_model(initial_dir)[0].to(device)  # the pretrained, untrained model
         metrics.update(_domain_gaps(PooledFeatures(attached, batching, device), PooledFeatures(model, batching, device),
                                     splits, base.seed))
-    metrics["test_size"] = len(splits["test"])
+    metrics["test_size"] = len(read_split(prepared_dir, "test"))  # examples (a long tagged sentence is two windows)
     _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, task, metrics,
                       metrics_path, predictions_path, examples_path)
     return metrics
@@ -113,7 +114,6 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, c
                       examples_path: str) -> None:
     """Predictions table, the task's picture of test examples, baselines and the metrics file (``config``: the
     model's)."""
-    import pandas as pd
 
     from crosstune.data.prepared_dir import read_split
     from crosstune.evaluation.baselines import baseline_inputs
@@ -122,8 +122,8 @@ def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, c
     labels, modality = config["labels"], get_modality(config["modality"])
     test_split = splits["test"]
     test_frame = read_split(prepared_dir, "test")
-    table = pd.DataFrame({modality.name: test_frame[modality.name], "label": test_frame["label"]})
-    for column, values in task.prediction_columns(outputs, labels).items():
+    table = test_frame[[modality.name, "label", *task.prepared_columns]].copy()
+    for column, values in task.prediction_columns(outputs, test_split.labels, labels).items():
         table[column] = values
     task.examples_figure(examples_path, table, modality.figure_inputs(table, test_split, config))
     train_inputs, train_targets, test_inputs = baseline_inputs(splits, prepared_dir, config, "test")

@@ -41,16 +41,18 @@ class CachedSplit:
     Shape:
         features (N, H) for level "all"; or states (sum of kept tokens, H) with offsets (N + 1,) for text,
         or feature_maps (N, C, H, W) for images; lengths (N,) the untruncated token counts (text: they
-        order batches exactly as the uncached path does); labels (N,).
+        order batches exactly as the uncached path does); labels (N,), or a per-token task's (W, 2) with its
+        positions (N, L) (:class:`crosstune.data.text_encoding.EncodedSplit`).
     """
 
     level: "PrefixLevel"
     tensors: dict[str, "torch.Tensor"]
     labels: "torch.Tensor"
     lengths: Optional["torch.Tensor"] = None
+    positions: Optional["torch.Tensor"] = None
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.labels.shape[0] if self.positions is None else self.positions.shape[0])
 
 
 @dataclass
@@ -75,12 +77,13 @@ class CachedBatching:
 
 
 def collate_cached(split: CachedSplit, indices: "torch.Tensor") -> "Batch":
-    """The model inputs of :meth:`~crosstune.transfer_model.modules.TransferModel.forward_from_prefix` for ``indices``."""
+    """The model inputs of :meth:`~crosstune.transfer_model.modules.TransferModel.forward_from_prefix` for
+    ``indices``."""
     import torch
 
     from crosstune.data.text_encoding import Batch
 
-    labels = split.labels[indices]
+    labels = split.labels[indices] if split.positions is None else split.labels
     if "features" in split.tensors:
         return Batch(indices, {"features": split.tensors["features"][indices].float()}, labels)
     if "feature_maps" in split.tensors:
@@ -91,7 +94,13 @@ def collate_cached(split: CachedSplit, indices: "torch.Tensor") -> "Batch":
     hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).float()  # zeros where padded
     kept = stops - starts
     attention_mask = (torch.arange(hidden.shape[1]).unsqueeze(0) < kept.unsqueeze(1)).long()
-    return Batch(indices, {"hidden_states": hidden, "attention_mask": attention_mask}, labels)
+    inputs = {"hidden_states": hidden, "attention_mask": attention_mask}
+    if split.positions is None:
+        return Batch(indices, inputs, labels)
+    from crosstune.data.text_encoding import token_labels
+
+    positions = split.positions[indices, : hidden.shape[1]]
+    return Batch(indices, inputs, token_labels(split.labels, positions), positions)
 
 
 def build_cached_split(model: "TransferModel", level: "PrefixLevel", split: "Split", batching: "Batching",
@@ -114,7 +123,7 @@ def build_cached_split(model: "TransferModel", level: "PrefixLevel", split: "Spl
                     chunks[index] = {"states": outputs["hidden_states"][row, :kept].to("cpu", storage)}
                 else:
                     chunks[index] = {key: value[row].to("cpu", storage) for key, value in outputs.items()}
-    order = range(len(split))
+    order = range(len(chunks))
     if "states" in chunks[0]:
         states = [chunks[index]["states"] for index in order]
         offsets = torch.zeros(len(states) + 1, dtype=torch.int64)
@@ -123,7 +132,8 @@ def build_cached_split(model: "TransferModel", level: "PrefixLevel", split: "Spl
     else:
         key = next(iter(chunks[0]))
         tensors = {key: torch.stack([chunks[index][key] for index in order])}
-    return CachedSplit(level, tensors, split.labels.clone(), getattr(split, "lengths", None))
+    return CachedSplit(level, tensors, split.labels.clone(), getattr(split, "lengths", None),
+                       getattr(split, "positions", None))
 
 
 def verify_prefix_split(model: "TransferModel", level: "PrefixLevel", split: "Split", batching: "Batching",
@@ -160,6 +170,8 @@ def save_cached_split(split: CachedSplit, path: str | Path) -> None:
     tensors["labels"] = split.labels
     if split.lengths is not None:
         tensors["lengths"] = split.lengths
+    if split.positions is not None:
+        tensors["positions"] = split.positions
     save_file(tensors, str(path), metadata={"level": str(split.level)})
 
 
@@ -178,4 +190,4 @@ def load_cached_split(path: str | Path) -> CachedSplit:
         raise ArtifactError(f"{path}: has no cache level in its metadata; {artifact_fix(path)}") from error
     level: PrefixLevel = level_text if level_text == "all" else int(level_text)
     cached = {key.removeprefix("cache."): value for key, value in tensors.items() if key.startswith("cache.")}
-    return CachedSplit(level, cached, tensors["labels"], tensors.get("lengths"))
+    return CachedSplit(level, cached, tensors["labels"], tensors.get("lengths"), tensors.get("positions"))

@@ -16,12 +16,14 @@ from typing import Any
 METRIC_WORDS = {
     "f1_macro": "macro-F1", "f1_weighted": "weighted F1", "accuracy": "accuracy", "loss": "loss",
     "precision_macro": "macro precision", "recall_macro": "macro recall", "r2": "R²", "mae": "mean absolute error",
-    "mse": "mean squared error", "lr": "learning rate",
+    "mse": "mean squared error", "lr": "learning rate", "entity_f1": "entity F1",
+    "entity_precision": "entity precision", "entity_recall": "entity recall", "token_accuracy": "word accuracy",
 }
 BASELINE_WORDS = {
     "majority": "most frequent class", "mean": "mean target", "tfidf_logreg": "TF-IDF + logistic regression",
     "tfidf_ridge": "TF-IDF + ridge regression", "pixels_logreg": "pixels + logistic regression",
-    "mfcc_logreg": "MFCC + logistic regression",
+    "mfcc_logreg": "MFCC + logistic regression", "crf": "CRF over word features",
+    "dictionary": "dictionary of the training entities",
 }
 SPLIT_WORDS = {"train": "Training", "validation": "Validation"}
 MISTAKES_SHOWN = 20  # most confident mistakes listed in the report
@@ -109,8 +111,12 @@ def headline_html(test: dict[str, Any], old: dict[str, Any] | None, compare: str
 
 
 def _baselines(test: dict[str, Any]) -> list[str]:
-    return sorted({match.group(1) for key in test if (match := re.fullmatch(r"baseline_(.+?)_(f1_macro|accuracy|r2|"
-                                                                            r"mae|mse|f1_weighted)", key))})
+    """The baselines eval.json scores (``baseline_<name>_<metric>`` for a metric some task reports for baselines)."""
+    from crosstune.tasks.registry import TASKS
+
+    metrics = sorted({metric for name in TASKS for metric in TASKS.get(name).baseline_metrics}, key=len, reverse=True)
+    pattern = re.compile(rf"baseline_(.+?)_({'|'.join(map(re.escape, metrics))})")
+    return sorted({match.group(1) for key in test if (match := pattern.fullmatch(key))})
 
 
 def baselines_html(test: dict[str, Any], task: str = "classification", class_weights: str | None = None) -> str:
@@ -254,6 +260,10 @@ def mistakes_html(predictions: Path, shown: int = MISTAKES_SHOWN, name: str = "m
     frame = pd.read_csv(predictions, dtype={"label": str, "predicted": str})
     if not {"text", "label", "predicted"} <= set(frame.columns):
         return ""
+    if {"words", "entities_missed", "entities_spurious"} <= set(frame.columns):  # a tagging model's sentences
+        from crosstune.reporting.tagged_sentences import tagged_mistakes_html
+
+        return tagged_mistakes_html(frame, shown, name)
     wrong = frame[frame["label"] != frame["predicted"]]
     if "confidence" in wrong.columns:
         wrong = wrong.sort_values("confidence", ascending=False, kind="stable")

@@ -62,6 +62,9 @@ def text_block_features(base: str, params: BackboneParams, texts: Sequence[str],
     loaded = load_backbone(replace(params, name=base), train_texts, seed)
     total = len(transformer_blocks(loaded.model))
     loaded.model.eval()
+    per_word = bool(texts) and not isinstance(texts[0], str)  # word lists: a tagging task's sample
+    if per_word:
+        return _word_block_features(loaded, texts, params.max_length, total)
     # Tokenize once, then batch texts of similar length together: far fewer padding tokens to run.
     encoded = loaded.tokenizer(list(texts), truncation=True, max_length=params.max_length)["input_ids"]
     order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
@@ -76,6 +79,33 @@ def text_block_features(base: str, params: BackboneParams, texts: Sequence[str],
             for depth, column in enumerate(columns):
                 column[rows] = mean_pooling(hidden_states[depth], batch["attention_mask"]).float().numpy()
     return columns
+
+
+def _word_block_features(loaded: Any, sentences: Sequence[Sequence[str]], max_length: int,
+                         total: int) -> list[np.ndarray]:
+    """One row per word, sentence by sentence: the state of its first sub-token after the embeddings (index 0)
+    and after each block, each sentence read in the windows training reads it in
+    (:func:`crosstune.data.token_alignment.encode_tagged`), so every word has a row."""
+    import torch
+
+    from crosstune.data.batching import TextBatching
+    from crosstune.data.text_encoding import place_outputs
+    from crosstune.data.token_alignment import encode_tagged
+
+    words = sum(len(sentence) for sentence in sentences)
+    ids = torch.tensor([(0, index) for index, sentence in enumerate(sentences) for _ in sentence],
+                       dtype=torch.int64).reshape(-1, 2)
+    if not getattr(loaded.tokenizer, "is_fast", False):
+        raise ConfigError(f"backbone: {type(loaded.tokenizer).__name__} is a slow tokenizer, which cannot align "
+                          f"sub-tokens with words; pick a backbone whose directory has a tokenizer.json.")
+    split, _ = encode_tagged(loaded.tokenizer, [list(sentence) for sentence in sentences], ids, max_length)
+    columns = [torch.zeros((words, int(loaded.model.config.hidden_size))) for _ in range(total + 1)]
+    with torch.inference_mode():
+        for batch in TextBatching(BATCH_SIZE, max_length).evaluate(split):
+            hidden_states = loaded.model(**batch.inputs, output_hidden_states=True).hidden_states
+            for depth, column in enumerate(columns):
+                place_outputs(column, batch, hidden_states[depth].float())
+    return [column.numpy() for column in columns]
 
 
 def _staged_block_features(backbone: Any, inputs: Any) -> list[np.ndarray]:

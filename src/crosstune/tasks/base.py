@@ -39,6 +39,10 @@ class Task:
         card_metrics: the test metrics an exported model's card shows.
         label_dtype: dtype of the prepared tables' ``label`` column.
         hf_auto_class, hf_problem_type: the Hugging Face model an ``head.type: hf`` export loads as.
+        prediction_shape: what ``crosstune.load(DIR).predict`` returns, in words, for model cards.
+        pooling: a ``head.pooling`` the task imposes ("tokens": the head sees every token), or "" (the user's).
+        prepared_columns: columns of the prepared tables besides the input and ``label`` that the task keeps
+            (a tagged sentence's word offsets) and evaluate's predictions table carries.
     """
 
     name: ClassVar[str] = ""
@@ -53,8 +57,19 @@ class Task:
     label_dtype: ClassVar[Any] = str
     hf_auto_class: ClassVar[str] = ""
     hf_problem_type: ClassVar[str] = ""
+    pooling: ClassVar[str] = ""
+    reads_files: ClassVar[bool] = False  # read_examples reads formats of the task's own (no table column of inputs)
+    cleans_texts: ClassVar[bool] = True  # prepare cleans texts (crosstune.data.splitting.normalise_text), and so
+    # must everything that feeds the model new texts (predict, an export's tokenizer)
+    prediction_shape: ClassVar[str] = '[{"label": ..., "score": ...}]'  # what predict returns, for model cards
+    prepared_columns: ClassVar[tuple[str, ...]] = ()
 
     # --- reading labels (the prepare stage) -------------------------------------------------------------
+
+    def read_examples(self, path: Path, params: Any) -> "pd.DataFrame | None":
+        """A file in a format of the task's own (tagged sentences), read into a prepared frame; None (the default)
+        reads tables and folders as every per-example task does (:func:`crosstune.data.splitting.load_examples`)."""
+        return None
 
     def read_labels(self, values: "pd.Series", path: Path) -> "pd.Series":
         """The label column of one input file, validated and converted (values already non-empty)."""
@@ -75,6 +90,15 @@ class Task:
     def stratify_by(self, frame: "pd.DataFrame") -> "pd.Series | None":
         """What held-out splits keep the proportions of (the labels), or None for a plain random split."""
         return None
+
+    def hold_out(self, frame: "pd.DataFrame", fraction: float, seed: int) -> tuple["pd.DataFrame", "pd.DataFrame"]:
+        """(kept, held out): ``fraction`` of ``frame`` held out as a validation (or test) split; by default a seeded
+        random split keeping the proportions of :meth:`stratify_by`."""
+        from sklearn.model_selection import train_test_split
+
+        kept, held_out = train_test_split(frame, test_size=fraction, random_state=seed,
+                                          stratify=self.stratify_by(frame))
+        return kept, held_out
 
     def label_names(self, train: "pd.DataFrame") -> list[str]:
         """The sorted names of the model's outputs (index i is output i), or [] when outputs are values."""
@@ -101,6 +125,34 @@ class Task:
     def encode_labels(self, labels: "pd.Series", names: Sequence[str]) -> "torch.Tensor":
         """Training targets for a prepared label column. Shape: (N,)."""
         raise NotImplementedError
+
+    def encode_texts(self, tokenizer: Any, frame: "pd.DataFrame", targets: "torch.Tensor",
+                     max_length: int) -> tuple[Any, dict[str, int]]:
+        """A prepared text split tokenized once for training and evaluation (the backbone stage; ``targets`` from
+        :meth:`encode_labels`), and counts for the stage's summary. Default: one row per text, truncated."""
+        from crosstune.data.text_encoding import encode_texts
+
+        return encode_texts(tokenizer, frame["text"].tolist(), targets, max_length), {}
+
+    def decode_texts(self, tokenizer: Any, texts: list[str], config: dict[str, Any], max_length: int) -> Any:
+        """New texts as an unlabelled split for ``crosstune predict`` (``config``: the model's), cleaned as
+        training texts were."""
+        import torch
+
+        from crosstune.data.splitting import normalise_text
+        from crosstune.data.text_encoding import encode_texts
+
+        # an export's tokenizer cleans texts itself (crosstune.inference.exported_tokenizer): not twice
+        clean = texts if config.get("tokenizer_normalises") else [normalise_text(text) for text in texts]
+        return encode_texts(tokenizer, clean, torch.zeros(len(clean)), max_length)
+
+    def loss_targets(self, targets: "torch.Tensor") -> "torch.Tensor":
+        """What the loss compares a split's outputs with (validation, the probe's fit), from its encoded targets."""
+        return targets
+
+    def baseline_examples(self, frame: "pd.DataFrame") -> tuple[list[Any], list[Any]]:
+        """(inputs, labels) of a prepared text table as the task's text baselines read them: texts and labels."""
+        return list(frame["text"]), list(frame["label"])
 
     def labelled(self, targets: "np.ndarray") -> "np.ndarray":
         """Boolean mask of the encoded ``targets`` that carry a label."""
@@ -167,12 +219,14 @@ class Task:
         """The task's metrics of a baseline's predictions (label names or values) against encoded ``targets``."""
         raise NotImplementedError
 
-    def prediction_records(self, outputs: "torch.Tensor", labels: Sequence[str]) -> list[dict[str, Any]]:
-        """What ``crosstune predict`` returns per input."""
+    def prediction_records(self, outputs: "torch.Tensor", split: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
+        """What ``crosstune predict`` returns per input (``split``: the decoded inputs)."""
         raise NotImplementedError
 
-    def prediction_columns(self, outputs: "torch.Tensor", labels: Sequence[str]) -> dict[str, list[Any]]:
-        """The columns the evaluate stage adds to the test table (``metrics/predictions.csv``)."""
+    def prediction_columns(self, outputs: "torch.Tensor", targets: "torch.Tensor",
+                           labels: Sequence[str]) -> dict[str, list[Any]]:
+        """The columns the evaluate stage adds to the test table (``metrics/predictions.csv``; ``targets``: the
+        test split's encoded labels)."""
         raise NotImplementedError
 
     def examples_figure(self, path: str | Path, table: "pd.DataFrame", inputs: dict[str, Any]) -> None:
@@ -188,6 +242,13 @@ class Task:
         raise NotImplementedError
 
     # --- selection -----------------------------------------------------------------------------------------
+
+    def selection_examples(self, frame: "pd.DataFrame", rows: Sequence[int], column: str) -> tuple[list[Any], Any]:
+        """The inputs and labels transferability is scored on, for sampled ``rows`` of a prepared table: one
+        input (the ``column`` value) and one label per row."""
+        import numpy as np
+
+        return frame[column].iloc[list(rows)].tolist(), np.asarray(frame["label"].iloc[list(rows)])
 
     def transferability(self, score: str) -> Any:
         """The ``backbone.score`` function ``(features, labels) -> float`` for this task's labels."""

@@ -147,11 +147,12 @@ class Classification(Task):
         index = {label: position for position, label in enumerate(labels)}
         return classification_metrics(list(targets), [index[label] for label in predicted], labels)
 
-    def prediction_records(self, outputs: "torch.Tensor", labels: Sequence[str]) -> list[dict[str, Any]]:
+    def prediction_records(self, outputs: "torch.Tensor", split: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
         predicted, confidence = self.predictions(outputs)
         return [{"label": labels[index], "score": score} for index, score in zip(predicted, confidence)]
 
-    def prediction_columns(self, outputs: "torch.Tensor", labels: Sequence[str]) -> dict[str, list[Any]]:
+    def prediction_columns(self, outputs: "torch.Tensor", targets: "torch.Tensor",
+                           labels: Sequence[str]) -> dict[str, list[Any]]:
         predicted, confidence = self.predictions(outputs)
         return {"predicted": [labels[index] for index in predicted], "confidence": confidence}
 

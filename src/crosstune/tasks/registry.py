@@ -9,9 +9,10 @@ from crosstune.registry import Registry
 from crosstune.tasks.base import Task
 from crosstune.tasks.classification import Classification
 from crosstune.tasks.regression import Regression
+from crosstune.tasks.token_classification import TokenClassification
 
 TASKS: Registry[Task] = Registry("task")
-for _task in (Classification(), Regression()):
+for _task in (Classification(), Regression(), TokenClassification()):
     TASKS.register(_task.name)(_task)
 
 

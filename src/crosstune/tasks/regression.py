@@ -45,6 +45,7 @@ class Regression(Task):
     label_dtype = "float64"
     hf_auto_class = "AutoModelForSequenceClassification"
     hf_problem_type = "regression"
+    prediction_shape = '[{"value": ...}]'
 
     def read_labels(self, values: "pd.Series", path: Path) -> "pd.Series":
         import pandas as pd
@@ -85,10 +86,11 @@ class Regression(Task):
                        labels: Sequence[str]) -> dict[str, float]:
         return regression_metrics(list(targets), predicted)
 
-    def prediction_records(self, outputs: "torch.Tensor", labels: Sequence[str]) -> list[dict[str, Any]]:
+    def prediction_records(self, outputs: "torch.Tensor", split: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
         return [{"value": value} for value in self.predictions(outputs)[0]]
 
-    def prediction_columns(self, outputs: "torch.Tensor", labels: Sequence[str]) -> dict[str, list[Any]]:
+    def prediction_columns(self, outputs: "torch.Tensor", targets: "torch.Tensor",
+                           labels: Sequence[str]) -> dict[str, list[Any]]:
         return {"predicted": self.predictions(outputs)[0]}
 
     def examples_figure(self, path: str | Path, table: "pd.DataFrame", inputs: dict[str, Any]) -> None:

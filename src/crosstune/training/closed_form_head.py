@@ -53,6 +53,7 @@ def head_inputs(model: Any, split: Split, batching: Batching, device: str, level
     Shape:
         -> (N, in_features) float32
     """
+    from crosstune.data.text_encoding import output_rows, place_outputs
     from crosstune.transfer_model.modules import ModelForward
 
     forward = ModelForward(model, level)
@@ -60,16 +61,16 @@ def head_inputs(model: Any, split: Split, batching: Batching, device: str, level
     layer = output_layer(model.head)
     captured: list[torch.Tensor] = []
     hook = layer.register_forward_hook(lambda module, args, output: captured.append(args[0].detach()))
-    rows = np.zeros((len(split), layer.in_features), dtype=np.float32)
+    rows = torch.zeros((output_rows(split), layer.in_features), dtype=torch.float32)
     try:
         for batch in batching.evaluate(split):
             batch = batch.to(device)
             captured.clear()
             forward(**batch.inputs)
-            rows[batch.indices.numpy()] = captured[-1].float().cpu().numpy()
+            place_outputs(rows, batch, captured[-1].float())
     finally:
         hook.remove()
-    return rows
+    return rows.numpy()
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _validation_metrics(weight: np.ndarray, bias: np.ndarray, inputs: np.ndarray
                         labels: list[str], loss_fn: torch.nn.Module) -> dict[str, float]:
     """The same metrics as training's validation (:func:`crosstune.training.loop.validation_metrics`)."""
     outputs = torch.from_numpy(inputs.astype(np.float64) @ weight.T + bias).float()
-    target_tensor = torch.from_numpy(targets)
+    target_tensor = task.loss_targets(torch.from_numpy(targets))
     loss = float(loss_fn(outputs, target_tensor).item())
     return {"loss": loss, **task.score(targets.tolist(), outputs, labels)}
 

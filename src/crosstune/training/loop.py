@@ -87,7 +87,7 @@ def validation_metrics(model: torch.nn.Module, split: Split, loss_fn: torch.nn.M
     """Loss and task metrics of ``model`` on ``split``."""
     outputs = predict_outputs(model, split, batching, device, batching.batch_size * 2)
     targets = split.labels
-    loss = float(loss_fn(outputs.to(device), targets.to(device)).item())
+    loss = float(loss_fn(outputs.to(device), task.loss_targets(targets).to(device)).item())
     return {"loss": loss, **task.score(targets.tolist(), outputs, labels)}
 
 

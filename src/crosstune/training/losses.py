@@ -23,6 +23,27 @@ def cross_entropy(class_weights: "torch.Tensor | None", label_smoothing: float =
     return torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
 
 
+@LOSSES.register("token_cross_entropy")
+def token_cross_entropy(class_weights: "torch.Tensor | None", label_smoothing: float = 0.0) -> "torch.nn.Module":
+    """Cross-entropy over tokens: (B, T, C) logits against (B, T) tags, or (W, C) against (W,); tokens tagged
+    -100 (sub-tokens after a word's first, padding, words another window predicts) are skipped, as in BERT's
+    NER recipe (Devlin et al. 2019, https://arxiv.org/abs/1810.04805)."""
+    import torch
+
+    from crosstune.data.text_encoding import IGNORED
+
+    class TokenCrossEntropy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loss = torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing,
+                                                  ignore_index=IGNORED)
+
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return self.loss(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+    return TokenCrossEntropy()
+
+
 @LOSSES.register("mse")
 def mse(class_weights: "torch.Tensor | None", label_smoothing: float = 0.0) -> "torch.nn.Module":
     import torch

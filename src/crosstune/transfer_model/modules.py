@@ -23,7 +23,7 @@ from crosstune.backbones.text import (
     swapped_module,
     transformer_blocks,
 )
-from crosstune.heads.registry import HF_HEAD, HF_POOLING, POOLINGS, build_head
+from crosstune.heads.registry import HF_HEAD, HF_POOLING, POOLINGS, TOKEN_POOLING, build_head
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class TextTransferModel(TransferModel):
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__(backbone, head, spec)
         self.pool = POOLINGS.get(spec["pooling"])
+        self.per_token = spec["pooling"] == TOKEN_POOLING  # a tag per token: the head sees every token's state
 
     @property
     def feature_dim(self) -> int:
@@ -145,9 +146,11 @@ class TextTransferModel(TransferModel):
 
     def prefix_outputs(self, level: PrefixLevel, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Shape: -> features (B, H) for "all"; else hidden_states (B, T, H) after block ``level``."""
+        """Shape: -> features (B, H) for "all" (per token: hidden_states (B, T, H) of the whole encoder); else
+        hidden_states (B, T, H) after block ``level``."""
         if level == "all":
-            return {"features": self.features(input_ids, attention_mask)}
+            features = self.features(input_ids, attention_mask)
+            return {"hidden_states": features} if self.per_token else {"features": features}
         with self._blocks_only(0, int(level)):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return {"hidden_states": hidden}
@@ -156,7 +159,7 @@ class TextTransferModel(TransferModel):
                              hidden_states: torch.Tensor | None = None,
                              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if level == "all":
-            return features
+            return hidden_states if self.per_token else features
         with self._blocks_only(int(level), None), \
                 swapped_module(self.backbone, embedding_path(self.backbone), _Passthrough()):
             hidden = self.backbone(inputs_embeds=hidden_states, attention_mask=attention_mask).last_hidden_state
@@ -330,7 +333,9 @@ def build_transfer_model(
     staged = isinstance(backbone, StagedBackbone)
     feature_dim = backbone.feature_dim if staged else int(backbone.config.hidden_size)
     num_outputs = TASKS.get(task).num_outputs(labels)
-    if head_type == HF_HEAD and pooling != HF_POOLING:
+    if TASKS.get(task).pooling:  # a per-token task: the head sees every token, whatever head.pooling says
+        pooling = TASKS.get(task).pooling
+    elif head_type == HF_HEAD and pooling != HF_POOLING:
         logger.warning("head.type hf classifies from the first token; pooling %r does not apply", pooling)
         pooling = HF_POOLING
     torch.manual_seed(seed)
