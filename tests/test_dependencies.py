@@ -64,7 +64,7 @@ NER_SCENARIO = {
     "freeze": {"depth": 1},
     "finetune": {"epochs": 1, "loss": "token_cross_entropy", "select_metric": "entity_f1", "class_weights": "none",
                  "max_length": 24},
-    "evaluate": {"baselines": ["crf", "dictionary"], "guard": "fallback", "scratch": "always"},
+    "evaluate": {"baselines": ["crf", "dictionary"], "guard": "fallback", "scratch": "auto"},
 }
 
 

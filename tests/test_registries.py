@@ -63,6 +63,13 @@ def test_every_baseline_fits_and_predicts_its_task(name: str) -> None:
     rng = np.random.default_rng(0)
     task, modality = BASELINE_TASKS[name], (BASELINE_MODALITIES[name] or ("text",))[0]
     words = {"a": "great relief helped", "b": "awful nausea worse"}
+    if task == "token_classification":  # word lists tagged word by word
+        train = [["the", "patient", "had", "gout", "today"] if index % 2 else ["no", "gout", "here"]
+                 for index in range(20)]
+        targets = [["O", "O", "O", "B-D", "O"] if index % 2 else ["O", "B-D", "O"] for index in range(20)]
+        predicted = run_baseline(name, task, train, targets, [["gout", "again"], ["nothing"]], seed=0)
+        assert predicted == [["B-D", "O"], ["O"]]
+        return
     if modality == "text":
         train = [f"{words[label]} day {index}" for index, label in enumerate("ab" * 10)]
         test = [words["a"], words["b"]]
@@ -89,6 +96,9 @@ def test_every_loss_is_finite_on_its_task(name: str) -> None:
     if task == "classification":
         outputs, targets = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
         perfect = torch.nn.functional.one_hot(targets, 3).float() * 20
+    elif task == "token_classification":  # (B, T, tags) against (B, T), -100 where a token is skipped
+        outputs, targets = torch.randn(2, 3, 3), torch.tensor([[0, 1, -100], [2, -100, 1]])
+        perfect = torch.nn.functional.one_hot(targets.clamp(min=0), 3).float() * 20
     else:
         outputs, targets = torch.randn(4, 1), torch.randn(4)
         perfect = targets[:, None].clone()

@@ -284,7 +284,8 @@ def test_token_pooling_is_the_tasks_not_a_users_choice() -> None:
     from crosstune.errors import ConfigError
     from crosstune.heads.registry import check_head_params
 
-    with pytest.raises(ConfigError, match=r"head\.pooling: tokens is what a per-token task"):
+    with pytest.raises(ConfigError, match=r"head\.pooling: unknown pooling 'tokens'; valid pooling names: "
+                                          r"\['cls', 'mean'\]"):
         check_head_params(HeadParams(type="linear", pooling="tokens"))
 
 

@@ -37,10 +37,9 @@ def cls_pooling(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -
     return hidden_states[:, 0]
 
 
-TOKEN_POOLING = "tokens"  # no pooling: what a per-token task's head reads (crosstune.tasks.base.Task.pooling)
+TOKEN_POOLING = "tokens"  # no pooling: what a per-token task's head reads (Task.pooling); not a user's choice
 
 
-@POOLINGS.register(TOKEN_POOLING)
 def token_states(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
     """Every token's state, unpooled: a per-token task's head predicts one output per token.
 
@@ -48,6 +47,11 @@ def token_states(hidden_states: "torch.Tensor", attention_mask: "torch.Tensor") 
         hidden_states (B, T, H), attention_mask (B, T) -> (B, T, H)
     """
     return hidden_states
+
+
+def pooling_function(name: str) -> Pooling:
+    """The pooling a saved model names: a registered one (``head.pooling``), or the per-token tasks' none."""
+    return token_states if name == TOKEN_POOLING else POOLINGS.get(name, "head.pooling")
 
 
 @POOLINGS.register("mean")
@@ -102,10 +106,6 @@ def check_head_params(head: "HeadParams") -> None:
     """``head.type`` and ``head.pooling`` must be registered, and the hf head classifies from the first token."""
     HEADS.check(head.type, "head.type")
     POOLINGS.check(head.pooling, "head.pooling")
-    if head.pooling == TOKEN_POOLING:
-        raise ConfigError(f"params.yaml: head.pooling: {TOKEN_POOLING} is what a per-token task "
-                          f"(prepare.task: token_classification) sets itself; for one output per example use one of "
-                          f"{[name for name in POOLINGS.names() if name != TOKEN_POOLING]}.")
     if head.type == HF_HEAD and head.pooling != HF_POOLING:
         raise ConfigError(f"params.yaml: head.pooling: {head.pooling!r} does not apply to head.type: {HF_HEAD}, which "
                           f"classifies from the first token's state as the stock Hugging Face model does; set "

@@ -213,16 +213,12 @@ class TokenClassification(Task):
         return len(labels)
 
     def build_loss(self, name: str, class_weights: "torch.Tensor | None", label_smoothing: float) -> "torch.nn.Module":
-        from crosstune.training.losses import LOSSES
-
-        self.check_loss(name)
-        return LOSSES.get(name, "finetune.loss")(class_weights, label_smoothing)
+        """Token cross-entropy with class weights and label smoothing, built as classification builds its loss."""
+        return Classification.build_loss(self, name, class_weights, label_smoothing)  # type: ignore[arg-type]
 
     def class_weights(self, setting: Any, targets: "torch.Tensor", num_labels: int) -> "torch.Tensor | None":
         """``finetune.class_weights`` over the words' tags (``balanced`` raises the rare B-/I- tags against O)."""
-        from crosstune.training.losses import class_weight_tensor
-
-        return class_weight_tensor(setting, targets[:, 0][targets[:, 0] >= 0], num_labels)
+        return Classification().class_weights(setting, targets[:, 0], num_labels)
 
     # --- outputs --------------------------------------------------------------------------------------------
 
@@ -301,14 +297,12 @@ class TokenClassification(Task):
         return Classification().transferability(score)
 
     def block_transferability(self) -> Any:
-        from crosstune.selection.scores import logme
-
-        return logme
+        return Classification().block_transferability()
 
     def hf_config(self, config: Any, labels: Sequence[str]) -> None:
-        if labels and len(labels) == config.num_labels:
-            config.id2label = dict(enumerate(labels))
-            config.label2id = {label: index for index, label in enumerate(labels)}
+        """The tag maps (id2label, label2id); token classification has no ``problem_type``."""
+        Classification.hf_config(self, config, labels)  # type: ignore[arg-type]
+        config.problem_type = None
 
     @staticmethod
     def _sentence(text: str, words: str) -> "TaggedSentence":

@@ -23,7 +23,7 @@ from crosstune.backbones.text import (
     swapped_module,
     transformer_blocks,
 )
-from crosstune.heads.registry import HF_HEAD, HF_POOLING, POOLINGS, TOKEN_POOLING, build_head
+from crosstune.heads.registry import HF_HEAD, HF_POOLING, TOKEN_POOLING, build_head, pooling_function
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class TextTransferModel(TransferModel):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__(backbone, head, spec)
-        self.pool = POOLINGS.get(spec["pooling"])
+        self.pool = pooling_function(spec["pooling"])
         self.per_token = spec["pooling"] == TOKEN_POOLING  # a tag per token: the head sees every token's state
 
     @property
