@@ -337,3 +337,40 @@ def run_chromium(profile: Path, *args: str, timeout: float = 120.0, attempts: in
             if code is not None:
                 raise AssertionError(f"chromium exited {code}: {stderr.read().decode('utf-8', 'replace')[-2000:]}")
     raise AssertionError(f"chromium did not finish within {timeout:.0f} s, {attempts} times: {' '.join(args)}")
+
+
+def write_tiny_whisper(directory: Path, seed: int = 0) -> Path:
+    """A random Whisper 2 + 2 layers and 32 wide, with the packaged tokenizer and Whisper's generation rules: what
+    transcription tests give as ``backbone.name`` (a local recogniser directory)."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from crosstune.backbones.whisper_weights import packaged_whisper_dir, whisper_generation_config, whisper_tokenizer
+
+    if (directory / "model.safetensors").is_file():
+        return directory
+    source = packaged_whisper_dir()
+    tokenizer = whisper_tokenizer(source)
+    end, start = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>"])
+    config = WhisperConfig(vocab_size=51864, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                           max_source_positions=1500, max_target_positions=448, pad_token_id=end, bos_token_id=end,
+                           eos_token_id=end, decoder_start_token_id=start)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = whisper_generation_config(source, tokenizer, config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=16000).save_pretrained(directory)
+    return directory
+
+
+def write_digit_strings(directory: Path, train_per_speaker: int = 6, test_per_speaker: int = 4) -> Path:
+    """The speech-recognition example's utterances (data/make_digit_strings.py), a few per speaker."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_digit_strings", REPO_ROOT / "data" / "make_digit_strings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(directory, train_per_speaker, test_per_speaker)
+    return directory

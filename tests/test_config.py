@@ -79,7 +79,7 @@ def test_bad_values_name_the_key(tmp_path: Path, section: str, values: dict, mes
         ("head", {"type": "hf"}, r"head\.pooling: 'mean' does not apply to head\.type: hf"),
         ("prepare", {"task": "ranking"},
          r"prepare\.task: unknown task 'ranking'; valid task names: \['classification', 'regression', "
-         r"'token_classification'\]"),
+         r"'token_classification', 'transcription'\]"),
         ("backbone", {"score": "leap"}, r"backbone\.score: unknown score 'leap'; valid: transferability scores"),
         ("backbone", {"name": "no-such-net"}, r"backbone\.name: 'no-such-net' is not a registered backbone"),
         ("evaluate", {"baselines": ["bert"]}, r"evaluate\.baselines.*'majority'"),

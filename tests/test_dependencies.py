@@ -24,9 +24,11 @@ from conftest import (
     REPO_ROOT,
     make_texts,
     write_audio_folder,
+    write_digit_strings,
     write_image_folder,
     write_params,
     write_table,
+    write_tiny_whisper,
 )
 
 PROBE = REPO_ROOT / "tests" / "helpers" / "stage_probe.py"
@@ -65,6 +67,15 @@ NER_SCENARIO = {
     "finetune": {"epochs": 1, "loss": "token_cross_entropy", "select_metric": "entity_f1", "class_weights": "none",
                  "max_length": 24},
     "evaluate": {"baselines": ["crf", "dictionary"], "guard": "fallback", "scratch": "auto"},
+}
+TRANSCRIPTION_SCENARIO = {
+    "data": {"train": "data/digits/train.csv", "test": "data/digits/test.csv"},
+    "prepare": {"task": "transcription", "label_column": "transcript", "validation_fraction": 0.25},
+    "backbone": {"name": "models/tiny-whisper", "weights": "DEFAULT"},
+    "freeze": {"depth": "all"},
+    "finetune": {"epochs": 1, "loss": "token_cross_entropy", "select_metric": "wer", "class_weights": "none",
+                 "batch_size": 4},
+    "evaluate": {"baselines": [], "guard": "fallback"},
 }
 
 
@@ -128,6 +139,10 @@ def _project(root: Path, scenario: dict) -> Path:
 
         write_ncbi_subset(root / "data" / "ner", train=40, test=10)
         (root / "data" / "source").mkdir(parents=True)
+    elif scenario is TRANSCRIPTION_SCENARIO:
+        write_digit_strings(root / "data" / "digits", train_per_speaker=3, test_per_speaker=2)
+        write_tiny_whisper(root / "models" / "tiny-whisper")
+        (root / "data" / "source").mkdir(parents=True)
     elif scenario is AUDIO_SCENARIO:
         write_audio_folder(root / "data" / "audio" / "train", per_class=10, seed=1)
         write_audio_folder(root / "data" / "audio" / "test", per_class=4, seed=2)
@@ -157,8 +172,9 @@ def _check(results: dict[str, dict]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO, AUDIO_SCENARIO, NER_SCENARIO],
-                         ids=["text", "image", "audio", "tagging"])
+@pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO, AUDIO_SCENARIO, NER_SCENARIO,
+                                      TRANSCRIPTION_SCENARIO],
+                         ids=["text", "image", "audio", "tagging", "transcription"])
 def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario: dict) -> None:
     results = _probe_pipeline(_project(tmp_path, scenario))
     problems = _check(results)
@@ -170,6 +186,11 @@ def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario
         assert "crosstune.evaluation.baselines" in results["scratch"]["record"]["modules"]  # evaluate.scratch: auto
     elif scenario is IMAGE_SCENARIO:
         assert "crosstune.methods.adaptation" in results["finetune"]["record"]["modules"]
+    elif scenario is TRANSCRIPTION_SCENARIO:
+        assert "crosstune.transcription.encoding" in results["backbone"]["record"]["modules"]
+        assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
+        assert "crosstune.reporting.aligned_transcripts" in results["evaluate"]["record"]["modules"]
+        return  # no scratch model: the guard compares with the zero-shot recogniser (the probe stage)
     elif scenario is NER_SCENARIO:
         assert "crosstune.data.tagging" in results["prepare"]["record"]["modules"]
         assert "crosstune.evaluation.tagging_baselines" in results["scratch"]["record"]["modules"]

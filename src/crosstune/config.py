@@ -379,11 +379,13 @@ class EvaluateParams:
     guard: str = "fallback"  # off | report (fine-tuned vs scratch vs probe) | fallback (export the best on validation)
     scratch: str = "auto"  # auto (train the guard's scratch model only when the fine-tuned model validates below a
     #                        learned baseline) | always
+    num_beams: int = 1  # transcription: 1 = greedy decoding, more = beam search of that width (test transcripts)
 
     def __post_init__(self) -> None:
         _check_choice("evaluate.guard", self.guard, ("off", "report", "fallback"))
         _check_choice("evaluate.scratch", self.scratch, ("auto", "always"))
         _check_range("evaluate.batch_size", self.batch_size, low=1)
+        _check_range("evaluate.num_beams", self.num_beams, low=1)
 
 
 SECTIONS: dict[str, type] = {

@@ -119,7 +119,8 @@ class AudioSplit:
     """A decoded audio split.
 
     Shape:
-        waveforms (N, S) int16 at the backbone's sample rate; labels (N,)
+        waveforms (N, S) int16 at the backbone's sample rate; labels (N,), or for transcription (N, L) token ids
+        padded with -100
     """
 
     waveforms: torch.Tensor
@@ -139,7 +140,12 @@ class AudioBatcher:
         self.extract = AUDIO_FEATURES.get(preprocessing.features)
 
     def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """Shape: (B, S) int16 -> the backbone's ``input_features`` (e.g. (B, 80, T) log-mel for Whisper)."""
+        """Shape: (B, S) int16 -> the backbone's ``input_features`` (e.g. (B, 80, T) log-mel for Whisper). Clips
+        shorter than the model's ``clip_samples`` get silence after them (a recogniser scored at Whisper's own
+        30-second window on a split decoded for a shorter one)."""
+        missing = self.preprocessing.clip_samples - waveforms.shape[1]
+        if missing > 0 and self.preprocessing.align == "start":
+            waveforms = torch.nn.functional.pad(waveforms, (0, missing))
         return self.extract(waveforms_to_float(waveforms))
 
 
@@ -149,7 +155,18 @@ def iterate_audio_batches(split: AudioSplit, batch_size: int, batcher: AudioBatc
     from crosstune.data.images import image_batch_indices
 
     for indices in image_batch_indices(len(split), batch_size, generator):
-        yield Batch(indices, {"input_features": batcher(split.waveforms[indices])}, split.labels[indices])
+        labels = split.labels[indices]
+        inputs = {"input_features": batcher(split.waveforms[indices])}
+        if labels.dim() == 2:  # transcripts as token ids: the decoder reads them (teacher forcing)
+            labels = trim_padding(labels)
+            inputs["decoder_labels"] = labels
+        yield Batch(indices, inputs, labels)
+
+
+def trim_padding(labels: torch.Tensor) -> torch.Tensor:
+    """Token-id rows cut to the batch's longest (columns of -100 padding only dropped). Shape: (B, L) -> (B, L')."""
+    kept = int((labels != -100).sum(dim=1).max()) if labels.numel() else 0
+    return labels[:, :max(kept, 1)]
 
 
 def save_audio_split(split: AudioSplit, path: str | Path) -> None:

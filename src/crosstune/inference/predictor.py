@@ -72,11 +72,14 @@ class Predictor:
         from crosstune.tasks.registry import TASKS
         from crosstune.transfer_model.settings import saved_max_length
 
+        task = TASKS.get(self.config["task"])
         max_length = saved_max_length(self.config, self.source)
+        task.check_new_inputs(inputs, self.config)
         split = get_modality(self.modality).decode(inputs, self.config, self.tokenizer, max_length)
         batching = batching_for(self.config, batch_size, max_length)
-        outputs = predict_outputs(self.model, split, batching, self.device)
-        return TASKS.get(self.config["task"]).prediction_records(outputs, split, self.labels)
+        outputs = task.predict_split(self.model, split, batching, self.device) if task.model_form != "head" else \
+            predict_outputs(self.model, split, batching, self.device)
+        return task.prediction_records(outputs, split, self.labels)
 
     def input_column(self, columns: Sequence[str]) -> str:
         """The column of a new table (``columns``) that holds the inputs: the one the model was trained from

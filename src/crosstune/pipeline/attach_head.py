@@ -22,6 +22,8 @@ from crosstune.io import (
     write_metrics_csv,
 )
 
+from crosstune.tasks.registry import TASKS
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,8 +51,10 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
 
     base = load_section(BaseParams, params_path)
     freeze, head = load_section(FreezeParams, params_path), load_section(HeadParams, params_path)
-    check_head_params(head)
     task, labels = read_label_info(prepared_dir)
+    if TASKS.get(task).model_form == "recogniser":
+        return _attach_recogniser(backbone_dir, prepared_dir, model_dir, report_path, freeze, base, blocks_path)
+    check_head_params(head)
     blocks = read_block_scores(backbone_dir)
     recommendation = recommend_depth(blocks["scores"], blocks["score"]) if blocks else None
     requested = freeze.depth
@@ -86,6 +90,40 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
         report.update({"lora_r": freeze.lora_r, "lora_parameters": adapters,
                        "trainable_parameters": adapters + head_parameters,
                        "trainable_fraction": round((adapters + head_parameters) / report["total_parameters"], 6)})
+    write_metrics(report_path, report)
+    return report
+
+
+def _attach_recogniser(backbone_dir: str, prepared_dir: str, model_dir: str, report_path: str, freeze: Any,
+                       base: Any, blocks_path: str | None) -> dict[str, Any]:
+    """A whole recogniser (transcription): its pretrained decoder is the head, so nothing new is attached; the
+    freeze policy (``freeze.depth`` in encoder blocks, ``freeze.patterns`` for the decoder) is applied and
+    recorded as for every model."""
+    from crosstune.data.prepared_dir import read_input_column
+    from crosstune.errors import ConfigError
+    from crosstune.freezing.policy import apply_freeze
+    from crosstune.transcription.storage import load_recogniser, load_recogniser_tokenizer, save_recogniser
+
+    if freeze.depth == "auto":
+        raise ConfigError("params.yaml: freeze.depth: auto scores encoder blocks for one label per clip; for "
+                          "transcription give a number of encoder blocks (0-4) or all.")
+    model, _ = load_recogniser(backbone_dir)
+    report = apply_freeze(model, freeze.depth, freeze.patterns, freeze.train_batchnorm).as_dict()
+    report["depth_requested"] = freeze.depth
+    if blocks_path is not None:
+        _write_block_table(blocks_path, None, freeze.depth)
+    model.spec["freeze"] = to_dict(freeze)
+    model.spec["input_column"] = read_input_column(prepared_dir)
+    with atomic_directory(model_dir) as staging:
+        save_recogniser(model, staging, load_recogniser_tokenizer(backbone_dir))
+    if freeze.lora_r:
+        from crosstune.freezing.lora import apply_lora
+
+        adapters = apply_lora(model, freeze.lora_r, freeze.lora_alpha, freeze.lora_dropout, freeze.lora_targets,
+                              base.seed)
+        trainable = adapters + sum(p.numel() for p in model.head.parameters() if p.requires_grad)
+        report.update({"lora_r": freeze.lora_r, "lora_parameters": adapters, "trainable_parameters": trainable,
+                       "trainable_fraction": round(trainable / report["total_parameters"], 6)})
     write_metrics(report_path, report)
     return report
 

@@ -37,6 +37,11 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     from crosstune.transfer_model.storage import load_transfer_model
 
     base, params = load_section(BaseParams, params_path), load_section(EvaluateParams, params_path)
+    if _recogniser(prepared_dir):
+        from crosstune.transcription.evaluation import evaluate_recogniser
+
+        return evaluate_recogniser(model_dir, encoded_dir, prepared_dir, metrics_path, predictions_path,
+                                   examples_path, params, base, probe_dir)
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     model.to(device)
@@ -76,6 +81,13 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, task, metrics,
                       metrics_path, predictions_path, examples_path)
     return metrics
+
+
+def _recogniser(prepared_dir: str) -> bool:
+    from crosstune.data.prepared_dir import read_label_info
+    from crosstune.tasks.registry import TASKS
+
+    return TASKS.get(read_label_info(prepared_dir)[0]).model_form == "recogniser"
 
 
 def _load_scratch(scratch_dir: str, guard: str) -> tuple[Any, Any]:

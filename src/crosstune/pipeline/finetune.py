@@ -180,6 +180,10 @@ def _start_weights(model: Any, freeze: Any, head_init: str, initial_dir: str, pr
     from crosstune.freezing.policy import apply_policy
     from crosstune.transfer_model.storage import load_model_weights
 
+    if not model.new_head:  # a pretrained head (a recogniser's decoder): nothing for the probe to start
+        if head_init == "probe":
+            logger.warning("finetune.head_init: probe does not apply: this model's head is pretrained")
+        return initial_dir, apply_policy(model, freeze, seed)
     if head_init == "probe":
         start_dir = _probe_dir(probe_dir, "probe")
         load_model_weights(model, start_dir)

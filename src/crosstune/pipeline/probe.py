@@ -35,6 +35,41 @@ from crosstune.io import (
 logger = logging.getLogger(__name__)
 
 
+def _zero_shot(model: Any, config: dict[str, Any], encoded_dir: str, model_dir: str, metrics_path: str, base: Any,
+               finetune: Any, batch_size: int, device: str) -> dict[str, Any]:
+    """The probe of a model whose head is pretrained (a recogniser's decoder): nothing to fit, so the probe is
+    the pretrained model as its authors run it (Whisper: 30-second windows, not the window fine-tuning reads),
+    scored on validation: the zero-shot reference of the guard."""
+    from crosstune.transcription.storage import pretrained_as_released
+
+    model = pretrained_as_released(model)
+    from crosstune.data.batching import AudioBatching, load_any_split
+    from crosstune.tasks.registry import TASKS
+    from crosstune.transcription.decoding import reference_texts, transcribe_split
+    from crosstune.transfer_model.settings import PROBE_RECORD
+    from crosstune.transfer_model.storage import save_transfer_model
+
+    task = TASKS.get(config["task"])
+    task.check_select_metric(finetune.select_metric)
+    validation = load_any_split(Path(encoded_dir) / "validation.safetensors")
+    model.to(device)
+    loss_fn = task.build_loss(finetune.loss, None, finetune.label_smoothing)
+    hypotheses, loss = transcribe_split(model, validation, AudioBatching(batch_size, model.preprocessing), device,
+                                        loss_fn=loss_fn)
+    scores = {"loss": loss, **task.score_texts(reference_texts(model, validation), hypotheses)}
+    model.to("cpu")
+    logger.info("probe: the pretrained model without fine-tuning (zero-shot) validates at %s",
+                ", ".join(f"{key}={value:.4f}" for key, value in scores.items()))
+    with atomic_directory(model_dir) as staging:
+        save_transfer_model(model, staging)
+        write_json(staging / PROBE_RECORD, {"fitted_on": 0, "zero_shot": True, "validation": round_metrics(scores)})
+        write_json(staging / "params.json", {"base": to_dict(base), "freeze": model.spec["freeze"],
+                                             "initialisation": "pretrained, not fine-tuned (zero-shot)"})
+    summary = {"probe_zero_shot": True, **{f"probe_validation_{key}": value for key, value in scores.items()}}
+    write_metrics(metrics_path, summary)
+    return summary
+
+
 def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path: str,
                 params_path: str = DEFAULT_PARAMS_PATH, features_dir: str | None = None) -> dict[str, Any]:
     """Fit the attached model's output layer on its frozen features (from the cache stage's ``features_dir``
@@ -66,6 +101,8 @@ def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path
     cache = load_section(CacheParams, params_path)
     device = setup(base)
     model, config = load_transfer_model(initial_dir)
+    if not model.new_head:
+        return _zero_shot(model, config, encoded_dir, model_dir, metrics_path, base, finetune, cache.batch_size, device)
     model.to(device)
     task, labels = TASKS.get(config["task"]), config["labels"]
     task.check_select_metric(finetune.select_metric)

@@ -48,6 +48,14 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
         with atomic_directory(model_dir) as staging:
             write_json(staging / GUARD_RECORD, {"guard": "off", "scratch_model": None})
         return {"guard": "off"}
+    if _pretrained_head(initial_dir):
+        reason = ("the guard compares a recogniser with its zero-shot self (the probe stage), not with one trained "
+                  "from random weights: a few hundred utterances teach a random recogniser nothing")
+        logger.info("scratch: not trained: %s", reason)
+        with atomic_directory(model_dir) as staging:
+            write_json(staging / GUARD_RECORD, {"guard": guard, "scratch_model": None, "skipped": reason,
+                                                "evidence": {}})
+        return {"guard": guard, "scratch_model": "skipped"}
     decision = _decide(evaluate, encoded_dir, finetuned_dir, prepared_dir, params_path)
     if not decision.train:
         logger.info("scratch: not trained (evaluate.scratch: auto): %s", decision.reason)
@@ -99,6 +107,16 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
                                              "pooling": config["pooling"], "initialisation": "random"})
         write_json(staging / "train_history.json", result.history)
     return {"guard": guard, "best_epoch": result.best_epoch, **result.best_metrics}
+
+
+def _pretrained_head(initial_dir: str) -> bool:
+    """Whether the attached model's head is pretrained (a recogniser), read from its config without torch."""
+    from crosstune.io import read_json
+    from crosstune.tasks.registry import TASKS
+    from crosstune.transfer_model.settings import model_settings
+
+    task = model_settings(read_json(Path(initial_dir) / "config.json")).get("task", "")
+    return task in TASKS and TASKS.get(task).model_form == "recogniser"
 
 
 def _decide(evaluate: Any, encoded_dir: str, finetuned_dir: str | None, prepared_dir: str | None,

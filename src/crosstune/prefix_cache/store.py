@@ -84,6 +84,12 @@ def collate_cached(split: CachedSplit, indices: "torch.Tensor") -> "Batch":
     from crosstune.data.text_encoding import Batch
 
     labels = split.labels[indices] if split.positions is None else split.labels
+    if "encoder_states" in split.tensors or "encoder_hidden" in split.tensors:  # a recogniser's encoder
+        from crosstune.data.audio import trim_padding
+
+        labels = trim_padding(labels)
+        inputs = {key: value[indices].float() for key, value in split.tensors.items()}
+        return Batch(indices, {**inputs, "decoder_labels": labels}, labels)
     if "features" in split.tensors:
         return Batch(indices, {"features": split.tensors["features"][indices].float()}, labels)
     if "feature_maps" in split.tensors:
@@ -150,6 +156,7 @@ def verify_prefix_split(model: "TransferModel", level: "PrefixLevel", split: "Sp
     with torch.inference_mode():
         full = model(**batch.inputs)
         prefix = model.prefix_outputs(level, **batch.inputs)
+        prefix.update({key: batch.inputs[key] for key in model.prefix_passthrough})
         if "hidden_states" in prefix:
             prefix["attention_mask"] = batch.inputs["attention_mask"]
         resumed = model.forward_from_prefix(level, **prefix)

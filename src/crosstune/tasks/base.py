@@ -43,6 +43,8 @@ class Task:
         pooling: a ``head.pooling`` the task imposes ("tokens": the head sees every token), or "" (the user's).
         prepared_columns: columns of the prepared tables besides the input and ``label`` that the task keeps
             (a tagged sentence's word offsets) and evaluate's predictions table carries.
+        model_form: ``head``: a pretrained backbone with a new head (every task but one); ``recogniser``: a whole
+            pretrained encoder-decoder whose decoder is the head (:mod:`crosstune.transfer_model.speech_recognition`).
     """
 
     name: ClassVar[str] = ""
@@ -63,6 +65,7 @@ class Task:
     # must everything that feeds the model new texts (predict, an export's tokenizer)
     prediction_shape: ClassVar[str] = '[{"label": ..., "score": ...}]'  # what predict returns, for model cards
     prepared_columns: ClassVar[tuple[str, ...]] = ()
+    model_form: ClassVar[str] = "head"
 
     # --- reading labels (the prepare stage) -------------------------------------------------------------
 
@@ -186,6 +189,17 @@ class Task:
         included: the task knows which they are); None where weights do not apply."""
         return None
 
+    def validation_metrics(self, model: Any, split: Any, loss_fn: Any, labels: Sequence[str], batching: Any,
+                           device: str) -> dict[str, float]:
+        """Loss and metrics on a validation split after an epoch (``model``: the run's
+        :class:`~crosstune.transfer_model.modules.ModelForward`): the outputs of one pass, scored."""
+        from crosstune.inference.outputs import predict_outputs
+
+        outputs = predict_outputs(model, split, batching, device, batching.batch_size * 2)
+        targets = split.labels
+        loss = float(loss_fn(outputs.to(device), self.loss_targets(targets).to(device)).item())
+        return {"loss": loss, **self.score(targets.tolist(), outputs, labels)}
+
     def check_select_metric(self, name: str) -> None:
         """``finetune.select_metric`` must be one of the task's metrics."""
         if name not in self.metrics:
@@ -204,6 +218,14 @@ class Task:
         return candidate - reference if self.metrics[metric] else reference - candidate
 
     # --- outputs, metrics, predictions ---------------------------------------------------------------------
+
+    def check_new_inputs(self, inputs: Sequence[Any], config: dict[str, Any]) -> None:
+        """Refuse new inputs the saved model (``config``) cannot take whole, before they are decoded."""
+
+    def predict_split(self, model: Any, split: Any, batching: Any, device: str) -> Any:
+        """What a model whose form is not ``head`` predicts for a decoded split (``Predictor.predict``); a
+        ``head`` model's outputs come from one forward pass (:func:`crosstune.inference.outputs.predict_outputs`)."""
+        raise NotImplementedError
 
     def predictions(self, outputs: "torch.Tensor") -> tuple[list[Any], list[float]]:
         """Predicted classes or values from raw outputs, and their confidence (NaN where there is none)."""

@@ -10,9 +10,10 @@ from crosstune.tasks.base import Task
 from crosstune.tasks.classification import Classification
 from crosstune.tasks.regression import Regression
 from crosstune.tasks.token_classification import TokenClassification
+from crosstune.tasks.transcription import Transcription
 
 TASKS: Registry[Task] = Registry("task")
-for _task in (Classification(), Regression(), TokenClassification()):
+for _task in (Classification(), Regression(), TokenClassification(), Transcription()):
     TASKS.register(_task.name)(_task)
 
 

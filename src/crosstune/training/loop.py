@@ -32,7 +32,6 @@ from crosstune.data.batching import Batching, Split
 from crosstune.data.text_encoding import num_batches
 from crosstune.freezing.gradual import GradualUnfreezing
 from crosstune.freezing.policy import set_train_mode
-from crosstune.inference.outputs import predict_outputs
 from crosstune.io import round_metrics
 from crosstune.methods.registry import ADAPTATIONS, NO_ADAPTATION
 from crosstune.methods.regularizers import build_regularizers
@@ -84,11 +83,8 @@ class TrainResult:
 
 def validation_metrics(model: torch.nn.Module, split: Split, loss_fn: torch.nn.Module, task: Task,
                        labels: list[str], batching: Batching, device: str) -> dict[str, float]:
-    """Loss and task metrics of ``model`` on ``split``."""
-    outputs = predict_outputs(model, split, batching, device, batching.batch_size * 2)
-    targets = split.labels
-    loss = float(loss_fn(outputs.to(device), task.loss_targets(targets).to(device)).item())
-    return {"loss": loss, **task.score(targets.tolist(), outputs, labels)}
+    """Loss and task metrics of ``model`` (the run's :class:`ModelForward`) on ``split``, as the task computes them."""
+    return task.validation_metrics(model, split, loss_fn, labels, batching, device)
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

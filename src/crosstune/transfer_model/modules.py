@@ -44,9 +44,12 @@ class TransferModel(nn.Module):
     modality: ClassVar[str] = ""
     by_modality: ClassVar[dict[str, type["TransferModel"]]] = {}
 
+    prefix_passthrough: ClassVar[tuple[str, ...]] = ()  # batch inputs the rest of the model reads beside the prefix
+    new_head: ClassVar[bool] = True  # the head starts untrained (False: a pretrained decoder is the head)
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.modality:
+        if cls.modality and not cls.__dict__.get("chosen_by_task", False):
             TransferModel.by_modality[cls.modality] = cls
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
@@ -60,6 +63,12 @@ class TransferModel(nn.Module):
 
     def forward(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(*args, **inputs))
+
+    def forward_parts(self, level: PrefixLevel | None, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features, outputs) from raw inputs (``level`` None) or from the cached prefix's outputs: what
+        training calls (:class:`ModelForward`); regularisers and domain adaptation read the features."""
+        features = self.features(**inputs) if level is None else self.features_from_prefix(level, **inputs)
+        return features, self.head(features)
 
     def stem_modules(self) -> list[nn.Module]:
         """What sits below the first block (embeddings, stem conv): frozen with any depth > 0."""
@@ -301,11 +310,7 @@ class ModelForward(nn.Module):
         self.level = level
 
     def forward(self, return_features: bool = False, **inputs: torch.Tensor) -> Any:
-        if self.level is None:
-            features = self.model.features(**inputs)
-        else:
-            features = self.model.features_from_prefix(self.level, **inputs)
-        outputs = self.model.head(features)
+        features, outputs = self.model.forward_parts(self.level, **inputs)
         return (features, outputs) if return_features else outputs
 
 

@@ -51,6 +51,11 @@ def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: 
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "chosen_by_task", False):  # a whole recogniser: always the stock Hugging Face form
+        from crosstune.transcription.storage import save_recogniser
+
+        save_recogniser(model, directory, tokenizer, extra)
+        return
     if model.spec["head"]["type"] == HF_HEAD:
         _save_hf_form(model, directory, extra)
     else:
@@ -92,6 +97,10 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     directory = Path(directory)
     raw = read_artifact_json(directory / CONFIG_NAME)
     config = model_settings(raw)
+    if _recogniser_task(config):
+        from crosstune.transcription.storage import load_recogniser
+
+        return load_recogniser(directory)
     model_types = sorted(MODALITIES.get(name).model_type for name in MODALITIES)
     if not is_hf_form(raw) and config.get("model_type") not in model_types:
         raise ArtifactError(
@@ -114,6 +123,12 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     load_model_weights(model, directory, hf_form=is_hf_form(raw))
     model.eval()
     return model, config
+
+
+def _recogniser_task(config: dict[str, Any]) -> bool:
+    from crosstune.tasks.registry import TASKS
+
+    return config.get("task") in TASKS and TASKS.get(config["task"]).model_form == "recogniser"
 
 
 def load_model_weights(model: TransferModel, directory: str | Path, hf_form: bool | None = None) -> None:
