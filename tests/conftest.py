@@ -20,6 +20,18 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+def documented_reruns() -> dict[str, set[str]]:
+    """docs/pipeline.md's "What a change reruns" table, change (a params key, or ``nothing``) -> stages: the one
+    statement of it, which tests/test_docs.py derives from dvc.yaml and the end-to-end tests run."""
+    text = (REPO_ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8")
+    table = text[text.index("| change | reruns |"):].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        change, stages = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[change.strip("`")] = set() if stages == "nothing" else {name.strip(" `") for name in stages.split(",")}
+    return rows
+
+
 CLASS_WORDS = {
     "negative": ["terrible", "awful", "worse", "nausea", "useless", "headache"],
     "neutral": ["okay", "average", "unsure", "moderate", "mixed", "fine"],

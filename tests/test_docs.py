@@ -1,5 +1,6 @@
-"""The documentation: a README that fits one screen and links only to what exists, and a docs site that builds
-with every link checked (MkDocs --strict: a broken link, a missing anchor or a page left out of the nav fails)."""
+"""The documentation: a README that fits one screen and links only to what exists, a docs site that builds
+with every link checked (MkDocs --strict: a broken link, a missing anchor or a page left out of the nav fails), and
+one table of what a change reruns, which follows from dvc.yaml."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+import yaml
+from conftest import REPO_ROOT, documented_reruns
 
 README_LINES = 150
 
@@ -43,3 +45,48 @@ def test_a_broken_link_fails_the_docs_build(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                             capture_output=True, text=True, check=False, cwd=tmp_path)
     assert result.returncode != 0 and "missing.md" in result.stderr
+
+
+def _overlaps(path: str, other: str) -> bool:
+    return path == other or path.startswith(other + "/") or other.startswith(path + "/")
+
+
+def _paths(entries: list) -> list[str]:
+    return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries]
+
+
+def reruns_from_dvc_yaml(change: str) -> set[str]:
+    """The stages that read the params key ``change`` (or its section), and every stage downstream of them
+    through deps on their outputs: what `dvc repro` reruns when the change alters those outputs."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    reruns = {name for name, stage in stages.items()
+              if any(change == key or change.startswith(key + ".") for key in stage.get("params", []))}
+    grew = True
+    while grew:
+        outs = [path for name in reruns for kind in ("outs", "metrics", "plots")
+                for path in _paths(stages[name].get(kind, []))]
+        after = {name for name, stage in stages.items()
+                 if any(_overlaps(dep, out) for dep in stage.get("deps", []) for out in outs)}
+        grew = not after <= reruns
+        reruns |= after
+    return reruns
+
+
+def test_the_documented_reruns_follow_from_dvc_yaml() -> None:
+    table = documented_reruns()
+    assert {"finetune.lr", "freeze.depth", "nothing"} <= set(table)  # the rows the end-to-end tests run
+    for change, stages in table.items():
+        derived = set() if change == "nothing" else reruns_from_dvc_yaml(change)
+        assert stages == derived, f"docs/pipeline.md says {change} reruns {sorted(stages)}; dvc.yaml: {sorted(derived)}"
+
+
+def test_no_other_page_lists_what_a_change_reruns() -> None:
+    """docs/pipeline.md's table is the one list: another page that names stages beside "rerun" would drift."""
+    stage_names = set(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            named = stage_names & set(re.findall(r"`?([a-z_]+)`?", line))
+            if "rerun" in line and len(named) >= 2 and page.name != "pipeline.md":
+                raise AssertionError(f"{page.name}:{number} lists stages a change reruns; link docs/pipeline.md's "
+                                     f"table instead: {line.strip()}")

@@ -228,6 +228,44 @@ def test_an_export_serves_the_texts_training_saw_through_the_stock_pipeline(atta
     assert [row["score"] for row in unclean] != pytest.approx([row["score"] for row in expected], abs=1e-5)
 
 
+def test_prepare_lowercase_travels_to_predict_and_to_the_exported_tokenizer(
+        tmp_path: Path, raw_data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``prepare.lowercase`` the model records it; `crosstune predict` lowercases new texts as prepare did,
+    and the exported tokenizer's clean-up (a Lowercase step after crosstune's) gives the same texts."""
+    from tokenizers import Tokenizer
+
+    from crosstune.data.splitting import normalise_text
+    from crosstune.inference.exported_tokenizer import crosstune_normalizer
+    from crosstune.pipeline.attach_head import attach_head_stage
+    from crosstune.pipeline.backbone import backbone_stage
+    from crosstune.pipeline.prepare import prepare_stage
+    from crosstune.tasks.registry import TASKS
+    from crosstune.transfer_model.storage import load_transfer_model
+
+    params = write_params(tmp_path / "params.yaml", {"prepare": {"lowercase": True}})
+    prepare_stage(str(raw_data["train"]), str(raw_data["test"]), str(tmp_path / "prepared"), str(params))
+    backbone_stage(str(tmp_path / "prepared"), str(tmp_path / "backbone"), str(tmp_path / "encoded"),
+                   str(tmp_path / "backbone.json"), str(tmp_path / "selection.json"), str(tmp_path / "selection.csv"),
+                   str(params))
+    attach_head_stage(str(tmp_path / "backbone"), str(tmp_path / "prepared"), str(tmp_path / "initial"),
+                      str(tmp_path / "freeze.json"), str(params))
+    _, config = load_transfer_model(tmp_path / "initial")
+    assert config["lowercase"] is True
+    texts = ["Caf\u00e9 NAUSEA &amp; Dizzy", *MESSY_TEXTS]
+    seen: dict[str, list[str]] = {}
+    monkeypatch.setattr("crosstune.data.text_encoding.encode_texts",
+                        lambda tokenizer, clean, targets, max_length: seen.setdefault("texts", clean))
+    TASKS.get("classification").decode_texts(None, texts, config, 64)
+    assert seen["texts"] == [normalise_text(text, lowercase=True) for text in texts]
+    assert any(text != text.lower() for text in texts) and all(text == text.lower() for text in seen["texts"])
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "pre_tokenizer": None,
+            "post_processor": None, "decoder": None, "model": {"type": "WordLevel", "vocab": {"[UNK]": 0},
+                                                                "unk_token": "[UNK]"},
+            "normalizer": {"type": "Sequence", "normalizers": crosstune_normalizer(lowercase=True)}}
+    normalizer = Tokenizer.from_str(json.dumps(spec)).normalizer
+    assert [normalizer.normalize_str(text) for text in texts] == seen["texts"]
+
+
 def test_hf_head_needs_a_supported_text_backbone() -> None:
     from transformers import AutoModel
 

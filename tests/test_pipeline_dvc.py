@@ -21,6 +21,7 @@ import pytest
 import yaml
 from conftest import (
     REPO_ROOT,
+    documented_reruns,
     make_texts,
     run_chromium,
     write_audio_folder,
@@ -200,7 +201,7 @@ def test_full_run_then_no_op(repo: Repo) -> None:
     metrics = repo.metrics()
     assert metrics["scratch_model"] == "trained"  # the tiny model validates below TF-IDF: the answer is open
     assert metrics["transfer_gain"] == pytest.approx(metrics["f1_macro"] - metrics["scratch_f1_macro"], abs=2e-6)
-    assert repo.repro() == set()
+    assert repo.repro() == documented_reruns()["nothing"] == set()
     # the command line is no stage's dependency: rewording `crosstune tune`'s help reruns nothing
     cli = repo.root / "src" / "crosstune" / "cli.py"
     reworded = cli.read_text(encoding="utf-8").replace('help="trials this worker runs',
@@ -253,7 +254,7 @@ def test_exported_model_card_and_round_trip(repo: Repo) -> None:
 def test_learning_rate_reruns_only_what_trains_and_evaluate(repo: Repo) -> None:
     repo.baseline()
     repo.set_param("finetune", "lr", 0.001)
-    assert repo.repro() == {"finetune", "scratch", "evaluate"}  # the guard's scratch model trains with it
+    assert repo.repro() == documented_reruns()["finetune.lr"]  # the guard's scratch model trains with it
     repo.commit("lower lr")
     params_diff = repo.dvc("params", "diff", "HEAD~1")
     assert re.search(r"finetune\.lr\s+0\.003\s+0\.001", params_diff), params_diff
@@ -265,7 +266,7 @@ def test_freeze_depth_reruns_from_attach_head_and_rebuilds_the_cache(repo: Repo)
     repo.baseline()
     assert json.loads((repo.root / "data" / "features" / "meta.json").read_text())["cached"] is False
     repo.set_param("freeze", "depth", 1)
-    assert repo.repro() == {"attach_head", "cache", "probe", "finetune", "scratch", "evaluate"}
+    assert repo.repro() == documented_reruns()["freeze.depth"]
     freeze = json.loads((repo.root / "metrics" / "freeze.json").read_text())
     assert freeze["frozen_blocks"] == 1 and freeze["frozen_parameters"] > 0
     meta = json.loads((repo.root / "data" / "features" / "meta.json").read_text())
@@ -281,9 +282,16 @@ def test_report_compares_revisions_and_renders_offline(repo: Repo, tmp_path: Pat
     repo.commit("lower lr")
     repo.run(str(Path(sys.executable).parent / "crosstune"), "report", "--compare", "HEAD~1", "--out", "report.html")
     page = (repo.root / "report.html").read_text(encoding="utf-8")
-    assert "compared with HEAD~1" in page and "finetune.lr" in page and "metrics/eval.json:f1_macro" in page
+    assert "compared with HEAD~1" in page and "finetune.lr" in page
+    assert "<h3>Test split <code>metrics/eval.json</code></h3>" in page and "macro-F1 <code>f1_macro</code>" in page
     assert not re.search(r"<script[^>]+src=", page), "the report must not load scripts from anywhere"
-    assert '<img src="data:image/png;base64,' in page and 'src="static/' not in page
+    # one view of the mistakes (the table, not the picture of it), the per-class scores once, a text run's params
+    assert "<h2>Mistakes</h2>" in page and "<p>metrics/misclassified.png</p>" not in page and 'src="static/' not in page
+    tables = page[page.index("<h2>Metrics</h2>"):]
+    assert "<h2>Per class</h2>" in page and "<code>positive_recall</code>" not in tables
+    params = tables[tables.index("<h2>Params</h2>"):]
+    assert "augment.crop_scale_min" not in params.split("Left out")[0] and "prepare.text_column" in params
+    assert "Left out: " in params and "backbone.clip_seconds" in params.split("Left out")[1]
     url = (repo.root / "report.html").as_uri()
     dom = run_chromium(tmp_path / "profile", "--dump-dom", url)
     rendered = re.findall(r'<canvas width="(\d+)" height="(\d+)" class="marks"', dom)
@@ -799,3 +807,14 @@ def test_transcription_end_to_end_and_the_stock_pipeline(transcription_repo: Rep
         samples.append({"raw": wave.astype(np.float32), "sampling_rate": 16000})
     recogniser = transformers.pipeline("automatic-speech-recognition", model=str(export))
     assert [row["text"].strip() for row in recogniser(samples, batch_size=4)] == ours
+
+    # the report: the zero-shot guard in words, WER per speaker, the worst utterances aligned
+    repo.run(str(Path(sys.executable).parent / "crosstune"), "report", "--out", "report.html")
+    page = (repo.root / "report.html").read_text(encoding="utf-8")
+    (repo.root / "report.html").unlink()
+    assert "Did fine-tuning help? Measured:" in page and "zero-shot" in page
+    speakers = page[page.index("<h2>Per speaker</h2>"):]
+    assert re.search(r"<tr><td>george</td><td class=\"number\">[0-9.]+</td>", speakers)
+    assert "<h2>Per class</h2>" not in page
+    if (predictions["word_errors"] > 0).any():
+        assert "<th>reference</th><th>transcript</th>" in page

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 
 from crosstune.experiments.dvc_queue import Experiment
 from crosstune.reporting.experiment_ranking import (
@@ -14,7 +15,7 @@ from crosstune.reporting.experiment_ranking import (
     ranked,
     varied_params,
 )
-from crosstune.reporting.report import summary_html, tables_html
+from crosstune.reporting.report import params_in_use, summary_html, tables_html
 from crosstune.reporting.template import LIBRARIES, build_template
 from crosstune.reporting.wording import (
     guard_html,
@@ -42,7 +43,8 @@ def test_tables_order_and_mark_changes() -> None:
     }
     params = {"finetune.lr": {"new": 5e-5, "old": 1e-4}, "base.seed": {"new": 42, "old": 42}}
     page = tables_html(metrics, params, "main")
-    assert page.index("metrics/eval.json:f1_macro") < page.index("metrics/backbone.json:hidden_size")
+    assert page.index("<code>metrics/eval.json</code>") < page.index("<code>metrics/backbone.json</code>")
+    assert "<h3>Test split <code>metrics/eval.json</code></h3>" in page and "macro-F1 <code>f1_macro</code>" in page
     assert '<td class="number better">+0.0500</td>' in page
     assert '<td class="number worse">+0.2000</td>' in page  # a higher loss is worse
     assert page.index("base.seed") < page.index("finetune.lr")
@@ -194,3 +196,69 @@ def test_per_class_table_shows_each_class_with_its_support() -> None:
     assert ('<tr><td>neutral</td><td class="number">0.345</td><td class="number">0.278</td>'
             '<td class="number">0.308</td><td class="number">36</td></tr>') in table
     assert per_class_html({"r2": 0.4}) == ""  # regression: no classes
+
+
+def test_per_class_keys_are_left_to_the_per_class_table() -> None:
+    metrics = {"metrics/eval.json:f1_macro": {"new": 0.5, "old": None},
+               "metrics/eval.json:red_recall": {"new": 0.4, "old": None}}
+    page = tables_html(metrics, {}, None, per_class={"red_recall"})
+    assert "<code>f1_macro</code>" in page and "red_recall" not in page and "per-class scores are in the table" in page
+
+
+def test_the_params_of_other_inputs_and_tasks_are_left_out() -> None:
+    params = {key: {"new": 1, "old": None} for key in (
+        "finetune.lr", "prepare.text_column", "prepare.image_column", "augment.crop_scale_min",
+        "augment.time_mask_prob", "backbone.clip_seconds", "backbone.tiny.hidden_size", "prepare.tag_scheme",
+        "evaluate.num_beams", "backbone.weights")}
+    shown, hidden = params_in_use(params, "audio", "transcription")
+    assert set(shown) == {"finetune.lr", "augment.time_mask_prob", "backbone.clip_seconds", "evaluate.num_beams",
+                          "backbone.weights"}
+    assert hidden == sorted(set(params) - set(shown))
+    shown, _ = params_in_use(params, "text", "token_classification")
+    assert set(shown) == {"finetune.lr", "prepare.text_column", "backbone.tiny.hidden_size", "prepare.tag_scheme",
+                          "backbone.weights"}
+
+
+def test_every_params_key_a_modality_or_task_owns_exists() -> None:
+    """A misspelt key in ``own_params`` would hide nothing and say nothing."""
+    from crosstune.config import read_params_file
+    from crosstune.modalities import MODALITIES
+    from crosstune.tasks.registry import TASKS
+
+    defaults = read_params_file(REPO_ROOT / "params.yaml")
+    owned = [key for registry in (MODALITIES, TASKS) for name in registry for key in registry.get(name).own_params]
+    for key in owned:
+        node = defaults
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{key} is not a params key"
+            node = node[part]
+
+
+def _vega_div(identifier: str, spec: dict) -> str:
+    import json
+
+    return (f'\n    <div id = "{identifier}">\n        <script type = "text/javascript">\n            var spec = '
+            f"{json.dumps(spec)};\n            vegaEmbed('#{identifier}', spec);\n        </script>\n    </div>\n")
+
+
+def test_a_bar_chart_of_one_bar_is_dropped_and_others_stay() -> None:
+    from crosstune.reporting.wording import drop_single_bar_charts
+
+    one = _vega_div("one", {"mark": {"type": "bar"}, "data": {"values": [{"score": 1.0, "candidate": "minilm"}]}})
+    two = _vega_div("two", {"mark": "bar", "data": {"values": [{"score": 1.0}, {"score": 0.5}]}})
+    line = _vega_div("line", {"layer": [{"mark": "line"}], "data": {"values": [{"step": 0}]}})
+    page = drop_single_bar_charts(f"<body>{one}{two}{line}</body>")
+    assert "vegaEmbed('#one'" not in page and "vegaEmbed('#two'" in page and "vegaEmbed('#line'" in page
+
+
+def test_the_picture_of_mistakes_can_be_dropped_and_other_images_stay() -> None:
+    from crosstune.reporting.wording import drop_image_plot
+
+    def image_div(name: str) -> str:
+        return (f'<div\n  id="{name}"\n  style="border:1px solid black;text-align:center;">\n<p>{name}</p>\n'
+                f'<div\n style="border:1px dotted black;">\n<p>workspace</p>\n<img src="static/a.png">\n</div>\n'
+                f'<div\n style="border:1px dotted black;">\n<p>HEAD</p>\n<img src="static/b.png">\n</div>\n</div>')
+
+    page = drop_image_plot(image_div("metrics/misclassified.png") + image_div("metrics/other.png"),
+                           "metrics/misclassified.png")
+    assert "misclassified" not in page and page.count("<img ") == 2 and page.startswith('<div\n  id="metrics/other')

@@ -5,6 +5,7 @@ beam decoding; the export transcribes in ``transformers.pipeline`` exactly as ``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,11 @@ def test_converted_recogniser_transcribes_as_ctranslate2(tmp_path: Path, digits:
 
 
 def test_a_model_bin_without_a_decoder_is_refused_by_name() -> None:
-    from crosstune.backbones.whisper_weights import packaged_whisper_dir, read_ctranslate2_variables, whisper_model_state
+    from crosstune.backbones.whisper_weights import (
+        packaged_whisper_dir,
+        read_ctranslate2_variables,
+        whisper_model_state,
+    )
 
     variables = {name: value for name, value in read_ctranslate2_variables(packaged_whisper_dir() / "model.bin").items()
                  if not name.startswith("decoder/")}
@@ -241,6 +246,77 @@ def test_training_on_the_cached_encoder_equals_training_through_it(tmp_path: Pat
     assert max(float((cached[key] - uncached[key]).abs().max()) for key in cached) < 1e-4
 
 
+def test_lora_bf16_and_masked_features_train_the_recogniser(tmp_path: Path, digits: Path,
+                                                           tiny_whisper: Path) -> None:
+    """LoRA adapters on the encoder's attention, SpecAugment's masks and bf16 autocast in one run: the cache steps
+    aside (masked inputs reach the encoder), the adapters merge back into a stock Whisper directory, and both
+    encoder and decoder moved."""
+    from crosstune.io import load_tensors
+    from crosstune.pipeline.cache import cache_stage
+    from crosstune.pipeline.finetune import finetune_stage
+
+    params = _first_stages(tmp_path, digits, str(tiny_whisper),
+                           freeze={"depth": 0, "lora_r": 2, "lora_alpha": 4.0, "lora_targets": ["q_proj", "v_proj"]},
+                           augment={"time_mask_prob": 0.2, "time_mask_length": 5, "freq_mask_prob": 0.1,
+                                    "freq_mask_length": 4},
+                           finetune={"mixed_precision": "bf16"})
+    meta = cache_stage(str(tmp_path / "initial"), str(tmp_path / "encoded"), str(tmp_path / "features"), str(params))
+    assert not meta["cached"] and "augment" in meta["reason"]
+    finetune_stage(str(tmp_path / "initial"), str(tmp_path / "encoded"), str(tmp_path / "model"),
+                   str(tmp_path / "live"), str(params), None)
+    trained, initial = (load_tensors(tmp_path / name / "model.safetensors") for name in ("model", "initial"))
+    assert trained.keys() == initial.keys()  # merged: no lora_ tensors left
+    moved = {key for key in trained if float((trained[key] - initial[key]).abs().max()) > 0}
+    assert any(".encoder.layers." in key and "q_proj" in key for key in moved)
+    assert not any(".encoder." in key and ("k_proj" in key or "fc1" in key) for key in moved)  # frozen, no adapter
+    assert any(".decoder." in key for key in moved)
+    assert json.loads((tmp_path / "model" / "params.json").read_text())["augment"]["time_mask_prob"] == 0.2
+
+
+def test_a_killed_recogniser_run_resumes_to_the_same_weights(tmp_path: Path, digits: Path,
+                                                            tiny_whisper: Path) -> None:
+    """SIGKILL mid epoch 2 (masks on, so the resumed generator must draw the same masks), then resume: the same
+    weights and history as a run never interrupted."""
+    import signal
+
+    from test_training import _finetune, _weights
+
+    params = _first_stages(tmp_path, digits, str(tiny_whisper), freeze={"depth": 1},
+                           augment={"time_mask_prob": 0.2, "time_mask_length": 5},
+                           finetune={"epochs": 3})
+    paths = {"initial": tmp_path / "initial", "encoded": tmp_path / "encoded"}
+    reference = _finetune(paths, tmp_path / "reference", params)
+    assert reference.returncode == 0, reference.stderr
+    killed = _finetune(paths, tmp_path / "run", params, kill_at_step=7)  # 5 steps an epoch: mid epoch 2
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["epoch"] == 1
+    resumed = _finetune(paths, tmp_path / "run", params)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    expected, actual = _weights(tmp_path / "reference" / "model"), _weights(tmp_path / "run" / "model")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert (tmp_path / "run" / "model" / "train_history.json").read_text() == \
+        (tmp_path / "reference" / "model" / "train_history.json").read_text()
+
+
+def test_masks_are_seeded_and_leave_numpy_alone() -> None:
+    from crosstune.data.spec_augment import SpecAugment
+
+    features = torch.randn(3, 16, 50)
+    masking = SpecAugment(time_prob=0.2, time_length=5, freq_prob=0.25, freq_length=4)
+    np.random.seed(7)
+    before = np.random.get_state()[1].copy()
+    first, again = (masking(features, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert (np.random.get_state()[1] == before).all()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, masking(features, torch.Generator().manual_seed(4)))
+    zeroed = first == 0
+    assert zeroed.all(dim=1).any(dim=1).all()  # every clip has masked frames (at least two spans)
+    assert zeroed.all(dim=2).any()  # and masked mel bands
+    assert torch.equal(first[~zeroed], features[~zeroed])  # nothing else touched
+    assert torch.equal(SpecAugment(0.0, 5, 0.0, 4)(features, torch.Generator()), features)
+
+
 def test_greedy_and_beam_decoding_of_the_split(tmp_path: Path, digits: Path) -> None:
     """On the real recogniser (its window cut to the data): greedy transcribe_split equals ``generate`` on the
     features, and beam search finds a transcript at least as likely (length-normalised) as greedy's."""
@@ -296,6 +372,9 @@ def test_export_transcribes_in_the_stock_pipeline_as_predict(tmp_path: Path, dig
 
 
 def test_predict_refuses_a_recording_longer_than_the_window(tmp_path: Path, digits: Path, tiny_whisper: Path) -> None:
+    """And ONNX export, which covers one forward pass, refuses the recogniser with the way that works."""
+    from crosstune.errors import ConfigError
+    from crosstune.inference.onnx_export import write_onnx
     from crosstune.inference.predictor import Predictor
 
     _first_stages(tmp_path, digits, str(tiny_whisper))
@@ -303,3 +382,5 @@ def test_predict_refuses_a_recording_longer_than_the_window(tmp_path: Path, digi
     soundfile.write(long, np.zeros(16000 * 12, dtype=np.float32) + 0.01, 16000)
     with pytest.raises(DataError, match=r"long\.wav: 12\.00 s is longer than this recogniser's \d+ s window"):
         Predictor.from_directory(tmp_path / "initial").predict([str(long)])
+    with pytest.raises(ConfigError, match=r"encoder-decoder.*--format safetensors.*optimum-cli export onnx"):
+        write_onnx(tmp_path / "initial", tmp_path / "model.onnx")

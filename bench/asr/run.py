@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -144,7 +145,6 @@ def _tokenizer(directory: Path):
 def run_trainer(workdir: Path, params_path: Path, seed: int) -> dict:
     """Hugging Face's documented Whisper fine-tuning recipe on the same split, epochs, rate, batch and schedule."""
     import numpy as np
-    import torch
     from transformers import (
         Seq2SeqTrainer,
         Seq2SeqTrainingArguments,
@@ -206,9 +206,10 @@ def run_trainer(workdir: Path, params_path: Path, seed: int) -> dict:
         return {"wer": error_rates(references, hypotheses)["wer"]}
 
     out = Path(tempfile.mkdtemp(prefix="crosstune-asr-trainer-"))
+    steps = math.ceil(len(train_rows) / params.batch_size) * params.epochs  # transformers 5 has no warmup_ratio
     args = Seq2SeqTrainingArguments(
         output_dir=str(out), per_device_train_batch_size=params.batch_size, per_device_eval_batch_size=32,
-        learning_rate=params.lr, weight_decay=params.weight_decay, warmup_ratio=params.warmup_ratio,
+        learning_rate=params.lr, weight_decay=params.weight_decay, warmup_steps=int(params.warmup_ratio * steps),
         lr_scheduler_type=params.scheduler, num_train_epochs=params.epochs, eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="wer",
         greater_is_better=False, predict_with_generate=True, generation_max_length=bound + 2, logging_steps=10,

@@ -177,7 +177,7 @@ class FreezeParams:
     # the backbone's transferability after each block (crosstune.freezing.auto_depth; metrics/freeze.json says why)
     patterns: tuple[str, ...] = ()  # extra fnmatch patterns on parameter names to freeze
     train_batchnorm: bool = False  # images: keep BatchNorm layers of frozen blocks trainable (and updating)
-    lora_r: int = 0  # text: > 0 freezes the whole backbone and trains rank-r LoRA adapters (peft) + the head
+    lora_r: int = 0  # > 0: backbone (text, a recogniser's encoder) frozen, rank-r LoRA adapters + the head train
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ("query", "value")  # module names that get adapters
@@ -308,7 +308,8 @@ class FinetuneParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Training-time image augmentation (torchvision.transforms.v2), applied to the train split only."""
+    """Training-time augmentation, applied to the train split only: images through torchvision.transforms.v2,
+    recordings' log-mel features through SpecAugment's masks (:mod:`crosstune.data.spec_augment`)."""
 
     section: ClassVar[str] = "augment"
 
@@ -317,6 +318,10 @@ class AugmentParams:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
     randaugment_ops: int = 0  # RandAugment operations per image; 0 = off
     randaugment_magnitude: int = 9
+    time_mask_prob: float = 0.0  # audio: share of frames masked in spans (SpecAugment); 0 = off
+    time_mask_length: int = 10  # frames per time mask (10 ms each for Whisper)
+    freq_mask_prob: float = 0.0  # audio: share of mel bins masked in bands; 0 = off
+    freq_mask_length: int = 10  # mel bins per frequency mask
 
     def __post_init__(self) -> None:
         _check_range("augment.crop_scale_min", self.crop_scale_min, 0.0, 1.0, False, True)
@@ -324,11 +329,21 @@ class AugmentParams:
         _check_range("augment.color_jitter", self.color_jitter, 0.0, 1.0)
         _check_range("augment.randaugment_ops", self.randaugment_ops, low=0)
         _check_range("augment.randaugment_magnitude", self.randaugment_magnitude, 0, 30)
+        _check_range("augment.time_mask_prob", self.time_mask_prob, 0.0, 1.0, True, False)
+        _check_range("augment.freq_mask_prob", self.freq_mask_prob, 0.0, 1.0, True, False)
+        _check_range("augment.time_mask_length", self.time_mask_length, low=1)
+        _check_range("augment.freq_mask_length", self.freq_mask_length, low=1)
 
     @property
     def enabled(self) -> bool:
+        """Whether an image transform is on."""
         return (self.crop_scale_min < 1.0 or self.horizontal_flip > 0 or self.color_jitter > 0
                 or self.randaugment_ops > 0)
+
+    @property
+    def masks_audio(self) -> bool:
+        """Whether SpecAugment's masks are on."""
+        return self.time_mask_prob > 0 or self.freq_mask_prob > 0
 
 
 @dataclass(frozen=True)

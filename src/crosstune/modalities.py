@@ -40,6 +40,7 @@ class Modality:
         source_classifiers: its pretrained backbones keep a source classifier (LEEP and NCE score it).
         training_sections: params sections besides ``finetune`` that shape its training inputs (recorded with
             a trained model).
+        own_params: params keys only this modality reads (the report leaves them out of another's runs).
     """
 
     name: ClassVar[str] = ""
@@ -51,6 +52,7 @@ class Modality:
     other_backbone_sources: ClassVar[tuple[str, ...]] = ()
     source_classifiers: ClassVar[bool] = False
     training_sections: ClassVar[tuple[str, ...]] = ()
+    own_params: ClassVar[tuple[str, ...]] = ()
 
     @property
     def model_type(self) -> str:
@@ -189,6 +191,8 @@ class Text(Modality):
     split_tensor = "input_ids"
     usage = '["a new text"]'
     other_backbone_sources = ("<local dir>", "<hub id>")
+    own_params = ("prepare.text_column", "prepare.lowercase", "prepare.min_text_chars", "backbone.max_length",
+                  "backbone.tiny", "text_augment")
 
     def content_keys(self, frame: "pd.DataFrame") -> "pd.Series":
         return frame["text"]
@@ -306,6 +310,9 @@ class Image(Modality):
     usage = '["shoe.png"]  # image paths'
     source_classifiers = True
     training_sections = ("augment",)
+    own_params = ("prepare.image_column", "prepare.min_image_size", "backbone.image_size", "freeze.train_batchnorm",
+                  "augment.crop_scale_min", "augment.horizontal_flip", "augment.color_jitter",
+                  "augment.randaugment_ops", "augment.randaugment_magnitude")
 
     @property
     def folder_suffixes(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -386,6 +393,10 @@ class Audio(Modality):
 
     name = "audio"
     staged = True
+    training_sections = ("augment",)
+    own_params = ("prepare.audio_column", "prepare.min_audio_seconds", "backbone.clip_seconds", "backbone.clip_align",
+                  "augment.time_mask_prob", "augment.time_mask_length", "augment.freq_mask_prob",
+                  "augment.freq_mask_length")
     column_param = "audio_column"
     split_tensor = "waveforms"
     usage = '["recording.wav"]  # wav/flac paths'
@@ -406,8 +417,16 @@ class Audio(Modality):
                  augment: "AugmentParams | None" = None) -> Any:
         from crosstune.backbones.audio_features import AudioPreprocessing
         from crosstune.data.batching import AudioBatching
+        from crosstune.data.spec_augment import SpecAugment
 
-        return AudioBatching(batch_size, AudioPreprocessing.from_dict(config["backbone"]["preprocessing"]))
+        masking = None
+        if augment is not None and self.augments(augment):
+            masking = SpecAugment(augment.time_mask_prob, augment.time_mask_length, augment.freq_mask_prob,
+                                  augment.freq_mask_length)
+        return AudioBatching(batch_size, AudioPreprocessing.from_dict(config["backbone"]["preprocessing"]), masking)
+
+    def augments(self, augment: "AugmentParams") -> bool:
+        return augment.masks_audio
 
     def load_split(self, tensors: dict[str, "torch.Tensor"], path: str | Path) -> Any:
         from crosstune.data.audio import AudioSplit

@@ -475,7 +475,8 @@ def converted_whisper_model(cache_root: Path = Path(".cache/crosstune/backbones"
     with atomic_directory(target) as temporary:
         model.save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
-        WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLING_RATE).save_pretrained(temporary)
+        extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLING_RATE)
+        extractor.save_pretrained(temporary)
     logger.info("converted the whole Whisper model in %s to %s (%d + %d layers) in %.1f s", model_file, target,
                 config.encoder_layers, config.decoder_layers, time.perf_counter() - started)
     return target

@@ -146,7 +146,8 @@ class AudioBatcher:
         missing = self.preprocessing.clip_samples - waveforms.shape[1]
         if missing > 0 and self.preprocessing.align == "start":
             waveforms = torch.nn.functional.pad(waveforms, (0, missing))
-        return self.extract(waveforms_to_float(waveforms))
+        with torch.autocast(waveforms.device.type, enabled=False):  # features are data: float32 whatever trains
+            return self.extract(waveforms_to_float(waveforms))
 
 
 def iterate_audio_batches(split: AudioSplit, batch_size: int, batcher: AudioBatcher,

@@ -2,11 +2,13 @@
 
 Text: length-bucketed dynamic padding (:mod:`crosstune.data.text_encoding`). Images: per-batch resize and
 normalisation from the backbone's preprocessing, with ``augment`` transforms on training batches only
-(:mod:`crosstune.data.images`). Audio: the backbone's own feature extraction per batch (:mod:`crosstune.data.audio`).
+(:mod:`crosstune.data.images`). Audio: the backbone's own feature extraction per batch
+(:mod:`crosstune.data.audio`), SpecAugment's masks on training batches when ``augment`` turns them on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Union
@@ -57,13 +59,19 @@ class ImageBatching:
 
 @dataclass
 class AudioBatching:
-    """Feature batches in the backbone's own feature extraction (no augmentation)."""
+    """Feature batches in the backbone's own feature extraction, masked for training when ``masking`` is on
+    (SpecAugment, :mod:`crosstune.data.spec_augment`)."""
 
     batch_size: int
     preprocessing: "AudioPreprocessing"
+    masking: Any = None
 
     def train(self, split: AudioSplit, generator: "torch.Generator") -> Iterator[Batch]:
-        return iterate_audio_batches(split, self.batch_size, AudioBatcher(self.preprocessing), generator)
+        batches = iterate_audio_batches(split, self.batch_size, AudioBatcher(self.preprocessing), generator)
+        if self.masking is None:
+            return batches
+        return (dataclasses.replace(batch, inputs={**batch.inputs, "input_features": self.masking(
+            batch.inputs["input_features"], generator)}) for batch in batches)
 
     def evaluate(self, split: AudioSplit, batch_size: int | None = None) -> Iterator[Batch]:
         return iterate_audio_batches(split, batch_size or self.batch_size, AudioBatcher(self.preprocessing))

@@ -50,6 +50,13 @@ def read_input_column(prepared_dir: str | Path) -> str | None:
     return read_json(Path(prepared_dir) / "labels.json").get("input_column")
 
 
+def read_lowercase(prepared_dir: str | Path) -> bool:
+    """Whether prepare lowercased the texts (``prepare.lowercase``): the model records it, so `crosstune predict`
+    and an export's tokenizer lowercase new texts too."""
+    path = Path(prepared_dir) / "params.json"
+    return bool(read_json(path).get("lowercase", False)) if path.is_file() else False
+
+
 def read_modality(prepared_dir: str | Path) -> str:
     """``text``, ``image`` or ``audio``: what the prepared data holds."""
     return read_json(Path(prepared_dir) / "labels.json").get("modality", "text")

@@ -43,6 +43,15 @@ class TaggedSentence:
     def tokens(self) -> list[str]:
         return [self.text[start:end] for start, end in self.words]
 
+    def words_json(self) -> str:
+        """The word offsets as the prepared tables' ``words`` column stores them (JSON ``[[start, end], ...]``)."""
+        return json.dumps([list(span) for span in self.words])
+
+    @classmethod
+    def from_prepared(cls, text: str, words: str, tags: Sequence[str] = ()) -> "TaggedSentence":
+        """A sentence read back from a prepared table's ``text`` and ``words`` columns (the one parser of them)."""
+        return cls(text, tuple((int(start), int(end)) for start, end in json.loads(words)), tuple(tags))
+
 
 def split_words(text: str) -> list[tuple[int, int]]:
     """Character offsets of the words of ``text`` (:data:`WORD_PATTERN`)."""

@@ -76,14 +76,33 @@ def windows(firsts: Sequence[int], num_pieces: int, body: int) -> list[Window]:
     return [Window(start, start + body, tuple(words)) for start, words in zip(starts, owned)]
 
 
-def encode_tagged(tokenizer: "PreTrainedTokenizerBase", sentences: Sequence[Sequence[str]], labels: "torch.Tensor",
-                  max_length: int) -> tuple["EncodedSplit", int]:
+UNTAGGED = -100  # the tag column of words whose tag is not known (new texts, a selection sample): the loss's ignore
+
+
+class WordLists(tuple):
+    """Sentences as word lists: the sample a per-word task scores backbones on, so features come one row per word
+    (:func:`crosstune.selection.candidates.text_block_features`) rather than one per text."""
+
+
+def untagged_labels(sentences: Sequence[Sequence[str]]) -> "torch.Tensor":
+    """(W, 2) rows for words without tags: :data:`UNTAGGED` and each word's sentence, sentence by sentence."""
+    import torch
+
+    rows = [(UNTAGGED, index) for index, words in enumerate(sentences) for _ in words]
+    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 2)
+
+
+def encode_tagged(tokenizer: "PreTrainedTokenizerBase", sentences: Sequence[Sequence[str]],
+                  labels: "torch.Tensor | None", max_length: int) -> tuple["EncodedSplit", int]:
     """Tokenize word-split ``sentences`` into windows of at most ``max_length`` tokens (special tokens
-    included); ``labels`` (W, 2): each word's tag id and sentence, sentence by sentence. Returns the split
-    and how many sentences needed more than one window."""
+    included); ``labels`` (W, 2): each word's tag id and sentence, sentence by sentence (None: untagged words,
+    :func:`untagged_labels`). Returns the split and how many sentences needed more than one window."""
     import torch
 
     from crosstune.data.text_encoding import EncodedSplit
+
+    if labels is None:
+        labels = untagged_labels(sentences)
 
     before, after = special_tokens(tokenizer)
     prefix = len(before)

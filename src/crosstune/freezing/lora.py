@@ -1,7 +1,8 @@
 """LoRA adapters (Hu et al. 2021, https://arxiv.org/abs/2106.09685) through ``peft``, as a freeze policy.
 
-``freeze.lora_r > 0`` freezes the whole text backbone and adds trainable low-rank updates
-W + (alpha / r) B A to the modules named by ``freeze.lora_targets``; the head trains as usual.
+``freeze.lora_r > 0`` freezes the whole backbone (a text encoder, or a recogniser's encoder) and adds trainable
+low-rank updates W + (alpha / r) B A to the modules named by ``freeze.lora_targets``; the head (a recogniser's
+decoder) trains as usual.
 After training the adapters are merged into the weights, so the saved model is an ordinary crosstune
 model directory of the same architecture (nothing peft-specific to load).
 """
@@ -23,11 +24,10 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: 
     """Freeze ``model.backbone`` and inject adapters into it in place; returns the adapter parameter count."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from crosstune.modalities import get_modality
-
-    if get_modality(model.modality).staged:
-        raise ConfigError(f"params.yaml: freeze.lora_r: LoRA adapters are for transformer (text) backbones; "
-                          f"set freeze.lora_r: 0 for {model.modality} backbones.")
+    if not type(model).takes_lora:
+        raise ConfigError(f"params.yaml: freeze.lora_r: LoRA adapters are for transformer backbones (text encoders, "
+                          f"Whisper's encoder in a transcription task); set freeze.lora_r: 0 for {model.modality} "
+                          f"backbones.")
     names = {name.rsplit(".", 1)[-1] for name, _ in model.backbone.named_modules()}
     missing = [target for target in targets if target not in names]
     if missing:

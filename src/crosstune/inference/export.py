@@ -181,9 +181,10 @@ def _normalise_in_tokenizer(directory: Path, repo_dir: Path) -> str:
     from crosstune.io import read_json, write_json
     from crosstune.transfer_model.settings import HF_SECTION, is_hf_form
 
-    add_crosstune_normalizer(directory / "tokenizer.json", _raw_training_texts(repo_dir))
     config = read_json(directory / "config.json")
     settings = config[HF_SECTION] if is_hf_form(config) else config
+    add_crosstune_normalizer(directory / "tokenizer.json", _raw_training_texts(repo_dir),
+                             bool(settings.get("lowercase")))
     settings["tokenizer_normalises"] = True
     write_json(directory / "config.json", config)
     truncation = ""

@@ -63,8 +63,9 @@ def _reference_steps(code_points: Iterable[int]) -> list[dict[str, object]]:
     return [_replace(pattern, content) for pattern, content in [*(s for s in steps if s not in last), *last]]
 
 
-def crosstune_normalizer(code_points: Iterable[int] = ()) -> list[dict[str, object]]:
-    """The normalizers (as ``tokenizer.json`` spells them) that do what ``normalise_text`` does."""
+def crosstune_normalizer(code_points: Iterable[int] = (), lowercase: bool = False) -> list[dict[str, object]]:
+    """The normalizers (as ``tokenizer.json`` spells them) that do what ``normalise_text`` does (``lowercase``:
+    ``prepare.lowercase`` was on)."""
     steps = _reference_steps([*COMMON_CODE_POINTS, *code_points])
     steps += [{"type": "NFKC"}, _replace(r"\s+", " "), {"type": "Strip", "strip_left": True, "strip_right": True}]
     for _ in range(QUOTE_PAIR_PASSES):
@@ -72,17 +73,19 @@ def crosstune_normalizer(code_points: Iterable[int] = ()) -> list[dict[str, obje
             # the opening quote where the text also ends with one, the closing where it also starts with one
             steps.append(_replace(rf"\A{quote}(?=[\s\S]*{quote}\z)|(?<=\A{quote}[\s\S]*){quote}\z", ""))
             steps.append({"type": "Strip", "strip_left": True, "strip_right": True})
+    if lowercase:
+        steps.append({"type": "Lowercase"})
     return steps
 
 
-def add_crosstune_normalizer(tokenizer_json: str | Path, texts: Iterable[str] = ()) -> None:
+def add_crosstune_normalizer(tokenizer_json: str | Path, texts: Iterable[str] = (), lowercase: bool = False) -> None:
     """Put :func:`crosstune_normalizer` before the tokenizer's own normalizer in ``tokenizer_json`` (rewritten in
     place: the caller writes into a temporary export directory). ``texts``: the raw training texts, whose numeric
     references beyond the common ones are covered too."""
     path = Path(tokenizer_json)
     spec = json.loads(path.read_text(encoding="utf-8"))
     own = spec.get("normalizer")
-    chain = crosstune_normalizer(numeric_code_points(texts))
+    chain = crosstune_normalizer(numeric_code_points(texts), lowercase)
     if own is not None:
         chain += own["normalizers"] if own.get("type") == "Sequence" else [own]
     spec["normalizer"] = {"type": "Sequence", "normalizers": chain}

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosstune.errors import ArtifactError
+from crosstune.errors import ArtifactError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,12 @@ def write_onnx(model_dir: str | Path, path: str | Path, opset: int = OPSET) -> N
     from crosstune.inference.onnx_runtime import OnnxModel
     from crosstune.transfer_model.storage import load_transfer_model
 
-    model, _ = load_transfer_model(model_dir)
+    model, config = load_transfer_model(model_dir)
+    if not type(model).new_head:  # a whole encoder-decoder (transcription) generates token by token
+        raise ConfigError(f"{model_dir}: a {config.get('task')} model is an encoder-decoder that writes its output "
+                          f"token by token, which this ONNX export (one forward pass) does not cover; export with "
+                          f"--format safetensors (a stock Hugging Face directory) and convert that with Hugging "
+                          f"Face Optimum (`optimum-cli export onnx --model DIR OUT`).")
     names = input_names(model)
     example = example_inputs(model)
     wrapper = _PositionalInputs(model, names).eval()

@@ -21,7 +21,6 @@ from crosstune.io import (
     write_metrics,
     write_metrics_csv,
 )
-
 from crosstune.tasks.registry import TASKS
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     is reported whatever the depth, with the per-block scores (``blocks_path``: a table for ``dvc plots``)."""
     import dataclasses
 
-    from crosstune.data.prepared_dir import read_input_column, read_label_info
+    from crosstune.data.prepared_dir import read_input_column, read_label_info, read_lowercase
     from crosstune.freezing.auto_depth import read_block_scores, recommend_depth
     from crosstune.freezing.policy import apply_freeze
     from crosstune.heads.registry import check_head_params
@@ -78,6 +77,8 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
         _write_block_table(blocks_path, recommendation, freeze.depth)
     model.spec["freeze"] = to_dict(freeze)  # the depth chosen, never "auto": later stages read what was applied
     model.spec["input_column"] = read_input_column(prepared_dir)
+    if read_lowercase(prepared_dir):  # recorded only when on: predict and the export lowercase new texts too
+        model.spec["lowercase"] = True
     with atomic_directory(model_dir) as staging:
         save_transfer_model(model, staging, tokenizer)
     if freeze.lora_r:

@@ -77,8 +77,9 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
         attached = load_transfer_model(initial_dir)[0].to(device)  # the pretrained, untrained model
         metrics.update(_domain_gaps(PooledFeatures(attached, batching, device), PooledFeatures(model, batching, device),
                                     splits, base.seed))
-    metrics["test_size"] = len(read_split(prepared_dir, "test"))  # examples (a long tagged sentence is two windows)
-    _write_evaluation(exported_outputs, splits, prepared_dir, config, params, base.seed, task, metrics,
+    test_frame = read_split(prepared_dir, "test")
+    metrics["test_size"] = len(test_frame)  # examples (a long tagged sentence is two windows)
+    _write_evaluation(exported_outputs, splits, test_frame, prepared_dir, config, params, base.seed, task, metrics,
                       metrics_path, predictions_path, examples_path)
     return metrics
 
@@ -121,19 +122,16 @@ def _domain_gaps(before: Any, after: Any, splits: dict[str, Any], seed: int) -> 
     return gaps
 
 
-def _write_evaluation(outputs: Any, splits: dict[str, Any], prepared_dir: str, config: dict[str, Any], params: Any,
-                      seed: int, task: Task, metrics: dict[str, Any], metrics_path: str, predictions_path: str,
-                      examples_path: str) -> None:
+def _write_evaluation(outputs: Any, splits: dict[str, Any], test_frame: Any, prepared_dir: str, config: dict[str, Any],
+                      params: Any, seed: int, task: Task, metrics: dict[str, Any], metrics_path: str,
+                      predictions_path: str, examples_path: str) -> None:
     """Predictions table, the task's picture of test examples, baselines and the metrics file (``config``: the
-    model's)."""
-
-    from crosstune.data.prepared_dir import read_split
+    model's; ``test_frame``: the prepared test table)."""
     from crosstune.evaluation.baselines import baseline_inputs
     from crosstune.modalities import get_modality
 
     labels, modality = config["labels"], get_modality(config["modality"])
     test_split = splits["test"]
-    test_frame = read_split(prepared_dir, "test")
     table = test_frame[[modality.name, "label", *task.prepared_columns]].copy()
     for column, values in task.prediction_columns(outputs, test_split.labels, labels).items():
         table[column] = values

@@ -102,8 +102,9 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
     freeze = saved_freeze(config)
     start_dir, report = _start_weights(model, freeze, params.head_init, initial_dir, probe_dir, base.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if augment.enabled and not modality.augments(augment):
-        logger.warning("augment.* is set but this is a %s model: augmentation applies to images only", model.modality)
+    if (augment.enabled or augment.masks_audio) and not modality.augments(augment):
+        logger.warning("augment.* is set but not for a %s model: transforms apply to images, time_mask_* and "
+                       "freq_mask_* to recordings", model.modality)
     has_source = encoded_has_source(encoded_dir)
     if params.adaptation != "none" and not has_source:
         raise ConfigError(f"params.yaml: finetune.adaptation: {params.adaptation} needs a labelled source domain, "

@@ -53,7 +53,7 @@ def plan_cache(model_config: dict[str, Any], cache: "CacheParams", augment: "Aug
     if depth == 0:
         reasons.append("freeze.depth is 0: nothing at the bottom of the model is frozen")
     if modality.augments(augment):
-        reasons.append("augment.* transforms training images before the frozen blocks see them")
+        reasons.append("augment.* transforms training inputs before the frozen blocks see them")
     if modality.staged and freeze.train_batchnorm and depth != 0:
         reasons.append("freeze.train_batchnorm lets BatchNorm statistics of the frozen blocks change")
     if finetune.unfreeze != "none":
@@ -77,6 +77,7 @@ def plan_inputs(model_config: dict[str, Any], augment: "AugmentParams", finetune
     when its own settings are the same (they always are under ``dvc repro``; by hand they may not be)."""
     from crosstune.config import to_dict
 
-    return {"freeze": to_dict(saved_freeze(model_config)), "augment": augment.enabled,
+    augmented = modality_of_config(model_config).augments(augment)
+    return {"freeze": to_dict(saved_freeze(model_config)), "augment": augmented,
             "unfreeze": finetune.unfreeze, "adaptation": finetune.adaptation, "source": has_source,
             "max_length": finetune.max_length}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,6 +72,37 @@ def aligned_transcripts_figure(path: str | Path, frame: "pd.DataFrame") -> int:
         figure.savefig(temporary, format="png", dpi=DPI)
     plt.close(figure)
     return len(wrong)
+
+
+def per_speaker_html(test: dict[str, Any]) -> str:
+    """WER, CER and words of each test speaker (eval.json's ``{speaker}_wer`` ...), with the zero-shot model's
+    WER beside them when the guard measured it: who the model still fails at a glance."""
+    import html
+
+    speakers = [key[: -len("_words")] for key in test if key.endswith("_words") and key != "reference_words"]
+    rows = []
+    for speaker in speakers:
+        zero_shot = test.get(f"zero_shot_{speaker}_wer")
+        cells = [f"{float(test[f'{speaker}_wer']):.4f}", f"{float(test[f'{speaker}_cer']):.4f}",
+                 f"{float(zero_shot):.4f}" if zero_shot is not None else "—", str(int(test[f"{speaker}_words"]))]
+        rows.append(f"<tr><td>{html.escape(speaker)}</td>"
+                    + "".join(f'<td class="number">{cell}</td>' for cell in cells) + "</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Per speaker</h2>\n<p>Word and character error rates of each test speaker (lower is better), and "
+            "the pretrained model's WER before fine-tuning (zero-shot).</p>\n"
+            '<table class="data"><thead><tr><th>speaker</th><th>WER</th><th>CER</th><th>zero-shot WER</th>'
+            f"<th>words</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def transcripts_html(predictions: Path, shown: int = MAX_UTTERANCES, name: str = "metrics/predictions.csv") -> str:
+    """The worst utterances of evaluate's predictions table (empty when the table is not there)."""
+    import pandas as pd
+
+    if not predictions.is_file():
+        return ""
+    frame = pd.read_csv(predictions, dtype={"label": str, "predicted": str, "speaker": str}, keep_default_na=False)
+    return aligned_transcripts_html(frame, shown, name)
 
 
 def aligned_transcripts_html(frame: "pd.DataFrame", shown: int, name: str) -> str:

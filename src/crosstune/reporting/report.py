@@ -21,14 +21,25 @@ from crosstune.errors import CrosstuneError
 from crosstune.io import atomic_path
 from crosstune.reporting.experiment_ranking import experiments_html
 from crosstune.reporting.template import build_template
-from crosstune.reporting.wording import mistakes_html, per_class_html, reword_plots
+from crosstune.reporting.wording import (
+    drop_image_plot,
+    drop_single_bar_charts,
+    mistakes_html,
+    per_class_html,
+    reword_plots,
+)
 
 logger = logging.getLogger(__name__)
 SUMMARY_MARKER = "<!--crosstune:summary-->"
 TABLES_MARKER = "<!--crosstune:tables-->"
 METRICS_FILE_ORDER = ("metrics/eval.json", "metrics/finetune/metrics.json", "metrics/freeze.json")
+METRICS_FILE_TITLES = {
+    "metrics/eval.json": "Test split", "metrics/finetune/metrics.json": "Fine-tuning",
+    "metrics/freeze.json": "Freezing", "metrics/probe.json": "Linear probe (guard)",
+    "metrics/backbone.json": "Backbone", "metrics/selection.json": "Backbone selection",
+}
 PREDICTIONS = Path("metrics/predictions.csv")
-LOWER_IS_BETTER = ("loss", "mse", "mae")
+MISTAKES_PICTURE = "metrics/misclassified.png"
 
 
 class ReportError(CrosstuneError, RuntimeError):
@@ -77,21 +88,28 @@ def _change_cell(key: str, new: Any, old: Any) -> str:
     if not numeric or new == old:
         return "<td></td>"
     delta = new - old
-    improved = (delta < 0) if key.rsplit(":", 1)[-1].split(".")[-1] in LOWER_IS_BETTER else (delta > 0)
+    from crosstune.experiments.sweep import lower_is_better
+
+    name = key.rsplit(":", 1)[-1].split(".")[-1]
+    improved = (delta < 0) if lower_is_better(name) or name.endswith(("_wer", "_cer")) else (delta > 0)
     return f'<td class="number {"better" if improved else "worse"}">{delta:+.4f}</td>'
 
 
-def _table(title: str, rows: dict[str, dict[str, Any]], compare: str | None, metrics: bool) -> str:
+def _table(title: str, rows: dict[str, dict[str, Any]], compare: str | None, metrics: bool, level: int = 2,
+           named: bool = False) -> str:
+    """``rows`` as a table of name, value (and the other revision's, and the change); ``named``: the names are
+    HTML already."""
     header = "<th>name</th><th>workspace</th>" + (f"<th>{html.escape(compare)}</th><th>change</th>" if compare else "")
     body = []
     for key, values in rows.items():
         changed = compare is not None and values["new"] != values["old"]
-        cells = f'<td>{html.escape(key)}</td><td class="number">{_format(values["new"])}</td>'
+        cells = f'<td>{key if named else html.escape(key)}</td><td class="number">{_format(values["new"])}</td>'
         if compare:
             cells += f'<td class="number">{_format(values["old"])}</td>'
-            cells += _change_cell(key, values["new"], values["old"]) if metrics else "<td></td>"
+            cells += _change_cell(values.get("key", key), values["new"], values["old"]) if metrics else "<td></td>"
         body.append(f'<tr class="{"changed" if changed else ""}">{cells}</tr>')
-    return f'<h2>{title}</h2>\n<table class="data"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<h{level}>{title}</h{level}>\n<table class="data"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
 
 
 def _metric_order(key: str) -> tuple[int, str]:
@@ -129,12 +147,57 @@ def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revisi
             f"{headline_html(test, old, compare, task, training)}")
 
 
-def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, Any]], compare: str | None) -> str:
-    """Every metric (test metrics first) and every param, with the other revision beside them."""
-    ordered_metrics = {key: metrics[key] for key in sorted(metrics, key=_metric_order)}
+def _belongs(key: str, owned: tuple[str, ...]) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in owned)
+
+
+def params_in_use(params: dict[str, dict[str, Any]], modality: str, task: str) -> tuple[dict[str, dict[str, Any]],
+                                                                                        list[str]]:
+    """The params that bear on a run of ``modality`` and ``task``, and the keys left out: those only another
+    modality or task reads (:attr:`Modality.own_params`, :attr:`Task.own_params`)."""
+    from crosstune.modalities import MODALITIES
+    from crosstune.tasks.registry import TASKS
+
+    foreign = tuple(key for name in MODALITIES if name != modality for key in MODALITIES.get(name).own_params
+                    if not _belongs(key, MODALITIES.get(modality).own_params if modality in MODALITIES else ()))
+    foreign += tuple(key for name in TASKS if name != task for key in TASKS.get(name).own_params
+                     if not _belongs(key, TASKS.get(task).own_params if task in TASKS else ()))
+    hidden = sorted(key for key in params if _belongs(key, foreign))
+    return {key: values for key, values in params.items() if key not in hidden}, hidden
+
+
+def _grouped_metrics(metrics: dict[str, dict[str, Any]], per_class: set[str]) -> dict[str, dict[str, dict]]:
+    """The metrics by file, test metrics first, each named in words with its key beside it; the per-class keys
+    that the per-class table shows are left out."""
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for key in sorted(metrics, key=_metric_order):
+        path, name = key.split(":", 1)
+        if path == "metrics/eval.json" and name in per_class:
+            continue
+        groups.setdefault(path, {})[name] = metrics[key]
+    return groups
+
+
+def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, Any]], compare: str | None,
+                per_class: set[str] = frozenset(), hidden: list[str] = ()) -> str:
+    """The metrics grouped by what they measure (test metrics first) and the params of this run's modality and
+    task, with the other revision beside them."""
+    from crosstune.reporting.wording import metric_words
+
+    parts = ['<h2>Metrics</h2>\n<p>Named in words, with the key <code>dvc metrics diff</code> prints; '
+             + ("the per-class scores are in the table above.</p>" if per_class else "</p>")]
+    for path, rows in _grouped_metrics(metrics, set(per_class)).items():
+        title = f"{METRICS_FILE_TITLES.get(path, path)} <code>{html.escape(path)}</code>"
+        named = {f"{metric_words(name)} <code>{html.escape(name)}</code>"
+                 if metric_words(name) != name.replace("_", " ") else html.escape(name): {**values, "key": name}
+                 for name, values in rows.items()}
+        parts.append(_table(title, named, compare, metrics=True, level=3, named=True))
     ordered_params = {key: params[key] for key in sorted(params)}
-    return "\n".join([_table("Metrics", ordered_metrics, compare, metrics=True),
-                      _table("Params", ordered_params, compare, metrics=False)])
+    parts.append(_table("Params", ordered_params, compare, metrics=False))
+    if hidden:
+        parts.append(f"<p>Left out: {len(hidden)} params only other inputs or tasks read "
+                     f"({html.escape(', '.join(hidden))}).</p>")
+    return "\n".join(parts)
 
 
 def inline_images(page: str, directory: Path) -> str:
@@ -180,13 +243,26 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     if changed:  # the figures are the workspace's, which the commit alone does not reproduce
         revision += f" with uncommitted changes ({len(changed.splitlines())} files; git status lists them)"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
-    page = reword_plots(page)
+    page = reword_plots(drop_single_bar_charts(page))
     task = str((params.get("prepare.task") or {}).get("new") or "classification")
     page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task, training_record(repo)))
     prefix = "metrics/eval.json:"
     test = {key[len(prefix):]: values["new"] for key, values in metrics.items() if key.startswith(prefix)}
-    sections = [per_class_html(test), mistakes_html(repo / PREDICTIONS),
-                experiments_html(repo, _select_metric(params)), tables_html(metrics, params, compare)]
+    from crosstune.data.prepared_dir import read_modality
+    from crosstune.tasks.registry import TASKS
+
+    own = TASKS.get(task).report_sections(test, repo / PREDICTIONS) if task in TASKS else None
+    per_class = per_class_html(test) if own is None else ""
+    shown = {key[: -len("_support")] for key in test if key.endswith("_support")} if per_class else set()
+    per_class_keys = {f"{name}_{part}" for name in shown for part in ("precision", "recall", "f1", "support")}
+    modality = read_modality(repo / "data" / "prepared") if (repo / "data" / "prepared" / "labels.json").is_file() \
+        else ""
+    params_shown, hidden = params_in_use(params, modality, task) if modality else (params, [])
+    mistakes = mistakes_html(repo / PREDICTIONS) if own is None else ""
+    if own is not None or mistakes:  # the tables show the mistakes; the picture of them would repeat it
+        page = drop_image_plot(page, MISTAKES_PICTURE)
+    sections = [*(own if own is not None else [per_class, mistakes]), experiments_html(repo, _select_metric(params)),
+                tables_html(metrics, params_shown, compare, per_class_keys, hidden)]
     page = page.replace(TABLES_MARKER, "\n".join(section for section in sections if section))
     with atomic_path(output) as temporary:
         temporary.write_text(page, encoding="utf-8")

@@ -98,14 +98,13 @@ def tagged_mistakes_html(frame: "pd.DataFrame", shown: int, name: str) -> str:
     """Test sentences whose entities were not all found exactly, gold above predicted, each entity highlighted:
     found green, missed orange, spurious red (``frame``: evaluate's predictions table of a tagging model)."""
     import html
-    import json
 
     from crosstune.data.tagging import TaggedSentence
 
     wrong = frame[(frame["entities_missed"] > 0) | (frame["entities_spurious"] > 0)]
     rows = []
     for row in wrong.head(shown).itertuples(index=False):
-        sentence = TaggedSentence(str(row.text), tuple(tuple(span) for span in json.loads(row.words)), ())
+        sentence = TaggedSentence.from_prepared(str(row.text), row.words)
         expected = _marked(sentence, str(row.label).split())
         given = _marked(sentence, str(row.predicted).split())
         cells = []

@@ -69,6 +69,30 @@ def reword_plots(page: str) -> str:
     return re.sub(r"(var spec = )(\{.*?\});(?=\s*\n\s*vegaEmbed)", reword, page, flags=re.S)
 
 
+def drop_single_bar_charts(page: str) -> str:
+    """Remove DVC's bar charts that have one bar (the candidates chart of a run that named its backbone): a
+    ranking of one says nothing. Other plots, and a spec that does not parse, stay."""
+    def drop(match: re.Match[str]) -> str:
+        try:
+            spec = json.loads(match.group(2))
+        except json.JSONDecodeError:
+            return match.group(0)
+        marks = [layer.get("mark") for layer in _layers(spec)]
+        bars = any(mark == "bar" or isinstance(mark, dict) and mark.get("type") == "bar" for mark in marks)
+        values = (spec.get("data") or {}).get("values")
+        return "" if bars and isinstance(values, list) and len(values) <= 1 else match.group(0)
+
+    return re.sub(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (\{.*?\});'
+                  r"\s*vegaEmbed\('#\1', spec\);\s*</script>\s*</div>", drop, page, flags=re.S)
+
+
+def drop_image_plot(page: str, name: str) -> str:
+    """Remove DVC's image plot ``name`` (every revision's copy) from the page: the report shows the same content
+    better as a table (a text model's mistakes)."""
+    inner = r'\s*<div[^>]*>\s*<p>[^<]*</p>\s*<img [^>]*>\s*</div>'
+    return re.sub(rf'<div\s+id="[^"]+"\s+style="[^"]*">\s*<p>{re.escape(name)}</p>(?:{inner})*\s*</div>', "", page)
+
+
 def _layers(spec: dict[str, Any]) -> list[dict[str, Any]]:
     found = [spec]
     for child in spec.get("layer") or []:
@@ -209,6 +233,8 @@ def guard_html(test: dict[str, Any], task: str = "classification") -> str:
     from crosstune.tasks.registry import TASKS
 
     metric = TASKS.get(task).headline
+    if test.get("guard_reference") == "zero_shot":
+        return _zero_shot_guard_html(test, metric)
     if test.get("scratch_model") == "skipped":
         return (f"<p>Did the pretrained weights help? Measured: on validation the fine-tuned model "
                 f"({float(test[f'guard_finetuned_validation_{metric}']):.3f} {metric_words(metric)}) is at least the "
@@ -232,6 +258,24 @@ def guard_html(test: dict[str, Any], task: str = "classification") -> str:
     return (f"<p>Did the pretrained weights help? Measured: {answer}. Fine-tuned {_score(test, f'finetuned_{metric}')} "
             f"against the same architecture trained from scratch {_score(test, f'scratch_{metric}')} "
             f"({metric_words(metric)}, {gain:+.3f}){probe}.{exported}</p>")
+
+
+def _zero_shot_guard_html(test: dict[str, Any], metric: str) -> str:
+    """The guard of a whole pretrained model (a recogniser): fine-tuned against the same model untouched."""
+    gain = float(test["finetuning_gain"])
+    answer = "no: <b>fine-tuning made it worse</b>" if test.get("negative_transfer") else \
+        ("yes" if gain > 0 else "not measurably")
+    exported = html.escape(str(test.get("exported_model", "finetuned"))).replace("probe", "zero-shot")
+    validation = [f"{label} {float(test[f'{name}_validation_{metric}']):.4f}"
+                  for name, label in (("finetuned", "fine-tuned"), ("probe", "zero-shot"))
+                  if f"{name}_validation_{metric}" in test]
+    chosen = f" It was chosen on validation ({metric_words(metric)}: {', '.join(validation)})." \
+        if validation and test.get("guard") == "fallback" else ""
+    return (f"<p>Did fine-tuning help? Measured: {answer}. Fine-tuned {_score(test, f'finetuned_{metric}')} against "
+            f"the pretrained model as released, without fine-tuning (zero-shot), {_score(test, f'probe_{metric}')} "
+            f"({metric_words(metric)} on test, {gain:+.4f} in favour of fine-tuning). Exported: the {exported} "
+            f"model.{chosen} Not compared: a model trained from random weights (on a few hundred recordings it "
+            f"transcribes nothing).</p>")
 
 
 def per_class_html(test: dict[str, Any]) -> str:

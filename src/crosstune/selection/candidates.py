@@ -57,13 +57,13 @@ def text_block_features(base: str, params: BackboneParams, texts: Sequence[str],
     import torch
 
     from crosstune.backbones.text import load_backbone, transformer_blocks
+    from crosstune.data.token_alignment import WordLists
     from crosstune.heads.registry import mean_pooling
 
     loaded = load_backbone(replace(params, name=base), train_texts, seed)
     total = len(transformer_blocks(loaded.model))
     loaded.model.eval()
-    per_word = bool(texts) and not isinstance(texts[0], str)  # word lists: a tagging task's sample
-    if per_word:
+    if isinstance(texts, WordLists):  # a per-word task's sample: one row per word
         return _word_block_features(loaded, texts, params.max_length, total)
     # Tokenize once, then batch texts of similar length together: far fewer padding tokens to run.
     encoded = loaded.tokenizer(list(texts), truncation=True, max_length=params.max_length)["input_ids"]
@@ -93,12 +93,10 @@ def _word_block_features(loaded: Any, sentences: Sequence[Sequence[str]], max_le
     from crosstune.data.token_alignment import encode_tagged
 
     words = sum(len(sentence) for sentence in sentences)
-    ids = torch.tensor([(0, index) for index, sentence in enumerate(sentences) for _ in sentence],
-                       dtype=torch.int64).reshape(-1, 2)
     if not getattr(loaded.tokenizer, "is_fast", False):
         raise ConfigError(f"backbone: {type(loaded.tokenizer).__name__} is a slow tokenizer, which cannot align "
                           f"sub-tokens with words; pick a backbone whose directory has a tokenizer.json.")
-    split, _ = encode_tagged(loaded.tokenizer, [list(sentence) for sentence in sentences], ids, max_length)
+    split, _ = encode_tagged(loaded.tokenizer, [list(sentence) for sentence in sentences], None, max_length)
     columns = [torch.zeros((words, int(loaded.model.config.hidden_size))) for _ in range(total + 1)]
     with torch.inference_mode():
         for batch in TextBatching(BATCH_SIZE, max_length).evaluate(split):

@@ -45,6 +45,7 @@ class Task:
             (a tagged sentence's word offsets) and evaluate's predictions table carries.
         model_form: ``head``: a pretrained backbone with a new head (every task but one); ``recogniser``: a whole
             pretrained encoder-decoder whose decoder is the head (:mod:`crosstune.transfer_model.speech_recognition`).
+        own_params: params keys only this task reads (the report leaves them out of another task's runs).
     """
 
     name: ClassVar[str] = ""
@@ -66,6 +67,7 @@ class Task:
     prediction_shape: ClassVar[str] = '[{"label": ..., "score": ...}]'  # what predict returns, for model cards
     prepared_columns: ClassVar[tuple[str, ...]] = ()
     model_form: ClassVar[str] = "head"
+    own_params: ClassVar[tuple[str, ...]] = ()
 
     # --- reading labels (the prepare stage) -------------------------------------------------------------
 
@@ -146,7 +148,8 @@ class Task:
         from crosstune.data.text_encoding import encode_texts
 
         # an export's tokenizer cleans texts itself (crosstune.inference.exported_tokenizer): not twice
-        clean = texts if config.get("tokenizer_normalises") else [normalise_text(text) for text in texts]
+        lowercase = bool(config.get("lowercase"))  # prepare.lowercase, as the model recorded it
+        clean = texts if config.get("tokenizer_normalises") else [normalise_text(text, lowercase) for text in texts]
         return encode_texts(tokenizer, clean, torch.zeros(len(clean)), max_length)
 
     def loss_targets(self, targets: "torch.Tensor") -> "torch.Tensor":
@@ -221,6 +224,11 @@ class Task:
 
     def check_new_inputs(self, inputs: Sequence[Any], config: dict[str, Any]) -> None:
         """Refuse new inputs the saved model (``config``) cannot take whole, before they are decoded."""
+
+    def report_sections(self, test: dict[str, Any], predictions: Path) -> list[str] | None:
+        """The report's HTML sections on this task's test results (``test``: eval.json; ``predictions``: its
+        predictions table); None: the shared ones (per-class scores, the most confident mistakes)."""
+        return None
 
     def predict_split(self, model: Any, split: Any, batching: Any, device: str) -> Any:
         """What a model whose form is not ``head`` predicts for a decoded split (``Predictor.predict``); a

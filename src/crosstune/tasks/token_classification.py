@@ -15,7 +15,6 @@ passes targets along (validation, probe, baselines) can group words back into se
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -29,6 +28,8 @@ if TYPE_CHECKING:
     import torch
 
     from crosstune.data.tagging import TaggedSentence
+
+_PER_WORD = Classification()  # the per-word class maths (weights, closed-form layer, LogME) the task delegates to
 
 
 def sentence_tags(targets: Sequence[Sequence[int]], tags: Sequence[int], labels: Sequence[str]) -> tuple[list, list]:
@@ -71,6 +72,7 @@ class TokenClassification(Task):
     """One IOB2 tag per word: disease or gene mentions in abstracts, people and places in news."""
 
     name = "token_classification"
+    own_params = ("prepare.tag_scheme",)
     output = "one tag per word (entities as spans)"
     modalities = ("text",)
     losses = ("token_cross_entropy",)
@@ -104,7 +106,7 @@ class TokenClassification(Task):
         sentences = read_tagged(path, params.tag_scheme)
         return pd.DataFrame({"text": [sentence.text for sentence in sentences],
                              "label": [" ".join(sentence.tags) for sentence in sentences],
-                             "words": [json.dumps([list(span) for span in sentence.words]) for sentence in sentences]})
+                             "words": [sentence.words_json() for sentence in sentences]})
 
     def read_labels(self, values: "pd.Series", path: Path) -> "pd.Series":
         return values.astype(str)
@@ -180,8 +182,6 @@ class TokenClassification(Task):
         """New texts split into words (:data:`crosstune.data.tagging.WORD_PATTERN`), in windows; the split keeps
         the sentences so predictions go back to character spans of the texts as given (not cleaned: offsets
         must point into them)."""
-        import torch
-
         from crosstune.data.tagging import TaggedSentence, split_words
         from crosstune.data.token_alignment import encode_tagged
 
@@ -191,10 +191,7 @@ class TokenClassification(Task):
             if not words:
                 raise DataError(f"input {row}: {text!r} has no words to tag; remove it.")
             sentences.append(TaggedSentence(text, tuple(words), ("O",) * len(words)))
-        targets = torch.tensor([(0, index) for index, sentence in enumerate(sentences) for _ in sentence.words],
-                               dtype=torch.int64).reshape(-1, 2)
-        encoded, _ = encode_tagged(_fast(tokenizer), [sentence.tokens() for sentence in sentences], targets,
-                                   max_length)
+        encoded, _ = encode_tagged(_fast(tokenizer), [sentence.tokens() for sentence in sentences], None, max_length)
         encoded.sentences = sentences
         return encoded
 
@@ -218,7 +215,7 @@ class TokenClassification(Task):
 
     def class_weights(self, setting: Any, targets: "torch.Tensor", num_labels: int) -> "torch.Tensor | None":
         """``finetune.class_weights`` over the words' tags (``balanced`` raises the rare B-/I- tags against O)."""
-        return Classification().class_weights(setting, targets[:, 0], num_labels)
+        return _PER_WORD.class_weights(setting, targets[:, 0], num_labels)
 
     # --- outputs --------------------------------------------------------------------------------------------
 
@@ -281,7 +278,7 @@ class TokenClassification(Task):
                          class_weights: "torch.Tensor | None", seed: int) -> tuple["np.ndarray", "np.ndarray"]:
         """Multinomial logistic regression per word on its frozen first-sub-token state (the classification
         probe's fit, :meth:`crosstune.tasks.classification.Classification.fit_output_layer`)."""
-        return Classification().fit_output_layer(inputs, targets[:, 0], num_outputs, strength, class_weights, seed)
+        return _PER_WORD.fit_output_layer(inputs, targets[:, 0], num_outputs, strength, class_weights, seed)
 
     def selection_examples(self, frame: "pd.DataFrame", rows: Sequence[int], column: str) -> tuple[list[Any], Any]:
         """Word lists of the sampled sentences (the text backbones' features are then one row per word, its first
@@ -290,14 +287,16 @@ class TokenClassification(Task):
 
         chosen = frame.iloc[list(rows)]
         words, tags = self.baseline_examples(chosen)
-        return [tuple(sentence) for sentence in words], np.asarray([tag for row in tags for tag in row])
+        from crosstune.data.token_alignment import WordLists
+
+        return WordLists(tuple(sentence) for sentence in words), np.asarray([tag for row in tags for tag in row])
 
     def transferability(self, score: str) -> Any:
         """The classification scores (LogME, kNN, ...) on one row per word: its tag."""
-        return Classification().transferability(score)
+        return _PER_WORD.transferability(score)
 
     def block_transferability(self) -> Any:
-        return Classification().block_transferability()
+        return _PER_WORD.block_transferability()
 
     def hf_config(self, config: Any, labels: Sequence[str]) -> None:
         """The tag maps (id2label, label2id); token classification has no ``problem_type``."""
@@ -308,8 +307,7 @@ class TokenClassification(Task):
     def _sentence(text: str, words: str) -> "TaggedSentence":
         from crosstune.data.tagging import TaggedSentence
 
-        spans = tuple(tuple(span) for span in json.loads(words))
-        return TaggedSentence(text, spans, ())  # type: ignore[arg-type]
+        return TaggedSentence.from_prepared(text, words)
 
 
 def _fast(tokenizer: Any) -> Any:

@@ -41,6 +41,7 @@ class Transcription(Task):
     """A transcript per recording (speech recognition)."""
 
     name = "transcription"
+    own_params = ("evaluate.num_beams",)
     output = "a transcript per recording"
     modalities = ("audio",)
     losses = ("token_cross_entropy",)
@@ -194,6 +195,12 @@ class Transcription(Task):
                                    f"{name}_words": row["reference_words"]})
         return result
 
+    def report_sections(self, test: dict[str, Any], predictions: Path) -> list[str] | None:
+        """Error rates per speaker (fine-tuned and zero-shot) and the worst test utterances, aligned."""
+        from crosstune.reporting.aligned_transcripts import per_speaker_html, transcripts_html
+
+        return [per_speaker_html(test), transcripts_html(predictions)]
+
     def check_new_inputs(self, inputs: Sequence[Any], config: dict[str, Any]) -> None:
         """Recordings longer than the model's window would lose their end: refused by name."""
         import soundfile
@@ -204,10 +211,12 @@ class Transcription(Task):
             try:
                 seconds = float(soundfile.info(str(path)).duration)
             except (RuntimeError, OSError) as error:  # soundfile's LibsndfileError is a RuntimeError
-                raise DataError(f"{path}: unreadable or corrupt audio ({error}); replace or remove the file.") from error
+                raise DataError(f"{path}: unreadable or corrupt audio ({error}); replace or remove the file.") \
+                    from error
             if seconds > window:
-                raise DataError(f"{path}: {seconds:.2f} s is longer than this recogniser's {window:g} s window; cut it "
-                                f"into shorter utterances, or retrain with a larger backbone.clip_seconds (at most 30).")
+                raise DataError(f"{path}: {seconds:.2f} s is longer than this recogniser's {window:g} s window; cut "
+                                f"it into shorter utterances, or retrain with a larger backbone.clip_seconds (at most "
+                                f"30).")
 
     def predict_split(self, model: Any, split: Any, batching: Any, device: str) -> list[str]:
         """Greedy transcripts (the model's generation config bounds their length)."""

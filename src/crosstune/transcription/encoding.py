@@ -5,7 +5,6 @@ its transcripts as token ids."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from crosstune.errors import DataError
@@ -33,7 +32,7 @@ def check_window(splits: dict[str, Any], durations: dict[str, list[float]], wind
                                 f"recording into utterances of at most {MAX_SECONDS} s (with their transcripts).")
             if seconds > window:
                 fix = (f"raise backbone.clip_seconds to {int(seconds) + 1} (at most {MAX_SECONDS})" if setting
-                       else f"leave backbone.clip_seconds at 0 and put the longest recordings in the training data")
+                       else "leave backbone.clip_seconds at 0 and put the longest recordings in the training data")
                 raise DataError(f"{path}: {seconds:.2f} s is longer than the recogniser's {window} s window, so words "
                                 f"would be cut off; {fix}.")
 

@@ -2,10 +2,11 @@
 aligned errors, and the guard.
 
 The guard's reference is the pretrained recogniser without fine-tuning (the probe stage's zero-shot model, run
-as released: Whisper at its 30-second window): ``finetuning_gain`` = zero-shot WER minus fine-tuned WER on test (above zero: fine-tuning
-helped), and with ``evaluate.guard: fallback`` the exported model is whichever of the two validates with the
-lower WER (a tie keeps the fine-tuned one). A model trained from random weights is not compared: a recogniser
-learned from a few hundred utterances does not transcribe at all, so it could neither win nor tell anything.
+as released: Whisper at its 30-second window): ``finetuning_gain`` = zero-shot WER minus fine-tuned WER on test
+(above zero: fine-tuning helped), and with ``evaluate.guard: fallback`` the exported model is whichever of the
+two validates with the lower WER (a tie keeps the fine-tuned one). A model trained from random weights is not
+compared: a recogniser learned from a few hundred utterances does not transcribe at all, so it could neither
+win nor tell anything.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def evaluate_recogniser(model_dir: str, encoded_dir: str, prepared_dir: str, met
                       for name, candidate, settings in (("finetuned", model, config),
                                                         ("probe", zero_shot, zero_shot_config))}
         gain = task.gain("wer", tested["finetuned"]["wer"], tested["probe"]["wer"])
-        guard = {"guard": params.guard, "scratch_model": "not compared (transcription)",
+        guard = {"guard": params.guard, "guard_reference": "zero_shot", "scratch_model": "not compared (transcription)",
                  "finetuning_gain": gain, "negative_transfer": bool(gain < 0)}
         for key in ("wer", "cer"):
             guard.update({f"{name}_{key}": tested[name][key] for name in tested})

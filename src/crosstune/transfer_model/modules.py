@@ -46,6 +46,7 @@ class TransferModel(nn.Module):
 
     prefix_passthrough: ClassVar[tuple[str, ...]] = ()  # batch inputs the rest of the model reads beside the prefix
     new_head: ClassVar[bool] = True  # the head starts untrained (False: a pretrained decoder is the head)
+    takes_lora: ClassVar[bool] = False  # the backbone is a transformer whose linear layers can carry LoRA adapters
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -135,6 +136,7 @@ class TextTransferModel(TransferModel):
     """
 
     modality = "text"
+    takes_lora = True
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__(backbone, head, spec)

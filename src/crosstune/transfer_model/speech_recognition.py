@@ -12,7 +12,6 @@ config) with crosstune's fields under ``config.json``'s ``crosstune`` key.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ class SpeechRecognitionModel(TransferModel):
     chosen_by_task = True  # built for prepare.task: transcription, never as the audio modality's model
     prefix_passthrough = ("decoder_labels",)
     new_head = False
+    takes_lora = True  # adapters on the encoder's attention (freeze.lora_targets: [q_proj, v_proj]); the decoder trains
 
     def __init__(self, recogniser: nn.Module, spec: dict[str, Any], preprocessing: Any) -> None:
         nn.Module.__init__(self)

@@ -118,8 +118,8 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     except (KeyError, TypeError, ValueError) as error:
         raise ArtifactError(f"{directory / CONFIG_NAME}: incomplete or malformed ({type(error).__name__}: {error}); "
                             f"{artifact_fix(directory)}") from error
-    model.spec = {key: config[key] for key in ("task", "labels", "pooling", "head", "freeze", "input_column")
-                  if key in config}
+    model.spec = {key: config[key] for key in ("task", "labels", "pooling", "head", "freeze", "input_column",
+                                               "lowercase") if key in config}
     load_model_weights(model, directory, hf_form=is_hf_form(raw))
     model.eval()
     return model, config
