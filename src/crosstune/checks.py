@@ -137,7 +137,8 @@ def name_problems(params: dict[str, Any]) -> list[str]:
     suits: list[Any] = []
     suits.extend((lambda name=name: task.check_loss(name)) for name in names("finetune", "loss"))
     suits.extend((lambda name=name: task.check_select_metric(name)) for name in names("finetune", "select_metric"))
-    suits.extend((lambda name=name: task.transferability(name)) for name in names("backbone", "score"))
+    if select == "score" or task.model_form != "recogniser":  # a recogniser is named, never ranked or scored
+        suits.extend((lambda name=name: task.transferability(name)) for name in names("backbone", "score"))
     suits.extend((lambda name=name: _check_baseline_task(name, task.name, BASELINE_TASKS))
                  for name in names("evaluate", "baselines") if name in BASELINES)
     return problems + [problem for problem in _run(suits) if problem not in problems]
