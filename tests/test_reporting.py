@@ -241,14 +241,16 @@ def _vega_div(identifier: str, spec: dict) -> str:
             f"{json.dumps(spec)};\n            vegaEmbed('#{identifier}', spec);\n        </script>\n    </div>\n")
 
 
-def test_a_bar_chart_of_one_bar_is_dropped_and_others_stay() -> None:
-    from crosstune.reporting.wording import drop_single_bar_charts
+def test_charts_of_nothing_or_of_one_bar_are_dropped_and_others_stay() -> None:
+    from crosstune.reporting.wording import drop_uninformative_charts
 
     one = _vega_div("one", {"mark": {"type": "bar"}, "data": {"values": [{"score": 1.0, "candidate": "minilm"}]}})
     two = _vega_div("two", {"mark": "bar", "data": {"values": [{"score": 1.0}, {"score": 0.5}]}})
     line = _vega_div("line", {"layer": [{"mark": "line"}], "data": {"values": [{"step": 0}]}})
-    page = drop_single_bar_charts(f"<body>{one}{two}{line}</body>")
+    empty = _vega_div("empty", {})
+    page = drop_uninformative_charts(f"<body>{one}{two}{line}{empty}</body>")
     assert "vegaEmbed('#one'" not in page and "vegaEmbed('#two'" in page and "vegaEmbed('#line'" in page
+    assert "vegaEmbed('#empty'" not in page
 
 
 def test_the_picture_of_mistakes_can_be_dropped_and_other_images_stay() -> None:
@@ -262,3 +264,33 @@ def test_the_picture_of_mistakes_can_be_dropped_and_other_images_stay() -> None:
     page = drop_image_plot(image_div("metrics/misclassified.png") + image_div("metrics/other.png"),
                            "metrics/misclassified.png")
     assert "misclassified" not in page and page.count("<img ") == 2 and page.startswith('<div\n  id="metrics/other')
+
+
+def test_the_confusion_matrix_is_dropped_by_its_title_and_only_classification_keeps_it() -> None:
+    import yaml
+
+    from crosstune.reporting.report import CONFUSION_TITLE
+    from crosstune.reporting.wording import drop_plot_titled
+    from crosstune.tasks.registry import TASKS
+
+    plots = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
+    titles = [entry[name].get("title") for entry in plots if isinstance(entry, dict) for name in entry]
+    assert CONFUSION_TITLE in titles  # the report finds the plot dvc.yaml names
+    confusion = _vega_div("confusion", {"title": {"text": CONFUSION_TITLE}, "mark": "rect"})
+    curve = _vega_div("curve", {"title": "Training loss by training step", "mark": "line"})
+    page = drop_plot_titled(confusion + curve, CONFUSION_TITLE)
+    assert "vegaEmbed('#confusion'" not in page and "vegaEmbed('#curve'" in page
+    assert [name for name in TASKS if TASKS.get(name).confusion_matrix] == ["classification"]
+
+
+def test_curves_lose_the_smoothing_slider() -> None:
+    import json
+
+    from crosstune.reporting.wording import reword_plots
+
+    spec = {"title": {"text": "metrics/finetune/plots/metrics/train/loss.tsv"}, "mark": "line",
+            "params": [{"name": "smooth", "value": 0.001, "bind": {"input": "range", "min": 0.001, "max": 1}}]}
+    page = reword_plots(_vega_div("loss", spec))
+    reworded = json.loads(re.search(r"var spec = (\{.*?\});", page, flags=re.S).group(1))
+    assert reworded["params"] == [{"name": "smooth", "value": 0.001}]
+    assert reworded["title"]["text"] == "Training loss by training step"

@@ -9,7 +9,7 @@ training. WER and CER after Whisper's English normaliser, digits counted one by 
 
 - ``zero_shot_30s``: the pretrained recogniser as Whisper is meant to run, 30-second windows (no training);
 - ``zero_shot``: the same at crosstune's window (the longest training clip rounded up, plus a second): what
-  the guard compares with, and what the fine-tuned models start from;
+  the fine-tuned models start from (the guard's zero-shot reference is the 30-second one);
 - ``crosstune_decoder``: ``freeze.depth: all``, the encoder's outputs cached once, the decoder trained;
 - ``crosstune_top2``: ``freeze.depth: 2``, the hidden states after encoder block 2 cached, blocks 3-4 and the
   decoder trained;

@@ -23,7 +23,8 @@ from crosstune.reporting.experiment_ranking import experiments_html
 from crosstune.reporting.template import build_template
 from crosstune.reporting.wording import (
     drop_image_plot,
-    drop_single_bar_charts,
+    drop_plot_titled,
+    drop_uninformative_charts,
     mistakes_html,
     per_class_html,
     reword_plots,
@@ -40,6 +41,7 @@ METRICS_FILE_TITLES = {
 }
 PREDICTIONS = Path("metrics/predictions.csv")
 MISTAKES_PICTURE = "metrics/misclassified.png"
+CONFUSION_TITLE = "Test confusion matrix"  # the title dvc.yaml gives the confusion plot
 
 
 class ReportError(CrosstuneError, RuntimeError):
@@ -61,7 +63,8 @@ def collect_metrics(repo: Path, compare: str | None) -> dict[str, dict[str, Any]
     rows: dict[str, dict[str, Any]] = {}
     for path, entries in raw.items():
         for key, values in entries.items():
-            rows[f"{path}:{key}"] = {"new": values.get("new"), "old": values.get("old") if compare else None}
+            if compare or values.get("new") is not None:  # alone, the workspace's own: not keys only HEAD has
+                rows[f"{path}:{key}"] = {"new": values.get("new"), "old": values.get("old") if compare else None}
     return rows
 
 
@@ -71,7 +74,8 @@ def collect_params(repo: Path, compare: str | None) -> dict[str, dict[str, Any]]
     rows: dict[str, dict[str, Any]] = {}
     for entries in raw.values():
         for key, values in entries.items():
-            rows[key] = {"new": values.get("new"), "old": values.get("old") if compare else None}
+            if compare or values.get("new") is not None:
+                rows[key] = {"new": values.get("new"), "old": values.get("old") if compare else None}
     return rows
 
 
@@ -184,12 +188,14 @@ def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, 
     task, with the other revision beside them."""
     from crosstune.reporting.wording import metric_words
 
-    parts = ['<h2>Metrics</h2>\n<p>Named in words, with the key <code>dvc metrics diff</code> prints; '
-             + ("the per-class scores are in the table above.</p>" if per_class else "</p>")]
+    parts = ['<h2>Metrics</h2>\n<p>Named in words; where the words are not the key with spaces, the key '
+             '<code>dvc metrics diff</code> prints is beside them'
+             + ("; the per-class scores are in the table above.</p>" if per_class else ".</p>")]
     for path, rows in _grouped_metrics(metrics, set(per_class)).items():
         title = f"{METRICS_FILE_TITLES.get(path, path)} <code>{html.escape(path)}</code>"
         named = {f"{metric_words(name)} <code>{html.escape(name)}</code>"
-                 if metric_words(name) != name.replace("_", " ") else html.escape(name): {**values, "key": name}
+                 if metric_words(name).lower() != name.replace("_", " ") else html.escape(metric_words(name)):
+                 {**values, "key": name}
                  for name, values in rows.items()}
         parts.append(_table(title, named, compare, metrics=True, level=3, named=True))
     ordered_params = {key: params[key] for key in sorted(params)}
@@ -243,7 +249,7 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     if changed:  # the figures are the workspace's, which the commit alone does not reproduce
         revision += f" with uncommitted changes ({len(changed.splitlines())} files; git status lists them)"
     metrics, params = collect_metrics(repo, compare), collect_params(repo, compare)
-    page = reword_plots(drop_single_bar_charts(page))
+    page = reword_plots(drop_uninformative_charts(page))
     task = str((params.get("prepare.task") or {}).get("new") or "classification")
     page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task, training_record(repo)))
     prefix = "metrics/eval.json:"
@@ -261,6 +267,8 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     mistakes = mistakes_html(repo / PREDICTIONS) if own is None else ""
     if own is not None or mistakes:  # the tables show the mistakes; the picture of them would repeat it
         page = drop_image_plot(page, MISTAKES_PICTURE)
+    if task in TASKS and not TASKS.get(task).confusion_matrix:
+        page = drop_plot_titled(page, CONFUSION_TITLE)
     sections = [*(own if own is not None else [per_class, mistakes]), experiments_html(repo, _select_metric(params)),
                 tables_html(metrics, params_shown, compare, per_class_keys, hidden)]
     page = page.replace(TABLES_MARKER, "\n".join(section for section in sections if section))

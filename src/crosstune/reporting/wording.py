@@ -11,13 +11,14 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 METRIC_WORDS = {
     "f1_macro": "macro-F1", "f1_weighted": "weighted F1", "accuracy": "accuracy", "loss": "loss",
     "precision_macro": "macro precision", "recall_macro": "macro recall", "r2": "R²", "mae": "mean absolute error",
     "mse": "mean squared error", "lr": "learning rate", "entity_f1": "entity F1",
     "entity_precision": "entity precision", "entity_recall": "entity recall", "token_accuracy": "word accuracy",
+    "wer": "WER", "cer": "CER",
 }
 BASELINE_WORDS = {
     "majority": "most frequent class", "mean": "mean target", "tfidf_logreg": "TF-IDF + logistic regression",
@@ -64,26 +65,50 @@ def reword_plots(page: str) -> str:
         for param in spec.get("params") or []:
             if param.get("name") == "showValues":
                 param["value"] = True
+            if param.get("name") == "smooth":  # no smoothing slider under every curve: the raw curve is shown
+                param.pop("bind", None)
         return f"{match.group(1)}{json.dumps(spec)};"
 
     return re.sub(r"(var spec = )(\{.*?\});(?=\s*\n\s*vegaEmbed)", reword, page, flags=re.S)
 
 
-def drop_single_bar_charts(page: str) -> str:
-    """Remove DVC's bar charts that have one bar (the candidates chart of a run that named its backbone): a
-    ranking of one says nothing. Other plots, and a spec that does not parse, stay."""
+def _drop_vega_plots(page: str, unwanted: Callable[[dict[str, Any]], bool]) -> str:
+    """Remove each of DVC's vega plots whose spec is ``unwanted``; a spec that does not parse stays."""
     def drop(match: re.Match[str]) -> str:
         try:
             spec = json.loads(match.group(2))
         except json.JSONDecodeError:
             return match.group(0)
-        marks = [layer.get("mark") for layer in _layers(spec)]
-        bars = any(mark == "bar" or isinstance(mark, dict) and mark.get("type") == "bar" for mark in marks)
-        values = (spec.get("data") or {}).get("values")
-        return "" if bars and isinstance(values, list) and len(values) <= 1 else match.group(0)
+        return "" if unwanted(spec) else match.group(0)
 
     return re.sub(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (\{.*?\});'
                   r"\s*vegaEmbed\('#\1', spec\);\s*</script>\s*</div>", drop, page, flags=re.S)
+
+
+def _uninformative(spec: dict[str, Any]) -> bool:
+    """No data at all (a per-block chart of a task that scores no blocks), or a bar chart with one bar."""
+    values = (spec.get("data") or {}).get("values")
+    if not spec or values == []:
+        return True
+    marks = [layer.get("mark") for layer in _layers(spec)]
+    bars = any(mark == "bar" or isinstance(mark, dict) and mark.get("type") == "bar" for mark in marks)
+    return bars and isinstance(values, list) and len(values) <= 1
+
+
+def drop_uninformative_charts(page: str) -> str:
+    """Remove DVC's charts that show nothing (an empty table's) or rank one thing (the candidates chart of a run
+    that named its backbone)."""
+    return _drop_vega_plots(page, _uninformative)
+
+
+def drop_plot_titled(page: str, title: str) -> str:
+    """Remove DVC's vega plot titled ``title`` (a confusion matrix of transcripts or tag sequences: one row per
+    distinct sentence says nothing)."""
+    def titled(spec: dict[str, Any]) -> bool:
+        name = spec.get("title")
+        return (name.get("text") if isinstance(name, dict) else name) == title
+
+    return _drop_vega_plots(page, titled)
 
 
 def drop_image_plot(page: str, name: str) -> str:

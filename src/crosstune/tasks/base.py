@@ -46,6 +46,8 @@ class Task:
         model_form: ``head``: a pretrained backbone with a new head (every task but one); ``recogniser``: a whole
             pretrained encoder-decoder whose decoder is the head (:mod:`crosstune.transfer_model.speech_recognition`).
         own_params: params keys only this task reads (the report leaves them out of another task's runs).
+        confusion_matrix: the report shows the test confusion matrix (one class per example; not for numbers,
+            tag sequences or transcripts).
     """
 
     name: ClassVar[str] = ""
@@ -68,6 +70,7 @@ class Task:
     prepared_columns: ClassVar[tuple[str, ...]] = ()
     model_form: ClassVar[str] = "head"
     own_params: ClassVar[tuple[str, ...]] = ()
+    confusion_matrix: ClassVar[bool] = False
 
     # --- reading labels (the prepare stage) -------------------------------------------------------------
 

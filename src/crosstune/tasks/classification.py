@@ -50,6 +50,7 @@ class Classification(Task):
 
     name = "classification"
     output = "one class per example"
+    confusion_matrix = True
     modalities = ("text", "image", "audio")
     losses = ("cross_entropy",)
     metrics = {"accuracy": True, "f1_macro": True, "f1_weighted": True, "loss": False}

@@ -14,6 +14,7 @@ pretrained model at its own 30 seconds (:func:`crosstune.transcription.storage.p
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -25,6 +26,18 @@ FRAMES_PER_SECOND = 100  # Whisper's log-mel hop: 10 ms
 POSITIONS_PER_SECOND = 50  # the encoder's second convolution halves the frames
 MAX_SECONDS = 30  # Whisper's window: longer recordings need chunking, which this task does not do
 IGNORED = -100  # label positions the loss skips (padding), as Hugging Face's models expect
+
+
+class _BoundByNewTokens(logging.Filter):
+    """Drop transformers' "both max_new_tokens and max_length set" warning: Whisper's generate sets max_length
+    from the model's config whatever the generation config says, so it came once per decoded batch (15 times in
+    the example's evaluate stage), and max_new_tokens is the bound meant."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`max_new_tokens` will take precedence" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_BoundByNewTokens())
 
 
 def window_seconds(longest_seconds: float, setting: float | str) -> int:
