@@ -246,6 +246,26 @@ def test_training_on_the_cached_encoder_equals_training_through_it(tmp_path: Pat
     assert max(float((cached[key] - uncached[key]).abs().max()) for key in cached) < 1e-4
 
 
+def test_decoder_blocks_freeze_by_pattern_beside_the_cached_encoder(tmp_path: Path, digits: Path,
+                                                                    tiny_whisper: Path) -> None:
+    """``freeze.depth`` counts encoder blocks; decoder blocks freeze by name with ``freeze.patterns`` (the
+    documented way): the first decoder block keeps its pretrained weights, the second trains."""
+    from crosstune.io import load_tensors
+    from crosstune.pipeline.cache import cache_stage
+    from crosstune.pipeline.finetune import finetune_stage
+
+    params = _first_stages(tmp_path, digits, str(tiny_whisper), freeze={"depth": "all",
+                                                                          "patterns": ["*decoder.layers.0.*"]})
+    meta = cache_stage(str(tmp_path / "initial"), str(tmp_path / "encoded"), str(tmp_path / "features"), str(params))
+    assert meta["cached"]
+    finetune_stage(str(tmp_path / "initial"), str(tmp_path / "encoded"), str(tmp_path / "model"),
+                   str(tmp_path / "live"), str(params), str(tmp_path / "features"))
+    trained, initial = (load_tensors(tmp_path / name / "model.safetensors") for name in ("model", "initial"))
+    moved = {key for key in trained if float((trained[key] - initial[key]).abs().max()) > 0}
+    assert not any("decoder.layers.0." in key or ".encoder." in key for key in moved)
+    assert any("decoder.layers.1." in key for key in moved)
+
+
 def test_lora_bf16_and_masked_features_train_the_recogniser(tmp_path: Path, digits: Path,
                                                            tiny_whisper: Path) -> None:
     """LoRA adapters on the encoder's attention, SpecAugment's masks and bf16 autocast in one run: the cache steps
