@@ -335,3 +335,22 @@ def test_an_entity_type_named_like_the_overall_scores_is_refused() -> None:
 
     with pytest.raises(DataError, match=r"an entity type is named 'entity'"):
         TASK.label_names(pd.DataFrame({"label": ["B-entity O", "O"]}))
+
+
+def test_the_report_shows_per_type_scores_and_the_tagged_mistakes(tmp_path: Path) -> None:
+    """The task's own report sections: the per-type table and the sentences whose entities were not all found,
+    gold beside predicted with missed and spurious entities marked; a missing predictions table adds no section."""
+    import pandas as pd
+
+    text = "Type 2 diabetes, or gout."
+    words = json.dumps([list(span) for span in split_words(text)])
+    pd.DataFrame({"text": [text, text], "words": [words, words],
+                  "label": ["B-D I-D I-D O O B-D O", "B-D I-D I-D O O B-D O"],
+                  "predicted": ["B-D I-D I-D O O O O", "B-D I-D I-D O O B-D O"],
+                  "entities_missed": [1, 0], "entities_spurious": [0, 0]}).to_csv(tmp_path / "predictions.csv",
+                                                                                  index=False)
+    test = {"D_precision": 1.0, "D_recall": 0.75, "D_f1": 0.857, "D_support": 4}
+    per_type, mistakes = TASKS.get("token_classification").report_sections(test, tmp_path / "predictions.csv")
+    assert "<h2>Per class</h2>" in per_type and "<td>D</td>" in per_type
+    assert "1 of the 1 test sentences" in mistakes and 'title="D: missed">gout</mark>' in mistakes
+    assert TASKS.get("token_classification").report_sections(test, tmp_path / "absent.csv")[1] == ""

@@ -259,8 +259,8 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
 
     own = TASKS.get(task).report_sections(test, repo / PREDICTIONS) if task in TASKS else None
     per_class = per_class_html(test) if own is None else ""
-    shown = {key[: -len("_support")] for key in test if key.endswith("_support")} if per_class else set()
-    per_class_keys = {f"{name}_{part}" for name in shown for part in ("precision", "recall", "f1", "support")}
+    classes = {key[: -len("_support")] for key in test if key.endswith("_support")}  # per_class_html's rows
+    per_class_keys = {f"{name}_{part}" for name in classes for part in ("precision", "recall", "f1", "support")}
     modality = read_modality(repo / "data" / "prepared") if (repo / "data" / "prepared" / "labels.json").is_file() \
         else ""
     params_shown, hidden = params_in_use(params, modality, task) if modality else (params, [])

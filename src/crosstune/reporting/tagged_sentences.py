@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from crosstune.data.tagging import TaggedSentence
 
 MAX_SENTENCES = 12
@@ -94,13 +92,19 @@ def tagged_sentences_figure(path: str | Path, sentences: Sequence["TaggedSentenc
     return len(wrong)
 
 
-def tagged_mistakes_html(frame: "pd.DataFrame", shown: int, name: str) -> str:
+def tagged_mistakes_html(predictions: Path, shown: int, name: str = "metrics/predictions.csv") -> str:
     """Test sentences whose entities were not all found exactly, gold above predicted, each entity highlighted:
-    found green, missed orange, spurious red (``frame``: evaluate's predictions table of a tagging model)."""
+    found green, missed orange, spurious red (``predictions``: evaluate's predictions table of a tagging model;
+    empty where there is none yet)."""
     import html
+
+    import pandas as pd
 
     from crosstune.data.tagging import TaggedSentence
 
+    if not predictions.is_file():
+        return ""
+    frame = pd.read_csv(predictions, dtype={"label": str, "predicted": str}, keep_default_na=False)
     wrong = frame[(frame["entities_missed"] > 0) | (frame["entities_spurious"] > 0)]
     rows = []
     for row in wrong.head(shown).itertuples(index=False):

@@ -329,10 +329,6 @@ def mistakes_html(predictions: Path, shown: int = MISTAKES_SHOWN, name: str = "m
     frame = pd.read_csv(predictions, dtype={"label": str, "predicted": str})
     if not {"text", "label", "predicted"} <= set(frame.columns):
         return ""
-    if {"words", "entities_missed", "entities_spurious"} <= set(frame.columns):  # a tagging model's sentences
-        from crosstune.reporting.tagged_sentences import tagged_mistakes_html
-
-        return tagged_mistakes_html(frame, shown, name)
     wrong = frame[frame["label"] != frame["predicted"]]
     if "confidence" in wrong.columns:
         wrong = wrong.sort_values("confidence", ascending=False, kind="stable")

@@ -291,6 +291,13 @@ class TokenClassification(Task):
 
         return WordLists(tuple(sentence) for sentence in words), np.asarray([tag for row in tags for tag in row])
 
+    def report_sections(self, test: dict[str, Any], predictions: Path) -> list[str] | None:
+        """Per-type entity scores and the test sentences with gold and predicted entities side by side."""
+        from crosstune.reporting.tagged_sentences import tagged_mistakes_html
+        from crosstune.reporting.wording import MISTAKES_SHOWN, per_class_html
+
+        return [per_class_html(test), tagged_mistakes_html(predictions, MISTAKES_SHOWN)]
+
     def transferability(self, score: str) -> Any:
         """The classification scores (LogME, kNN, ...) on one row per word: its tag."""
         return _PER_WORD.transferability(score)
