@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from crosstune.backbones.audio_features import AudioPreprocessing
     from crosstune.backbones.vision import Preprocessing
     from crosstune.config import AugmentParams
+    from crosstune.data.spec_augment import SpecAugment
 
 Split = Union[EncodedSplit, ImageSplit, AudioSplit]
 
@@ -64,7 +65,7 @@ class AudioBatching:
 
     batch_size: int
     preprocessing: "AudioPreprocessing"
-    masking: Any = None
+    masking: "SpecAugment | None" = None
 
     def train(self, split: AudioSplit, generator: "torch.Generator") -> Iterator[Batch]:
         batches = iterate_audio_batches(split, self.batch_size, AudioBatcher(self.preprocessing), generator)

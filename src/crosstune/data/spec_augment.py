@@ -21,16 +21,13 @@ FREQ_MIN_MASKS = 0  # WhisperConfig.mask_feature_min_masks
 
 @dataclass(frozen=True)
 class SpecAugment:
-    """Masking settings (``augment.time_mask_*``, ``augment.freq_mask_*``); a probability of 0 turns an axis off."""
+    """Masking settings (``augment.time_mask_*``, ``augment.freq_mask_*``); a probability of 0 turns an axis off
+    (whether any is on: ``AugmentParams.masks_audio``)."""
 
     time_prob: float
     time_length: int
     freq_prob: float
     freq_length: int
-
-    @property
-    def enabled(self) -> bool:
-        return self.time_prob > 0 or self.freq_prob > 0
 
     def __call__(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Masked copy of ``features``. Shape: (B, F, T) -> (B, F, T)."""

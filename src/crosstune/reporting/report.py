@@ -171,8 +171,7 @@ def params_in_use(params: dict[str, dict[str, Any]], modality: str, task: str) -
 
 
 def _grouped_metrics(metrics: dict[str, dict[str, Any]], per_class: set[str]) -> dict[str, dict[str, dict]]:
-    """The metrics by file, test metrics first, each named in words with its key beside it; the per-class keys
-    that the per-class table shows are left out."""
+    """The metrics by file, test metrics first; the per-class keys that the per-class table shows are left out."""
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for key in sorted(metrics, key=_metric_order):
         path, name = key.split(":", 1)
