@@ -39,19 +39,17 @@ install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune it
 zoo: install  ## opt-in backbones too heavy for every install (all-mpnet-base-v2, 420 MB); `crosstune zoo` lists them all
 	$(BIN)/crosstune zoo install mpnet-base
 
-repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: images, EXAMPLE=speech: spoken digits, EXAMPLE=ner: entity tagging, EXAMPLE=asr: speech recognition) and print the metrics
+repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: images, EXAMPLE=speech: spoken digits, EXAMPLE=ner: entity tagging, EXAMPLE=asr: speech recognition, saved as a DVC experiment; KEEP=1 leaves it applied) and print the metrics
 ifeq ($(EXAMPLE),asr)
 	$(BIN)/python data/make_digit_strings.py
 endif
 ifdef EXAMPLE
-	$(BIN)/crosstune example examples/$(EXAMPLE).yaml
+	$(BIN)/crosstune example $(if $(KEEP),--keep) examples/$(EXAMPLE).yaml
 else
 	$(BIN)/crosstune check
 	$(BIN)/dvc repro
-endif
 	@echo "Test-split metrics (metrics/eval.json; all runs: dvc metrics show, dvc exp show):"
-	@$(BIN)/python -c 'import json; [print(f"  {k:40s} {v:.4f}" if isinstance(v, float) else f"  {k:40s} {v}") for k, v in json.load(open("metrics/eval.json")).items()]'
-ifndef EXAMPLE
+	@$(BIN)/python -c 'from crosstune.experiments.example import format_metrics; print(format_metrics("metrics/eval.json"))'
 	@$(BIN)/crosstune compare-committed
 endif
 

@@ -10,7 +10,6 @@ from conftest import REPO_ROOT, make_texts, write_table
 
 from crosstune.checks import apply_overrides, check_project, name_problems
 from crosstune.cli import main as cli_main
-from crosstune.cli import preset_overrides
 from crosstune.config import (
     EvaluateParams,
     from_mapping,
@@ -19,6 +18,7 @@ from crosstune.config import (
 )
 from crosstune.entry_point import run_main
 from crosstune.errors import ConfigError
+from crosstune.experiments.example import preset_overrides
 
 
 def _project(tmp_path: Path, params: dict) -> Path:

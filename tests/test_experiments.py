@@ -1,14 +1,18 @@
-"""The sweep's grid, names and ranking, and the queue's wait loop (the real DVC queue runs in
+"""The sweep's grid, names and ranking, the queue's wait loop and the example runner (the real DVC queue runs in
 tests/test_pipeline_dvc.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from crosstune.errors import ConfigError, CrosstuneError
 from crosstune.experiments import dvc_queue
+from crosstune.experiments.example import experiment_name, format_metrics, run_example
 from crosstune.experiments.sweep import (
     TrialResult,
     default_jobs,
@@ -209,3 +213,28 @@ def test_the_wait_loop_polls_again_when_dvc_exp_show_fails_mid_change(monkeypatc
     monkeypatch.setattr(dvc_queue, "baseline_experiments", broken)
     with pytest.raises(CrosstuneError, match="not a DVC repository"):
         dvc_queue.run_queue(["a"], jobs=1, poll_seconds=0)
+
+
+def test_an_example_on_a_changed_workspace_names_the_files_and_the_ways_out(tmp_path: Path) -> None:
+    """The example would otherwise mix the user's edits into the experiment and then throw them away."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("finetune:\n  lr: 0.001\n", encoding="utf-8")
+    subprocess.run(["git", "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-q", "-m", "p"],
+                   cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("finetune:\n  lr: 0.002\n", encoding="utf-8")
+    with pytest.raises(CrosstuneError, match=r"uncommitted changes \(params\.yaml\); commit or stash them first.*"
+                                             r"--keep"):
+        run_example(tmp_path / "preset.yaml", repo=tmp_path)
+
+
+def test_example_names_are_ref_safe_and_say_the_preset() -> None:
+    name = experiment_name("examples/asr.yaml")
+    assert re.fullmatch(r"asr-\d{8}-\d{6}", name)
+    assert subprocess.run(["git", "check-ref-format", f"refs/exps/{name}"], check=False).returncode == 0
+
+
+def test_example_metrics_print_one_aligned_line_per_key(tmp_path: Path) -> None:
+    (tmp_path / "eval.json").write_text('{"wer": 0.01181, "test_examples": 120}', encoding="utf-8")
+    assert format_metrics(tmp_path / "eval.json").splitlines() == [f"  {'wer':40s} 0.0118",
+                                                                   f"  {'test_examples':40s} 120"]

@@ -321,14 +321,25 @@ def test_same_params_give_identical_metrics(repo: Repo) -> None:
     assert repo.git("status", "--porcelain", "--", "metrics", "dvc.lock") == ""
 
 
-def test_experiment_run_with_set_param(repo: Repo) -> None:
+def test_example_runs_as_a_saved_experiment_and_leaves_the_workspace_at_the_commit(repo: Repo) -> None:
+    """`crosstune example` (what `make repro EXAMPLE=...` runs): `dvc exp run -S` reruns only what reads the
+    changed key, prints the experiment's test metrics, keeps it as an experiment, and puts the workspace back."""
     repo.baseline()
-    output = repo.dvc("exp", "run", "-S", "finetune.lr=0.002")
+    model_before = (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes()
+    (repo.root / "lr.yaml").write_text("finetune:\n  lr: 0.002\n", encoding="utf-8")
+    repo.commit("a preset")
+    output = repo.run(sys.executable, "-m", "crosstune", "example", "lr.yaml")
     ran = set(re.findall(r"Running stage '([\w-]+)'", output)) | \
         set(re.findall(r"Stage '([\w-]+)' is cached - skipping run", output))
     assert ran == {"finetune", "scratch", "evaluate"}
-    table = repo.dvc("exp", "show", "--json")
-    assert "0.002" in table
+    name = re.search(r"Saved as DVC experiment (lr-\d{8}-\d{6})", output).group(1)
+    assert re.search(r"^  accuracy +\d\.\d{4}$", output, re.MULTILINE)
+    assert repo.git("status", "--porcelain") == ""
+    assert "up to date" in repo.dvc("status")
+    assert (repo.root / "models" / "finetuned" / "model.safetensors").read_bytes() == model_before
+    assert _experiments_from_dvc(repo)[name][0]["finetune"]["lr"] == 0.002
+    repo.git("rm", "-q", "lr.yaml")
+    repo.commit("no preset")
 
 
 def test_bad_param_fails_clearly_and_nothing_is_lost(repo: Repo) -> None:

@@ -58,27 +58,6 @@ def _export(args: argparse.Namespace) -> None:
         print(f"run {path / 'model.onnx'} with ONNX Runtime: crosstune predict --onnx --model {path} --input ...")
 
 
-def preset_overrides(path: str) -> list[str]:
-    """``["-S", "section.key=value", ...]`` for every leaf of a params preset file (values as JSON,
-    which DVC's YAML parser reads back exactly)."""
-    import json
-
-    from crosstune.config import read_params_file
-
-    preset = read_params_file(path)
-    arguments: list[str] = []
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        else:
-            arguments.extend(["-S", f"{prefix}={json.dumps(value)}"])
-
-    walk("", preset)
-    return arguments
-
-
 def _zoo(args: argparse.Namespace) -> None:
     from crosstune.backbones.zoo import catalogue, compact_catalogue, install, opt_in_names
 
@@ -136,17 +115,9 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _example(args: argparse.Namespace) -> None:
-    import subprocess
+    from crosstune.experiments.example import run_example
 
-    from crosstune.checks import run_check
-
-    overrides = preset_overrides(args.preset)
-    run_check("params.yaml", overrides[1::2])
-    command = [sys.executable, "-m", "dvc", "exp", "run", *overrides, *args.dvc_args]
-    logger.info("running %s", " ".join(command[2:]))
-    completed = subprocess.run(command, check=False)
-    if completed.returncode:
-        raise CrosstuneError(f"`dvc exp run` with {args.preset} failed (exit {completed.returncode}); see its output above.")
+    run_example(args.preset, args.dvc_args, keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
                         help="safetensors: the model directory as is (default); onnx: also model.onnx for ONNX Runtime")
     export.set_defaults(handler=_export)
-    example = commands.add_parser("example", help="run a params preset (e.g. examples/fashion.yaml) as a DVC experiment")
+    example = commands.add_parser("example", help="run a params preset (e.g. examples/fashion.yaml) as a DVC "
+                                                "experiment and print its test metrics")
+    example.add_argument("--keep", action="store_true", help="leave the experiment applied to the workspace (by "
+                                                             "default it is saved and the workspace returns to the "
+                                                             "commit)")
     example.add_argument("preset", help="YAML file of params.yaml keys to override")
     example.add_argument("dvc_args", nargs=argparse.REMAINDER, help="extra arguments for `dvc exp run`")
     example.set_defaults(handler=_example)
