@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -146,6 +147,69 @@ def write_image_folder(root: Path, per_class: int, seed: int, side: int = 40) ->
             noise = rng.integers(-40, 40, size=(side, side, 3))
             pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype("uint8")
             Image.fromarray(pixels, mode="RGB").save(folder / f"{label}_{seed}_{index}.png")
+    return root
+
+
+def make_box_images(count: int, seed: int, width: int = 96, height: int = 64) -> list[tuple[Any, list[list]]]:
+    """``count`` images of grey noise with 1 to 3 filled squares (red ``cell``, blue ``dot``) and their boxes
+    ``[x_min, y_min, x_max, y_max, class]``: a detector can learn them, and every format can write them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    made = []
+    for _ in range(count):
+        pixels = rng.integers(90, 140, size=(height, width, 3)).astype("uint8")
+        boxes = []
+        for _ in range(int(rng.integers(1, 4))):
+            label = "cell" if rng.random() < 0.6 else "dot"
+            side = int(rng.integers(12, 24)) if label == "cell" else int(rng.integers(6, 10))
+            x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+            pixels[y0:y0 + side, x0:x0 + side] = (220, 40, 40) if label == "cell" else (40, 40, 220)
+            boxes.append([x0, y0, x0 + side, y0 + side, label])
+        made.append((Image.fromarray(pixels, mode="RGB"), boxes))
+    return made
+
+
+def write_boxes(root: Path, fmt: str, images: list[tuple[Any, list[list]]], prefix: str = "img") -> Path:
+    """``images`` (from :func:`make_box_images`) as a Pascal VOC folder, a COCO JSON (returned) or a YOLO folder
+    under ``root``; returns the path to give ``read_annotations``."""
+    import json
+
+    classes = ["cell", "dot"]
+    root.mkdir(parents=True, exist_ok=True)
+    if fmt == "voc":
+        (root / "Annotations").mkdir(exist_ok=True)
+        (root / "JPEGImages").mkdir(exist_ok=True)
+    elif fmt == "yolo":
+        (root / "images").mkdir(exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        (root / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+    for index, (image, boxes) in enumerate(images):
+        name = f"{prefix}_{index:03d}.png"
+        width, height = image.size
+        if fmt == "voc":
+            image.save(root / "JPEGImages" / name)
+            objects = "".join(f"<object><name>{b[4]}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                              f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for b in boxes)
+            (root / "Annotations" / f"{prefix}_{index:03d}.xml").write_text(
+                f"<annotation><filename>{name}</filename><size><width>{width}</width><height>{height}</height>"
+                f"<depth>3</depth></size>{objects}</annotation>", encoding="utf-8")
+        elif fmt == "yolo":
+            image.save(root / "images" / name)
+            (root / "labels" / f"{prefix}_{index:03d}.txt").write_text("".join(
+                f"{classes.index(b[4])} {(b[0] + b[2]) / 2 / width} {(b[1] + b[3]) / 2 / height} "
+                f"{(b[2] - b[0]) / width} {(b[3] - b[1]) / height}\n" for b in boxes), encoding="utf-8")
+        else:
+            image.save(root / name)
+            coco["images"].append({"id": index, "file_name": name, "width": width, "height": height})
+            coco["annotations"] += [{"id": len(coco["annotations"]) + k, "image_id": index,
+                                     "category_id": classes.index(b[4]) + 1, "iscrowd": 0,
+                                     "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]} for k, b in enumerate(boxes)]
+    if fmt == "coco":
+        (root / "annotations.json").write_text(json.dumps(coco), encoding="utf-8")
+        return root / "annotations.json"
     return root
 
 

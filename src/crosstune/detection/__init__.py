@@ -1,0 +1,1 @@
+"""Object detection: box annotations (VOC, COCO, YOLO), torchvision detectors on the project's image backbones."""
