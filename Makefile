@@ -39,7 +39,7 @@ install: $(STAMP)  ## create .venv with the pinned dependencies and crosstune it
 zoo: install  ## opt-in backbones too heavy for every install (all-mpnet-base-v2, 420 MB); `crosstune zoo` lists them all
 	$(BIN)/crosstune zoo install mpnet-base
 
-repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: images, EXAMPLE=speech: spoken digits, EXAMPLE=ner: entity tagging, EXAMPLE=asr: speech recognition, saved as a DVC experiment; KEEP=1 leaves it applied) and print the metrics
+repro: install  ## run the pipeline on the embedded default (EXAMPLE=fashion: images, EXAMPLE=speech: spoken digits, EXAMPLE=ner: entity tagging, EXAMPLE=asr: speech recognition, EXAMPLE=detection: blood cells, saved as a DVC experiment; KEEP=1 leaves it applied) and print the metrics
 ifeq ($(EXAMPLE),asr)
 	$(BIN)/python data/make_digit_strings.py
 endif

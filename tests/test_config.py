@@ -78,8 +78,8 @@ def test_bad_values_name_the_key(tmp_path: Path, section: str, values: dict, mes
         ("head", {"pooling": "max"}, r"head\.pooling.*\['cls', 'mean'\]"),
         ("head", {"type": "hf"}, r"head\.pooling: 'mean' does not apply to head\.type: hf"),
         ("prepare", {"task": "ranking"},
-         r"prepare\.task: unknown task 'ranking'; valid task names: \['classification', 'regression', "
-         r"'token_classification', 'transcription'\]"),
+         r"prepare\.task: unknown task 'ranking'; valid task names: \['classification', 'detection', "
+         r"'regression', 'token_classification', 'transcription'\]"),
         ("backbone", {"score": "leap"}, r"backbone\.score: unknown score 'leap'; valid: transferability scores"),
         ("backbone", {"name": "no-such-net"}, r"backbone\.name: 'no-such-net' is not a registered backbone"),
         ("evaluate", {"baselines": ["bert"]}, r"evaluate\.baselines.*'majority'"),

@@ -3,8 +3,9 @@ records the crosstune modules it imported and the params keys it read, and every
 that stage's declared deps (a file, or a folder above it) and params (a section, or that key).
 
 Branches a scenario does not take are covered by folder-level deps: text and images, the frozen-prefix
-cache, selection by score, text augmentation, a source domain with DANN, the guard on, recordings, and tagged
-sentences (the scratch model and the CRF baseline in the guard).
+cache, selection by score, text augmentation, a source domain with DANN, the guard on, recordings, tagged
+sentences (the scratch model and the CRF baseline in the guard), transcripts and boxes (a detector's trained
+probe and scratch model).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import pytest
 import yaml
 from conftest import (
     REPO_ROOT,
+    make_box_images,
     make_texts,
     write_audio_folder,
+    write_boxes,
     write_digit_strings,
     write_image_folder,
     write_params,
@@ -49,6 +52,17 @@ IMAGE_SCENARIO = {
     "finetune": {"epochs": 1, "lr": 0.01, "class_weights": "none", "adaptation": "dann"},
     # scratch: always, so the scratch stage trains here whatever the evidence (text and audio go through auto)
     "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "fallback", "scratch": "always"},
+}
+DETECTION_SCENARIO = {  # FCOS on the tiny CNN: the cache, the trained probe, the scratch detector, the drawing
+    "data": {"train": "data/boxes/train", "test": "data/boxes/test"},
+    "prepare": {"task": "detection", "validation_fraction": 0.25, "min_examples_per_class": 2},
+    "backbone": {"name": "tiny-cnn", "weights": "none"},
+    "freeze": {"depth": 1},
+    "head": {"fpn_channels": 32},
+    "finetune": {"epochs": 1, "lr": 0.003, "batch_size": 4, "loss": "detection", "select_metric": "map",
+                 "class_weights": "none"},
+    "probe": {"epochs": 1},
+    "evaluate": {"baselines": [], "guard": "fallback"},
 }
 AUDIO_SCENARIO = {
     "data": {"train": "data/audio/train", "test": "data/audio/test"},
@@ -143,6 +157,10 @@ def _project(root: Path, scenario: dict) -> Path:
         write_digit_strings(root / "data" / "digits", train_per_speaker=3, test_per_speaker=2)
         write_tiny_whisper(root / "models" / "tiny-whisper")
         (root / "data" / "source").mkdir(parents=True)
+    elif scenario is DETECTION_SCENARIO:
+        write_boxes(root / "data" / "boxes" / "train", "voc", make_box_images(16, seed=1))
+        write_boxes(root / "data" / "boxes" / "test", "voc", make_box_images(6, seed=2))
+        (root / "data" / "source").mkdir(parents=True)
     elif scenario is AUDIO_SCENARIO:
         write_audio_folder(root / "data" / "audio" / "train", per_class=10, seed=1)
         write_audio_folder(root / "data" / "audio" / "test", per_class=4, seed=2)
@@ -173,8 +191,8 @@ def _check(results: dict[str, dict]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", [TEXT_SCENARIO, IMAGE_SCENARIO, AUDIO_SCENARIO, NER_SCENARIO,
-                                      TRANSCRIPTION_SCENARIO],
-                         ids=["text", "image", "audio", "tagging", "transcription"])
+                                      TRANSCRIPTION_SCENARIO, DETECTION_SCENARIO],
+                         ids=["text", "image", "audio", "tagging", "transcription", "detection"])
 def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario: dict) -> None:
     results = _probe_pipeline(_project(tmp_path, scenario))
     problems = _check(results)
@@ -191,6 +209,11 @@ def test_every_stage_declares_what_it_imports_and_reads(tmp_path: Path, scenario
         assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
         assert "crosstune.reporting.aligned_transcripts" in results["evaluate"]["record"]["modules"]
         return  # no scratch model: the guard compares with the zero-shot recogniser (the probe stage)
+    elif scenario is DETECTION_SCENARIO:
+        assert "crosstune.detection.formats" in results["prepare"]["record"]["modules"]
+        assert "crosstune.prefix_cache.store" in results["cache"]["record"]["modules"]
+        assert "crosstune.training.loop" in results["probe"]["record"]["modules"]
+        assert "crosstune.detection.evaluation" in results["evaluate"]["record"]["modules"]
     elif scenario is NER_SCENARIO:
         assert "crosstune.data.tagging" in results["prepare"]["record"]["modules"]
         assert "crosstune.evaluation.tagging_baselines" in results["scratch"]["record"]["modules"]

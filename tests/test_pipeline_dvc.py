@@ -22,9 +22,11 @@ import yaml
 from conftest import (
     REPO_ROOT,
     documented_reruns,
+    make_box_images,
     make_texts,
     run_chromium,
     write_audio_folder,
+    write_boxes,
     write_digit_strings,
     write_image_folder,
     write_params,
@@ -69,6 +71,17 @@ TRANSCRIPTION_PARAMS = {  # the tiny random Whisper's decoder trains on the cach
                  "class_weights": "none"},
     "evaluate": {"baselines": [], "guard": "fallback"},
 }
+DETECTION_PARAMS = {  # FCOS on the tiny CNN over generated squares: cache, trained probe, scratch detector
+    "data": {"train": "data/boxes/train", "test": "data/boxes/test"},
+    "prepare": {"task": "detection", "validation_fraction": 0.25, "min_examples_per_class": 2},
+    "backbone": {"name": "tiny-cnn", "weights": "none"},
+    "freeze": {"depth": 1},
+    "head": {"fpn_channels": 32},
+    "finetune": {"epochs": 2, "lr": 0.003, "batch_size": 4, "loss": "detection", "select_metric": "map",
+                 "class_weights": "none"},
+    "probe": {"epochs": 2, "lr": 0.003, "batch_size": 4},
+    "evaluate": {"baselines": [], "guard": "fallback"},
+}
 ALL_STAGES = {"prepare", "backbone", "attach_head", "cache", "probe", "finetune", "scratch", "evaluate"}
 TEXT_PARAMS = {"finetune": {"epochs": 2}, "evaluate": {"guard": "report"}}
 
@@ -86,7 +99,7 @@ class Repo:
     """A throwaway copy of the pipeline with tiny data and the tiny random backbone."""
 
     def __init__(self, root: Path, images: bool = False, audio: bool = False, ner: bool = False,
-                 transcription: bool = False) -> None:
+                 transcription: bool = False, boxes: bool = False) -> None:
         self.root = root
         self.env = _environment()
         shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
@@ -105,11 +118,14 @@ class Repo:
         elif transcription:
             write_digit_strings(root / "data" / "digits", train_per_speaker=4, test_per_speaker=3)
             write_tiny_whisper(root / "pretrained" / "tiny-whisper")
+        elif boxes:
+            write_boxes(root / "data" / "boxes" / "train", "voc", make_box_images(24, seed=1))
+            write_boxes(root / "data" / "boxes" / "test", "voc", make_box_images(8, seed=2))
         else:
             write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
         self.base_params = IMAGE_PARAMS if images else AUDIO_PARAMS if audio else NER_PARAMS if ner else \
-            TRANSCRIPTION_PARAMS if transcription else TEXT_PARAMS
+            TRANSCRIPTION_PARAMS if transcription else DETECTION_PARAMS if boxes else TEXT_PARAMS
         write_params(root / "params.yaml", self.base_params)
         (root / ".gitignore").write_text((REPO_ROOT / ".gitignore").read_text(encoding="utf-8"), encoding="utf-8")
         (root / "data" / "source").mkdir(parents=True, exist_ok=True)
@@ -844,3 +860,46 @@ def test_transcription_end_to_end_and_the_stock_pipeline(transcription_repo: Rep
     assert "<p>metrics/misclassified.png</p>" not in page  # the aligned transcripts show the mistakes
     if (predictions["word_errors"] > 0).any():
         assert "<th>reference</th><th>transcript</th>" in page
+
+
+@pytest.fixture(scope="module")
+def detection_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    return Repo(tmp_path_factory.mktemp("detection"), boxes=True)
+
+
+def test_detection_end_to_end(detection_repo: Repo, tmp_path: Path) -> None:
+    """Generated squares in a Pascal VOC folder through every stage with FCOS on the tiny CNN: the frozen block
+    cached, the probe and scratch detectors trained, mAP per class and the counting error; `crosstune predict` on
+    the test folder gives the boxes evaluate found, as JSON and drawn; the report's per-class table and worst
+    images."""
+    import pandas as pd
+
+    repo = detection_repo
+    assert repo.baseline() == ALL_STAGES
+    metrics = repo.metrics()
+    assert {"map", "map_50", "map_75", "count_mae", "cell_ap", "dot_ap_50", "cell_count_mae", "transfer_gain",
+            "finetuning_gain", "finetuned_validation_map", "probe_validation_map",
+            "scratch_validation_map"} <= set(metrics)
+    assert metrics["test_size"] == 8 and metrics["exported_model"] in ("finetuned", "probe", "scratch")
+    assert json.loads((repo.root / "data" / "features" / "meta.json").read_text())["cached"]
+    assert json.loads((repo.root / "models" / "probe" / "probe.json").read_text())["fitted_on"] == 18
+    assert (repo.root / "metrics" / "misclassified.png").stat().st_size > 1000
+    assert repo.repro() == set()
+
+    predictions = pd.read_csv(repo.root / "metrics" / "predictions.csv", keep_default_na=False)
+    exported = "models/finetuned" if metrics["exported_model"] == "finetuned" else f"models/{metrics['exported_model']}"
+    out, drawn = tmp_path / "boxes.json", tmp_path / "drawn"
+    repo.run(str(Path(sys.executable).parent / "crosstune"), "predict", "--model", exported, "--input",
+             "data/boxes/test/JPEGImages", "--output", str(out), "--draw", str(drawn))
+    records = {Path(row["image"]).name: row["boxes"] for row in json.loads(out.read_text())}
+    assert len(records) == 8 and sorted(path.name for path in drawn.iterdir()) == sorted(records)
+    for row in predictions.itertuples(index=False):
+        confident = [box for box in records[Path(row.image).name] if box["score"] >= 0.5]
+        assert json.loads(row.predicted) == confident  # the same letterboxed pixels, the same boxes
+
+    repo.run(str(Path(sys.executable).parent / "crosstune"), "report", "--out", "report.html")
+    page = (repo.root / "report.html").read_text(encoding="utf-8")
+    (repo.root / "report.html").unlink()
+    assert re.search(r"<tr><td>cell</td><td class=\"number\">[0-9.]+</td>", page[page.index("<h2>Per class</h2>"):])
+    assert "<h2>Worst test images</h2>" in page and "data:image/png;base64," in page
+    assert "Test confusion matrix" not in page

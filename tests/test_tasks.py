@@ -75,14 +75,18 @@ def test_every_task_is_a_complete_record(name: str) -> None:
     assert task.headline in task.metrics and "loss" in task.metrics and task.metrics["loss"] is False
     assert set(task.summary_metrics) | set(task.baseline_metrics) | set(task.card_metrics) <= \
         {*task.metrics, "mse", "precision_macro", "recall_macro"}
+    assert task.model_form in ("head", "recogniser", "detector")
+    if task.model_form == "detector":  # a torchvision detector: no Hugging Face class to export as
+        assert not task.hf_auto_class
+        return
     # token classification and speech recognition have no problem_type in transformers' configs
     assert hasattr(transformers, task.hf_auto_class)
-    assert task.hf_problem_type or task.hf_auto_class in ("AutoModelForTokenClassification", "AutoModelForSpeechSeq2Seq")
-    assert task.model_form in ("head", "recogniser")
+    assert task.hf_problem_type or task.hf_auto_class in ("AutoModelForTokenClassification",
+                                                          "AutoModelForSpeechSeq2Seq")
 
 
 HEAD_TASKS = [name for name in TASKS.names() if TASKS.get(name).model_form == "head"]  # transcription (a whole
-# recogniser, texts out): tests/test_transcription.py
+# recogniser, texts out): tests/test_transcription.py; detection (boxes out): tests/test_detection.py
 
 
 @pytest.mark.parametrize("name", HEAD_TASKS)
@@ -139,7 +143,8 @@ def test_a_task_refuses_what_it_cannot_learn() -> None:
     classification, regression = TASKS.get("classification"), TASKS.get("regression")
     with pytest.raises(DataError, match=r"train\.csv: non-numeric label at row\(s\) 2 but prepare\.task is regression"):
         regression.read_labels(pd.Series(["1.5", "good"]), Path("train.csv"))
-    with pytest.raises(DataError, match=r"images: image inputs support prepare\.task: classification, not "
+    with pytest.raises(DataError, match=r"images: image inputs support prepare\.task: classification or "
+                                        r"detection, not "
                                         r"regression; set prepare\.task to one of those"):
         regression.check_modality("image", Path("images"))
     with pytest.raises(DataError, match=r"source\.csv: a source domain needs labels to align"):
@@ -220,7 +225,8 @@ def _code_lines(exclude: tuple[str, ...]) -> list[tuple[str, int, str]]:
 
 def test_no_code_outside_tasks_branches_on_the_task_name() -> None:
     branches = [f"{file}:{number}: {line.strip()}" for file, number, line in _code_lines(("tasks/",))
-                if re.search(r"\btask\s*[!=]=|[!=]=\s*\"(classification|regression)\"", line)]
+                if re.search(r"\btask\s*[!=]=|[!=]=\s*\"(classification|regression|token_classification|transcription|"
+                             r"detection)\"", line)]
     assert branches == []
 
 

@@ -29,11 +29,11 @@ def _predict(args: argparse.Namespace) -> None:
         raise CrosstuneError(f"--model {args.model}: {'is a file, not' if model.exists() else 'no such'} directory; "
                              f"pass a model directory such as models/finetuned (made by `dvc repro`) or one "
                              f"`crosstune export` wrote.")
-    if not table.is_file():
-        raise CrosstuneError(f"--input {args.input}: {'is a directory, not' if table.exists() else 'no such'} file; "
-                             f"pass the table to label (CSV, TSV, JSON Lines, Excel or Parquet).")
+    if not table.exists():
+        raise CrosstuneError(f"--input {args.input}: no such file or folder; pass the table to label (CSV, TSV, JSON "
+                             f"Lines, Excel or Parquet), or a folder of images or recordings.")
     predictor = Predictor.from_directory(args.model, runtime="onnx" if args.onnx else "torch")
-    count = predictor.predict_file(args.input, args.output, args.text_column)
+    count = predictor.predict_file(args.input, args.output, args.text_column, draw=args.draw)
     logger.info("labelled %d rows of %s into %s", count, args.input, args.output)
 
 
@@ -125,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", help="label a CSV/TSV/Parquet file of texts with a fine-tuned model")
     predict.add_argument("--model", default="models/finetuned", help="model directory (default: models/finetuned)")
-    predict.add_argument("--input", required=True, help="file of new texts")
-    predict.add_argument("--output", required=True, help="CSV to write: the input columns plus predictions")
+    predict.add_argument("--input", required=True, help="table of new texts (or image or recording paths), or a "
+                                                        "folder of images or recordings")
+    predict.add_argument("--output", required=True, help="file to write: the input columns plus predictions, as CSV, "
+                                                         "or by its suffix as .json (one list) or .jsonl (a line each)")
+    predict.add_argument("--draw", metavar="DIR", help="detection: also write each image with its predicted boxes "
+                                                       "drawn into DIR")
     predict.add_argument("--text-column", help="column holding the texts, or the image or recording paths "
                                                "(default: the column the model was trained from)")
     predict.add_argument("--onnx", action="store_true", help="run the model directory's model.onnx with ONNX Runtime "

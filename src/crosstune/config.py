@@ -99,6 +99,7 @@ class PrepareParams:
     source_label_map: dict[str, str] = field(default_factory=dict)  # source label -> target label or "drop"
     target_labelled: float = 1.0  # fraction of target training examples whose labels are used; 0 = unsupervised
     validation_domain: str = "target"  # target | source: which domain's held-out labels pick the best epoch
+    drop_bad_boxes: bool = False  # detection: drop boxes outside the image or of zero area (counted) instead of failing
 
     def __post_init__(self) -> None:
         separator = "tab" if self.separator == "\t" else self.separator
@@ -204,10 +205,15 @@ class HeadParams:
     pooling: str = "mean"  # mean suits sentence-transformer backbones; cls suits BERT-style ones (and hf)
     dropout: float = 0.1
     hidden_dim: int = 256  # mlp head only
+    fpn_channels: int = 128  # detection: width of the feature pyramid and of FCOS's towers (a multiple of 32)
 
     def __post_init__(self) -> None:
         _check_range("head.dropout", self.dropout, 0.0, 1.0, True, False)
         _check_range("head.hidden_dim", self.hidden_dim, low=1)
+        _check_range("head.fpn_channels", self.fpn_channels, low=32)
+        if self.fpn_channels % 32:
+            _fail("head.fpn_channels", f"{self.fpn_channels} is not a multiple of 32 (FCOS's towers normalise in 32 "
+                                       f"groups); use 64, 128 or 256.")
 
 
 HEAD_INITS = ("auto", "random", "probe")  # finetune.head_init: where fine-tuning's head starts
@@ -315,6 +321,8 @@ class AugmentParams:
 
     crop_scale_min: float = 1.0  # RandomResizedCrop area scale (min, 1); 1.0 = off
     horizontal_flip: float = 0.0  # probability
+    vertical_flip: float = 0.0  # probability (where up and down mean nothing: micrographs, aerial images)
+    scale_jitter: float = 0.0  # detection: images (and boxes) rescaled by a factor in [1 - s, 1 + s]; 0 = off
     color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
     randaugment_ops: int = 0  # RandAugment operations per image; 0 = off
     randaugment_magnitude: int = 9
@@ -326,6 +334,8 @@ class AugmentParams:
     def __post_init__(self) -> None:
         _check_range("augment.crop_scale_min", self.crop_scale_min, 0.0, 1.0, False, True)
         _check_range("augment.horizontal_flip", self.horizontal_flip, 0.0, 1.0)
+        _check_range("augment.vertical_flip", self.vertical_flip, 0.0, 1.0)
+        _check_range("augment.scale_jitter", self.scale_jitter, 0.0, 1.0, True, False)
         _check_range("augment.color_jitter", self.color_jitter, 0.0, 1.0)
         _check_range("augment.randaugment_ops", self.randaugment_ops, low=0)
         _check_range("augment.randaugment_magnitude", self.randaugment_magnitude, 0, 30)
@@ -337,8 +347,8 @@ class AugmentParams:
     @property
     def enabled(self) -> bool:
         """Whether an image transform is on."""
-        return (self.crop_scale_min < 1.0 or self.horizontal_flip > 0 or self.color_jitter > 0
-                or self.randaugment_ops > 0)
+        return (self.crop_scale_min < 1.0 or self.horizontal_flip > 0 or self.vertical_flip > 0
+                or self.scale_jitter > 0 or self.color_jitter > 0 or self.randaugment_ops > 0)
 
     @property
     def masks_audio(self) -> bool:
@@ -384,6 +394,24 @@ class CacheParams:
 
 
 @dataclass(frozen=True)
+class ProbeParams:
+    """The probe of a task whose head cannot be fitted in closed form (detection: the feature pyramid and FCOS's
+    towers, trained by gradient on the frozen backbone). Its own section, so a change of the fine-tuning rate
+    never retrains it; the closed-form probes of the other tasks read none of it."""
+
+    section: ClassVar[str] = "probe"
+
+    epochs: int = 8
+    lr: float = 1.0e-3  # AdamW, one-cycle (linear warmup and decay) as fine-tuning's schedule
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check_range("probe.epochs", self.epochs, low=1)
+        _check_range("probe.lr", self.lr, low=0.0, low_inclusive=False)
+        _check_range("probe.batch_size", self.batch_size, low=1)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Test-split evaluation and the baselines reported beside the fine-tuned model."""
 
@@ -413,6 +441,7 @@ SECTIONS: dict[str, type] = {
     "augment": AugmentParams,
     "text_augment": TextAugmentParams,
     "cache": CacheParams,
+    "probe": ProbeParams,
     "evaluate": EvaluateParams,
 }
 

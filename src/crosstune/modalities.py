@@ -340,6 +340,10 @@ class Image(Modality):
     def load_split(self, tensors: dict[str, "torch.Tensor"], path: str | Path) -> Any:
         from crosstune.data.images import ImageSplit
 
+        if "box_labels" in tensors:  # a detection split: letterboxed images with their boxes
+            from crosstune.detection.encoding import DetectionSplit
+
+            return DetectionSplit(tensors["images"], tensors["boxes"], tensors["box_labels"], tensors["scales"])
         return ImageSplit(tensors["images"], tensors["labels"])
 
     def augments(self, augment: "AugmentParams") -> bool:

@@ -83,9 +83,15 @@ Batching = Union[TextBatching, ImageBatching, AudioBatching]
 
 def batching_for(config: dict[str, Any], batch_size: int, max_length: int,
                  augment: "AugmentParams | None" = None) -> Batching:
-    """The batching a saved model's ``config.json`` calls for (its modality's, :mod:`crosstune.modalities`)."""
+    """The batching a saved model's ``config.json`` calls for: its task's where the task batches its own inputs
+    (:meth:`crosstune.tasks.base.Task.batching`), else its modality's (:mod:`crosstune.modalities`)."""
     from crosstune.modalities import modality_of_config
+    from crosstune.tasks.registry import TASKS
 
+    if config.get("task") in TASKS:
+        own = TASKS.get(config["task"]).batching(config, batch_size, augment)
+        if own is not None:
+            return own
     return modality_of_config(config).batching(config, batch_size, max_length, augment)
 
 

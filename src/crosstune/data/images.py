@@ -100,6 +100,10 @@ def build_augmentation(params: "AugmentParams", image_size: int) -> "torch.nn.Mo
         steps.append(v2.RandomResizedCrop(size=image_size, scale=(params.crop_scale_min, 1.0), antialias=True))
     if params.horizontal_flip > 0:
         steps.append(v2.RandomHorizontalFlip(p=params.horizontal_flip))
+    if params.vertical_flip > 0:
+        steps.append(v2.RandomVerticalFlip(p=params.vertical_flip))
+    if params.scale_jitter > 0:  # zoom in or out about the centre, the frame kept (as detection's scale jitter)
+        steps.append(v2.RandomAffine(degrees=0.0, scale=(1.0 - params.scale_jitter, 1.0 + params.scale_jitter)))
     if params.color_jitter > 0:
         strength = params.color_jitter
         steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))

@@ -73,7 +73,8 @@ def load_detector(directory: str | Path) -> tuple["DetectionModel", dict[str, An
                             f"{MODEL_TYPE!r}: not a detector directory; {artifact_fix(directory)}")
     try:
         settings = DetectorSettings.from_dict(config["detector"])
-        spec = {key: config[key] for key in ("task", "labels", "freeze", "input_column", "backbone_weights")
+        spec = {key: config[key] for key in ("task", "labels", "freeze", "input_column", "backbone_weights", "head",
+                                                  "pooling")
                 if key in config}
         model = build_detection_model(rebuild_vision_backbone(config["backbone"]), config["labels"], settings,
                                       spec, seed=0)

@@ -75,7 +75,9 @@ class Predictor:
         task = TASKS.get(self.config["task"])
         max_length = saved_max_length(self.config, self.source)
         task.check_new_inputs(inputs, self.config)
-        split = get_modality(self.modality).decode(inputs, self.config, self.tokenizer, max_length)
+        split = task.decode_inputs(inputs, self.config)
+        if split is None:
+            split = get_modality(self.modality).decode(inputs, self.config, self.tokenizer, max_length)
         batching = batching_for(self.config, batch_size, max_length)
         outputs = task.predict_split(self.model, split, batching, self.device) if task.model_form != "head" else \
             predict_outputs(self.model, split, batching, self.device)
@@ -88,18 +90,28 @@ class Predictor:
         candidates = [str(name) for name in (self.config.get("input_column"), self.modality, "text") if name]
         return next((name for name in candidates if name in columns), candidates[0])
 
-    def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str | None = None) -> int:
+    def predict_file(self, input_path: str | Path, output_path: str | Path, text_column: str | None = None,
+                     draw: str | Path | None = None) -> int:
         """Label every row of a CSV/TSV/Parquet file (``text_column``, by default :meth:`input_column`, holds texts,
-        or image or recording paths relative to the file for an image or audio model); writes its columns plus the
-        predictions as CSV."""
+        or image or recording paths relative to the file for an image or audio model), or every image or recording
+        of a folder; writes its columns plus the predictions as CSV, or as JSON (``.json``: one list; ``.jsonl``:
+        a line per input) by ``output_path``'s suffix. ``draw``: a folder for the images with their predictions
+        drawn (a detector's boxes)."""
         import pandas as pd
 
         from crosstune.data.tables import read_table
         from crosstune.errors import DataError
-        from crosstune.io import write_csv
         from crosstune.modalities import get_modality, modality_of_values
 
-        frame = read_table(input_path)
+        if draw is not None:
+            from crosstune.tasks.registry import TASKS
+
+            TASKS.get(self.config["task"]).check_drawing(str(draw))
+        if Path(input_path).is_dir():
+            frame = self._folder_frame(Path(input_path))
+            text_column = self.modality
+        else:
+            frame = read_table(input_path)
         given = text_column is not None
         text_column = text_column or self.input_column(list(frame.columns))
         if text_column not in frame.columns:
@@ -122,10 +134,51 @@ class Predictor:
         values = get_modality(self.modality).resolve_paths(given_values, Path(input_path))
         import json
 
-        results = pd.DataFrame(self.predict(values))
+        records = self.predict(values)
+        if draw is not None:
+            from crosstune.tasks.registry import TASKS
+
+            TASKS.get(self.config["task"]).draw_predictions(values, records, Path(draw), self.labels)
+        if Path(output_path).suffix.lower() in (".json", ".jsonl"):
+            rows = [{**{str(key): value for key, value in row.items()}, **record}
+                    for row, record in zip(frame.to_dict(orient="records"), records)]
+            _write_json_records(Path(output_path), rows)
+            return len(frame)
+        from crosstune.io import write_csv
+
+        results = pd.DataFrame(records)
         for column in results.columns:  # nested values (a tagger's entities) as JSON, not Python's repr
             if results[column].map(lambda value: isinstance(value, (list, dict))).any():
                 results[column] = results[column].map(json.dumps)
         prefixed = results.rename(columns={column: f"predicted_{column}" for column in results.columns})
         write_csv(output_path, pd.concat([frame.reset_index(drop=True), prefixed], axis=1))
         return len(frame)
+
+    def _folder_frame(self, folder: Path) -> "Any":
+        """Every file of the model's modality under ``folder`` (sorted, recursive), as a one-column table."""
+        import pandas as pd
+
+        from crosstune.errors import DataError
+        from crosstune.modalities import get_modality
+
+        suffixes = get_modality(self.modality).folder_suffixes
+        files = sorted(str(path) for path in folder.resolve().rglob("*")
+                       if path.is_file() and path.suffix.lower() in suffixes)
+        if not suffixes or not files:
+            raise DataError(f"--input {folder}: no {self.modality} files ({', '.join(suffixes) or 'texts come in '}"
+                            f"{'' if suffixes else 'a table'}) in this folder; pass a table, or a folder of them.")
+        return pd.DataFrame({self.modality: files})
+
+
+def _write_json_records(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as one JSON list (``.json``) or one object per line (``.jsonl``), atomically."""
+    import json
+
+    from crosstune.io import atomic_path
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            if path.suffix.lower() == ".jsonl":
+                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            else:  # one list, an input per line
+                handle.write("[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n]\n")

@@ -53,6 +53,14 @@ def attach_head_stage(backbone_dir: str, prepared_dir: str, model_dir: str, repo
     task, labels = read_label_info(prepared_dir)
     if TASKS.get(task).model_form == "recogniser":
         return _attach_recogniser(backbone_dir, prepared_dir, model_dir, report_path, freeze, base, blocks_path)
+    if TASKS.get(task).model_form == "detector":
+        from crosstune.detection.stages import attach_detector
+
+        report = attach_detector(backbone_dir, prepared_dir, model_dir, freeze, head, base.seed)
+        if blocks_path is not None:
+            _write_block_table(blocks_path, None, freeze.depth)
+        write_metrics(report_path, report)
+        return report
     check_head_params(head)
     blocks = read_block_scores(backbone_dir)
     recommendation = recommend_depth(blocks["scores"], blocks["score"]) if blocks else None

@@ -49,9 +49,9 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
         splits["source"] = read_split(prepared_dir, "source")
     else:
         splits["source"] = splits["test"].iloc[:0]
-    if task.model_form == "recogniser":  # a whole pretrained recogniser: nothing to rank or score per block
-        return _save_recogniser(params, base.seed, splits, model_dir, encoded_dir, summary_path, selection_path,
-                                selection_table)
+    if task.model_form != "head":  # a whole recogniser, or a detector: one named backbone, nothing ranked
+        return _save_named_backbone(task, params, base.seed, splits, labels, model_dir, encoded_dir, summary_path,
+                                    selection_path, selection_table)
     candidates = list(params.candidates) if params.select == "score" else [params.name]
     for candidate in candidates:
         _check_backbone_modality(candidate, modality.name)
@@ -71,19 +71,30 @@ def backbone_stage(prepared_dir: str, model_dir: str, encoded_dir: str, summary_
     return summary
 
 
-def _save_recogniser(params: Any, seed: int, splits: dict[str, Any], model_dir: str, encoded_dir: str,
-                     summary_path: str, selection_path: str, selection_table: str) -> dict[str, Any]:
-    """The backbone stage of a task whose model is a whole pretrained recogniser (transcription): the recogniser
-    at the data's window and the encoded splits (:mod:`crosstune.transcription.encoding`); selection records the
-    name given, as ``backbone.select: name`` does for every task."""
+def _save_named_backbone(task: Any, params: Any, seed: int, splits: dict[str, Any], labels: list[str], model_dir: str,
+                         encoded_dir: str, summary_path: str, selection_path: str,
+                         selection_table: str) -> dict[str, Any]:
+    """The backbone stage of a task whose model is built around one named pretrained model: a whole recogniser
+    at the data's window (transcription, :mod:`crosstune.transcription.encoding`), or an image backbone with the
+    splits letterboxed for a detector (:mod:`crosstune.detection.encoding`). Selection records the name given,
+    as ``backbone.select: name`` does for every task."""
     import pandas as pd
 
-    from crosstune.transcription.encoding import save_and_encode
-
     if params.select != "name":
-        raise ConfigError(f"params.yaml: backbone.select: {params.select}; transcription starts from one pretrained "
-                          f"recogniser: set backbone.select: name and backbone.name.")
-    summary = save_and_encode(params, seed, splits, model_dir, encoded_dir)
+        raise ConfigError(f"params.yaml: backbone.select: {params.select}; prepare.task: {task.name} starts from one "
+                          f"named backbone (transferability scores rank features for one label per example): set "
+                          f"backbone.select: name and backbone.name.")
+    if task.model_form == "recogniser":
+        from crosstune.transcription.encoding import save_and_encode as save_recogniser
+
+        summary = save_recogniser(params, seed, splits, model_dir, encoded_dir)
+    else:
+        from crosstune.detection.encoding import save_and_encode as save_detector_backbone
+
+        _check_backbone_modality(params.name, "image")
+        logger.info("backbone: %s for a detector, %d/%d/%d images", params.name,
+                    *(len(splits[name]) for name in ("train", "validation", "test")))
+        summary = save_detector_backbone(params, seed, splits, labels, model_dir, encoded_dir)
     write_metrics(summary_path, summary)
     write_metrics(selection_path, {"select": "name", "score": "", "selected": params.name})
     write_metrics_csv(selection_table, pd.DataFrame({"candidate": [params.name], "score": [None], "score_name": [""]}))

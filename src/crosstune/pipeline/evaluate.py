@@ -37,11 +37,17 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     from crosstune.transfer_model.storage import load_transfer_model
 
     base, params = load_section(BaseParams, params_path), load_section(EvaluateParams, params_path)
-    if _recogniser(prepared_dir):
+    form = _model_form(prepared_dir)
+    if form == "recogniser":
         from crosstune.transcription.evaluation import evaluate_recogniser
 
         return evaluate_recogniser(model_dir, encoded_dir, prepared_dir, metrics_path, predictions_path,
                                    examples_path, params, base, probe_dir)
+    if form == "detector":
+        from crosstune.detection.evaluation import evaluate_detector
+
+        return evaluate_detector(model_dir, encoded_dir, prepared_dir, metrics_path, predictions_path, examples_path,
+                                 params, base, scratch_dir, probe_dir)
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     model.to(device)
@@ -84,11 +90,12 @@ def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_
     return metrics
 
 
-def _recogniser(prepared_dir: str) -> bool:
+def _model_form(prepared_dir: str) -> str:
+    """The prepared task's model form (:attr:`crosstune.tasks.base.Task.model_form`)."""
     from crosstune.data.prepared_dir import read_label_info
     from crosstune.tasks.registry import TASKS
 
-    return TASKS.get(read_label_info(prepared_dir)[0]).model_form == "recogniser"
+    return TASKS.get(read_label_info(prepared_dir)[0]).model_form
 
 
 def _load_scratch(scratch_dir: str, guard: str) -> tuple[Any, Any]:

@@ -160,7 +160,7 @@ def finetune_stage(initial_dir: str, encoded_dir: str, model_dir: str, live_dir:
         merge_lora(model)  # the saved model is the plain architecture with the adapters folded in
     model.to("cpu")
     resolved = {"base": to_dict(base), "finetune": to_dict(params), "freeze": to_dict(freeze), "head": config["head"],
-                "pooling": config["pooling"]}
+                "pooling": config.get("pooling")}
     sections = {"augment": augment}  # what a modality's training_sections may name
     resolved.update({name: to_dict(sections[name]) for name in modality.training_sections})
     with atomic_directory(model_dir) as staging:

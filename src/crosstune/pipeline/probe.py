@@ -101,6 +101,12 @@ def probe_stage(initial_dir: str, encoded_dir: str, model_dir: str, metrics_path
     cache = load_section(CacheParams, params_path)
     device = setup(base)
     model, config = load_transfer_model(initial_dir)
+    if TASKS.get(config["task"]).model_form == "detector":  # pyramid and towers: trained, not fitted in closed form
+        from crosstune.detection.stages import probe_detector
+
+        summary = probe_detector(model, config, encoded_dir, features_dir, model_dir, params_path)
+        write_metrics(metrics_path, summary)
+        return summary
     if not model.new_head:
         return _zero_shot(model, config, encoded_dir, model_dir, metrics_path, base, finetune, cache.batch_size, device)
     model.to(device)

@@ -48,7 +48,8 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
         with atomic_directory(model_dir) as staging:
             write_json(staging / GUARD_RECORD, {"guard": "off", "scratch_model": None})
         return {"guard": "off"}
-    if _pretrained_head(initial_dir):
+    form = _model_form(initial_dir)
+    if form == "recogniser":
         reason = ("the guard compares a recogniser with its zero-shot self (the probe stage), not with one trained "
                   "from random weights: a few hundred utterances teach a random recogniser nothing")
         logger.info("scratch: not trained: %s", reason)
@@ -56,7 +57,13 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
             write_json(staging / GUARD_RECORD, {"guard": guard, "scratch_model": None, "skipped": reason,
                                                 "evidence": {}})
         return {"guard": guard, "scratch_model": "skipped"}
-    decision = _decide(evaluate, encoded_dir, finetuned_dir, prepared_dir, params_path)
+    if form == "detector":  # no learned baseline draws boxes: nothing to weigh, the guard needs it trained
+        from crosstune.evaluation.guard import ScratchDecision
+
+        decision = ScratchDecision(True, "no learned baseline finds objects, so only a detector trained from random "
+                                         "weights tells what the pretrained backbone brought", {})
+    else:
+        decision = _decide(evaluate, encoded_dir, finetuned_dir, prepared_dir, params_path)
     if not decision.train:
         logger.info("scratch: not trained (evaluate.scratch: auto): %s", decision.reason)
         with atomic_directory(model_dir) as staging:
@@ -83,7 +90,12 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
     check_names(finetune)
     context = training_context(base, finetune)
     attached, config = load_transfer_model(initial_dir)
-    scratch = random_init_model(attached, config, base.seed)
+    if form == "detector":
+        from crosstune.detection.stages import random_init_detector
+
+        scratch = random_init_detector(attached, config, base.seed)
+    else:
+        scratch = random_init_model(attached, config, base.seed)
     del attached
     encoded = Path(encoded_dir)
     train_split = load_any_split(encoded / "train.safetensors")
@@ -104,19 +116,20 @@ def scratch_stage(initial_dir: str, encoded_dir: str, model_dir: str, params_pat
                                           "evidence": decision.evidence})
         write_json(staging / "params.json", {"base": to_dict(base), "finetune": to_dict(finetune),
                                              "freeze": scratch.spec["freeze"], "head": config["head"],
-                                             "pooling": config["pooling"], "initialisation": "random"})
+                                             "pooling": config.get("pooling"), "initialisation": "random"})
         write_json(staging / "train_history.json", result.history)
     return {"guard": guard, "best_epoch": result.best_epoch, **result.best_metrics}
 
 
-def _pretrained_head(initial_dir: str) -> bool:
-    """Whether the attached model's head is pretrained (a recogniser), read from its config without torch."""
+def _model_form(initial_dir: str) -> str:
+    """The attached model's form (:attr:`crosstune.tasks.base.Task.model_form`: a new head, a recogniser whose
+    head is pretrained, a detector), read from its config without torch."""
     from crosstune.io import read_json
     from crosstune.tasks.registry import TASKS
     from crosstune.transfer_model.settings import model_settings
 
     task = model_settings(read_json(Path(initial_dir) / "config.json")).get("task", "")
-    return task in TASKS and TASKS.get(task).model_form == "recogniser"
+    return TASKS.get(task).model_form if task in TASKS else "head"
 
 
 def _decide(evaluate: Any, encoded_dir: str, finetuned_dir: str | None, prepared_dir: str | None,

@@ -40,8 +40,9 @@ class CachedSplit:
 
     Shape:
         features (N, H) for level "all"; or states (sum of kept tokens, H) with offsets (N + 1,) for text,
-        or feature_maps (N, C, H, W) for images; lengths (N,) the untruncated token counts (text: they
-        order batches exactly as the uncached path does); labels (N,), or a per-token task's (W, 2) with its
+        or feature_maps (N, C, H, W) for images, or a detector's prefix (N, C, H, W) with the pyramid's inputs
+        below it (``pyramid_<stage>``) and its boxes and box labels; lengths (N,) the untruncated token counts
+        (text: they order batches exactly as the uncached path does); labels (N,), or a per-token task's (W, 2) with its
         positions (N, L) (:class:`crosstune.data.text_encoding.EncodedSplit`).
     """
 
@@ -84,6 +85,9 @@ def collate_cached(split: CachedSplit, indices: "torch.Tensor") -> "Batch":
     from crosstune.data.text_encoding import Batch
 
     labels = split.labels[indices] if split.positions is None else split.labels
+    if "prefix" in split.tensors:  # a detector's frozen stages (and the boxes the loss reads)
+        return Batch(indices, {key: value[indices].float() if value.is_floating_point() else value[indices]
+                               for key, value in split.tensors.items()}, labels)
     if "encoder_states" in split.tensors or "encoder_hidden" in split.tensors:  # a recogniser's encoder
         from crosstune.data.audio import trim_padding
 
@@ -135,9 +139,12 @@ def build_cached_split(model: "TransferModel", level: "PrefixLevel", split: "Spl
         offsets = torch.zeros(len(states) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(torch.tensor([len(rows) for rows in states]), 0)
         tensors = {"states": torch.cat(states), "offsets": offsets}
-    else:
-        key = next(iter(chunks[0]))
-        tensors = {key: torch.stack([chunks[index][key] for index in order])}
+    else:  # one tensor per example, or several (a detector's prefix and the pyramid inputs below it)
+        tensors = {key: torch.stack([chunks[index][key] for index in order]) for key in chunks[0]}
+    for key in model.prefix_passthrough:  # inputs the rest of the model reads as they are (a detector's boxes)
+        value = getattr(split, key, None)
+        if key not in tensors and isinstance(value, torch.Tensor):
+            tensors[key] = value.clone()
     return CachedSplit(level, tensors, split.labels.clone(), getattr(split, "lengths", None),
                        getattr(split, "positions", None))
 
@@ -159,7 +166,11 @@ def verify_prefix_split(model: "TransferModel", level: "PrefixLevel", split: "Sp
         prefix.update({key: batch.inputs[key] for key in model.prefix_passthrough})
         if "hidden_states" in prefix:
             prefix["attention_mask"] = batch.inputs["attention_mask"]
-        resumed = model.forward_from_prefix(level, **prefix)
+        if isinstance(full, torch.Tensor):
+            resumed = model.forward_from_prefix(level, **prefix)
+        else:  # a detector's detections (boxes above a score): its pooled pyramid is the comparable tensor
+            full = model.features(**batch.inputs)
+            resumed = model.features_from_prefix(level, **prefix)
     difference = float((full - resumed).abs().max())
     scale = float(full.abs().max()) or 1.0
     if difference > tolerance * max(scale, 1.0):

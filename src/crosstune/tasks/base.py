@@ -43,8 +43,10 @@ class Task:
         pooling: a ``head.pooling`` the task imposes ("tokens": the head sees every token), or "" (the user's).
         prepared_columns: columns of the prepared tables besides the input and ``label`` that the task keeps
             (a tagged sentence's word offsets) and evaluate's predictions table carries.
-        model_form: ``head``: a pretrained backbone with a new head (every task but one); ``recogniser``: a whole
-            pretrained encoder-decoder whose decoder is the head (:mod:`crosstune.transfer_model.speech_recognition`).
+        model_form: ``head``: a pretrained backbone with a new head; ``recogniser``: a whole pretrained
+            encoder-decoder whose decoder is the head (:mod:`crosstune.transfer_model.speech_recognition`);
+            ``detector``: a pretrained backbone inside a torchvision detector
+            (:mod:`crosstune.transfer_model.detection`).
         own_params: params keys only this task reads (the report leaves them out of another task's runs).
         confusion_matrix: the report shows the test confusion matrix (one class per example; not for numbers,
             tag sequences or transcripts).
@@ -155,6 +157,16 @@ class Task:
         clean = texts if config.get("tokenizer_normalises") else [normalise_text(text, lowercase) for text in texts]
         return encode_texts(tokenizer, clean, torch.zeros(len(clean)), max_length)
 
+    def batching(self, config: dict[str, Any], batch_size: int, augment: Any = None) -> Any:
+        """How a split of a saved model's task becomes batches, where the task's inputs carry more than the
+        modality's (a detection split's boxes); None (the default): the modality's batching."""
+        return None
+
+    def decode_inputs(self, values: Sequence[Any], config: dict[str, Any]) -> Any:
+        """New inputs as a split for ``crosstune predict`` where the task decodes them its own way (a detector's
+        letterboxed canvas); None (the default): the modality decodes them."""
+        return None
+
     def loss_targets(self, targets: "torch.Tensor") -> "torch.Tensor":
         """What the loss compares a split's outputs with (validation, the probe's fit), from its encoded targets."""
         return targets
@@ -227,6 +239,16 @@ class Task:
 
     def check_new_inputs(self, inputs: Sequence[Any], config: dict[str, Any]) -> None:
         """Refuse new inputs the saved model (``config``) cannot take whole, before they are decoded."""
+
+    def check_drawing(self, directory: str) -> None:
+        """``crosstune predict --draw``: refused by a task with nothing to draw on its inputs."""
+        raise ConfigError(f"--draw {directory}: draws a detector's boxes on its images; a {self.name} model has none "
+                          f"to draw: leave --draw out.")
+
+    def draw_predictions(self, inputs: Sequence[Any], records: Sequence[dict[str, Any]], directory: Path,
+                         labels: Sequence[str]) -> None:
+        """Write each input with its predictions drawn into ``directory`` (``crosstune predict --draw``)."""
+        raise NotImplementedError
 
     def report_sections(self, test: dict[str, Any], predictions: Path) -> list[str] | None:
         """The report's HTML sections on this task's test results (``test``: eval.json; ``predictions``: its

@@ -8,12 +8,13 @@ from __future__ import annotations
 from crosstune.registry import Registry
 from crosstune.tasks.base import Task
 from crosstune.tasks.classification import Classification
+from crosstune.tasks.detection import Detection
 from crosstune.tasks.regression import Regression
 from crosstune.tasks.token_classification import TokenClassification
 from crosstune.tasks.transcription import Transcription
 
 TASKS: Registry[Task] = Registry("task")
-for _task in (Classification(), Regression(), TokenClassification(), Transcription()):
+for _task in (Classification(), Regression(), TokenClassification(), Transcription(), Detection()):
     TASKS.register(_task.name)(_task)
 
 

@@ -44,6 +44,15 @@ def token_cross_entropy(class_weights: "torch.Tensor | None", label_smoothing: f
     return TokenCrossEntropy()
 
 
+@LOSSES.register("detection")
+def detection(class_weights: "torch.Tensor | None", label_smoothing: float = 0.0) -> "torch.nn.Module":
+    """A detector's own loss terms, summed (FCOS: sigmoid focal loss on classes, GIoU on boxes, BCE on
+    centre-ness; :class:`crosstune.transfer_model.detection.SummedLossTerms`)."""
+    from crosstune.transfer_model.detection import SummedLossTerms
+
+    return SummedLossTerms()
+
+
 @LOSSES.register("mse")
 def mse(class_weights: "torch.Tensor | None", label_smoothing: float = 0.0) -> "torch.nn.Module":
     import torch

@@ -51,10 +51,16 @@ def save_transfer_model(model: TransferModel, directory: str | Path, tokenizer: 
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if getattr(model, "chosen_by_task", False):  # a whole recogniser: always the stock Hugging Face form
+    form = _model_form(model.spec)
+    if form == "recogniser":  # a whole recogniser: always the stock Hugging Face form
         from crosstune.transcription.storage import save_recogniser
 
         save_recogniser(model, directory, tokenizer, extra)
+        return
+    if form == "detector":  # a torchvision detector: its own config (crosstune.detection.storage)
+        from crosstune.detection.storage import save_detector
+
+        save_detector(model, directory, extra)
         return
     if model.spec["head"]["type"] == HF_HEAD:
         _save_hf_form(model, directory, extra)
@@ -97,10 +103,15 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     directory = Path(directory)
     raw = read_artifact_json(directory / CONFIG_NAME)
     config = model_settings(raw)
-    if _recogniser_task(config):
+    form = _model_form(config)
+    if form == "recogniser":
         from crosstune.transcription.storage import load_recogniser
 
         return load_recogniser(directory)
+    if form == "detector":
+        from crosstune.detection.storage import load_detector
+
+        return load_detector(directory)
     model_types = sorted(MODALITIES.get(name).model_type for name in MODALITIES)
     if not is_hf_form(raw) and config.get("model_type") not in model_types:
         raise ArtifactError(
@@ -125,10 +136,11 @@ def load_transfer_model(directory: str | Path) -> tuple[TransferModel, dict[str,
     return model, config
 
 
-def _recogniser_task(config: dict[str, Any]) -> bool:
+def _model_form(config: dict[str, Any]) -> str:
+    """The task's model form (:attr:`crosstune.tasks.base.Task.model_form`) a model's spec or config records."""
     from crosstune.tasks.registry import TASKS
 
-    return config.get("task") in TASKS and TASKS.get(config["task"]).model_form == "recogniser"
+    return TASKS.get(config["task"]).model_form if config.get("task") in TASKS else "head"
 
 
 def load_model_weights(model: TransferModel, directory: str | Path, hf_form: bool | None = None) -> None:
