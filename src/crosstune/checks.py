@@ -137,7 +137,7 @@ def name_problems(params: dict[str, Any]) -> list[str]:
     suits: list[Any] = []
     suits.extend((lambda name=name: task.check_loss(name)) for name in names("finetune", "loss"))
     suits.extend((lambda name=name: task.check_select_metric(name)) for name in names("finetune", "select_metric"))
-    if select == "score" or task.model_form != "recogniser":  # a recogniser is named, never ranked or scored
+    if select == "score" or task.model_form == "head":  # a recogniser or detector is named, never ranked or scored
         suits.extend((lambda name=name: task.transferability(name)) for name in names("backbone", "score"))
     suits.extend((lambda name=name: _check_baseline_task(name, task.name, BASELINE_TASKS))
                  for name in names("evaluate", "baselines") if name in BASELINES)
