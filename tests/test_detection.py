@@ -490,3 +490,93 @@ def test_the_backbone_stage_letterboxes_every_split_once(tmp_path: Path) -> None
     assert int((train.box_labels > 0).sum()) == sum(len(boxes) for boxes in expected) == summary["train_boxes"]
     assert torch.allclose(train.boxes[0, :len(expected[0])], torch.tensor([b.corners() for b in expected[0]]) / 2)
     assert len(load_detection_split(tmp_path / "encoded" / "source.safetensors")) == 0
+
+
+def _saved_detector(tmp_path: Path):
+    """A tiny detector saved as a model directory, with the split it was built for."""
+    from crosstune.backbones.vision import build_vision_backbone
+    from crosstune.detection.storage import DetectorSettings, build_detection_model, save_detector
+
+    _, split = _detection_model(tmp_path / "data")
+    settings = DetectorSettings(canvas=tuple(split.images.shape[-2:]), fpn_channels=32, score_threshold=0.0)
+    model = build_detection_model(build_vision_backbone("tiny-cnn", "none", 5), ["cell", "dot"], settings,
+                                  {"task": "detection", "freeze": {"depth": 0}, "head": {"type": "fcos"}}, seed=5)
+    save_detector(model, tmp_path / "model")
+    return model, split
+
+
+def test_the_dense_outputs_and_their_post_processing_are_the_detectors_own(tmp_path: Path) -> None:
+    """What the ONNX graph holds (class logits, boxes, centre-ness per location) plus torchvision's post-processing
+    after it give exactly the detections of the whole PyTorch detector."""
+    import torch
+
+    from crosstune.detection.batching import collate
+
+    model, split = _saved_detector(tmp_path)
+    images = collate(split, torch.arange(4)).inputs["images"]
+    model.eval()
+    with torch.no_grad():
+        whole = model(images)
+        dense = model.dense_outputs(images)
+        apart = model.detections_from_dense(dense, tuple(images.shape[-2:]))
+    assert dense.shape[:2] == (4, sum(h * w for h, w in model.level_sizes(tuple(images.shape[-2:]))))
+    assert dense.shape[2] == 3 + 5  # background, cell, dot; four box sides; centre-ness
+    for ours, theirs in zip(whole, apart):
+        assert len(ours["boxes"]) > 0
+        assert torch.equal(ours["boxes"], theirs["boxes"]) and torch.equal(ours["labels"], theirs["labels"])
+
+
+@pytest.mark.slow
+def test_onnx_export_finds_the_boxes_pytorch_finds(tmp_path: Path) -> None:
+    """`crosstune export --format onnx` of a detector: the graph checked against PyTorch at export, and `crosstune
+    predict --onnx` on new images gives PyTorch's boxes."""
+    import torch
+
+    from crosstune.inference.onnx_export import write_onnx
+    from crosstune.inference.predictor import Predictor
+
+    _saved_detector(tmp_path)
+    write_onnx(tmp_path / "model", tmp_path / "model" / "model.onnx")
+    paths = sorted(str(path) for path in (tmp_path / "data" / "JPEGImages").iterdir())[:3]
+    torch_boxes = Predictor.from_directory(tmp_path / "model").predict(paths)
+    onnx_boxes = Predictor.from_directory(tmp_path / "model", runtime="onnx").predict(paths)
+    assert len(torch_boxes) == 3 and any(record["boxes"] for record in torch_boxes)
+    for ours, theirs in zip(torch_boxes, onnx_boxes):
+        assert [box["label"] for box in ours["boxes"]] == [box["label"] for box in theirs["boxes"]]
+        for mine, other in zip(ours["boxes"], theirs["boxes"]):
+            assert mine["box"] == pytest.approx(other["box"], abs=0.05)
+            assert mine["score"] == pytest.approx(other["score"], abs=1e-3)
+
+
+def test_training_on_the_cached_prefix_equals_training_on_images(tmp_path: Path) -> None:
+    """The finetune loop from the frozen-prefix cache (the blocks below freeze.depth run once) gives the weights
+    and validation scores of the same loop on the letterboxed images, batch for batch."""
+    import dataclasses
+
+    import torch
+
+    from crosstune.config import FinetuneParams
+    from crosstune.detection.batching import DetectionBatching
+    from crosstune.freezing.policy import apply_freeze
+    from crosstune.prefix_cache.store import CachedBatching, build_cached_split
+    from crosstune.training.loop import TrainingData, train
+    from crosstune.training.run_context import RunContext
+    from crosstune.transfer_model.storage import load_transfer_model
+
+    _, split = _saved_detector(tmp_path)
+    params = dataclasses.replace(FinetuneParams(), epochs=2, batch_size=2, lr=3e-3, loss="detection",
+                                 select_metric="map", class_weights="none", select_window=1)
+    runs = []
+    for cached in (False, True):
+        model, _ = load_transfer_model(tmp_path / "model")
+        apply_freeze(model, 2)
+        if cached:
+            prefix = build_cached_split(model, 2, split, DetectionBatching(4), 4, "float32", "cpu")
+            data = TrainingData(prefix, prefix, CachedBatching(2, "image"), 2)
+        else:
+            data = TrainingData(split, split, DetectionBatching(2), None)
+        result = train(model, data, params, 0, RunContext.single_process("cpu", "off"))
+        runs.append((result.history, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (plain_history, plain_weights), (cached_history, cached_weights) = runs
+    assert [row["loss"] for row in cached_history] == pytest.approx([row["loss"] for row in plain_history], rel=1e-4)
+    assert torch.allclose(cached_weights, plain_weights, atol=1e-5)

@@ -16,7 +16,7 @@ def detect_split(model: Any, split: Any, batching: Any, device: str, level: Any 
     from crosstune.detection.encoding import targets
     from crosstune.freezing.policy import set_train_mode
 
-    was_training = model.training
+    was_training = bool(model.training)
     model.eval()
     found: dict[int, dict[str, torch.Tensor]] = {}
     truth: dict[int, dict[str, torch.Tensor]] = {}
@@ -40,3 +40,23 @@ def detect_split(model: Any, split: Any, batching: Any, device: str, level: Any 
     order = sorted(found)
     mean_loss = total / max(len(order), 1) if loss_fn is not None else None
     return [found[index] for index in order], [truth[index] for index in order], mean_loss
+
+
+class OnnxDetector:
+    """An exported detector's ``model.onnx`` (:meth:`~crosstune.transfer_model.detection.DetectionModel.
+    dense_outputs`) with torchvision's post-processing after it, called as :func:`detect_split` calls the PyTorch
+    detector; ``skeleton`` is the detector loaded from the same directory (its anchors and thresholds)."""
+
+    training = False
+
+    def __init__(self, graph: Any, skeleton: Any) -> None:
+        self.graph = graph
+        self.skeleton = skeleton
+
+    def eval(self) -> "OnnxDetector":
+        return self
+
+    def forward_parts(self, level: Any, **inputs: torch.Tensor) -> tuple[None, list[dict[str, torch.Tensor]]]:
+        images = inputs["images"]
+        dense = self.graph(images=images.float())
+        return None, self.skeleton.detections_from_dense(dense, tuple(images.shape[-2:]))

@@ -5,9 +5,9 @@ build_detection_model`) and freezes the bottom ``freeze.depth`` blocks as for ev
 
 **probe** is the guard's frozen-backbone detector: FCOS's feature pyramid and towers cannot be fitted in closed
 form, so they train by gradient (AdamW, ``probe.epochs`` at ``probe.lr``) on the frozen backbone's outputs, which
-are computed once (the frozen-prefix cache at level ``all``, read from the cache stage when it built that level,
-else built here in memory). It answers "would the pretrained features have done without fine-tuning?" and is
-the start of fine-tuning with ``finetune.head_init: probe`` (LP-FT).
+are computed once, in memory (the cache stage's frozen prefix carried through the rest of the backbone when it
+built one, else the whole backbone run here). It answers "would the pretrained features have done without
+fine-tuning?" and is the start of fine-tuning with ``finetune.head_init: probe`` (LP-FT).
 
 **scratch** is the same detector with a randomly initialised backbone, BatchNorm trainable (random statistics
 mean nothing to freeze), trained with the ``finetune`` params.
@@ -87,9 +87,11 @@ def probe_detector(model: Any, config: dict[str, Any], encoded_dir: str, feature
     apply_freeze(model, "all", (), False)
     meta = read_json(Path(features_dir) / META_NAME) if features_dir and \
         (Path(features_dir) / META_NAME).is_file() else {}
-    if meta.get("cached") and meta.get("level") == "all":
-        splits = [load_cached_split(Path(features_dir) / f"{name}.safetensors") for name in CACHED_SPLITS]
-        source = "the cache stage's"
+    if meta.get("cached"):  # the cache stage's frozen prefix, carried through the rest of the backbone once
+        model.to(device)
+        splits = [_through_backbone(model, load_cached_split(Path(features_dir) / f"{name}.safetensors"),
+                                    cache.batch_size, device) for name in CACHED_SPLITS]
+        source = f"the cache stage's (level {meta['level']})"
     else:  # the frozen backbone's outputs, once, in memory
         batching = batching_for(config, cache.batch_size, 0)
         model.to(device)
@@ -116,6 +118,27 @@ def probe_detector(model: Any, config: dict[str, Any], encoded_dir: str, feature
     return {"probe_epochs": params.epochs, "probe_best_epoch": result.best_epoch, "probe_fitted_on": len(splits[0]),
             **{f"probe_validation_{key}": value for key, value in validation.items()
                if key in ("loss", "map", "map_50")}}
+
+
+def _through_backbone(model: Any, split: Any, batch_size: int, device: str) -> Any:
+    """A cached split at level N carried to level ``all`` (the pyramid's inputs): only the blocks above N run."""
+    import torch
+
+    from crosstune.prefix_cache.store import CachedSplit
+
+    if split.level == "all":
+        return split
+    model.eval()
+    passthrough = set(model.prefix_passthrough)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            part = {key: value[start:start + batch_size].to(device).float() for key, value in split.tensors.items()
+                    if key not in passthrough}
+            chunks.append({key: value.cpu() for key, value in model.advance_prefix(split.level, part).items()})
+    tensors = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    tensors.update({key: split.tensors[key] for key in passthrough if key in split.tensors})
+    return CachedSplit("all", tensors, split.labels)
 
 
 def random_init_detector(attached: Any, config: dict[str, Any], seed: int) -> Any:

@@ -7,6 +7,10 @@ so preprocessing stays in crosstune and is shared by both runtimes:
   tokenizing (the tokenizer files are copied beside the graph) and length-bucketed padding stay outside.
 - image: ``pixel_values`` (B, 3, S, S) float32, already resized and normalised -> ``logits``.
 - audio: ``input_features`` (the backbone's own features, e.g. (B, 80, T) log-mel for Whisper) -> ``logits``.
+- a detector: ``images`` (B, 3, H, W) in [0, 1], letterboxed onto its canvas -> per location of every pyramid
+  level, FCOS's class logits, box regression and centre-ness side by side (B, L, K + 5); the anchors, score
+  threshold and NMS run after the graph with torchvision's own code, as in PyTorch
+  (:class:`crosstune.detection.inference.OnnxDetector`).
   The feature front end (STFT, mel filters, Whisper's feature extractor) is *not* in the graph: it is not
   part of ``AudioTransferModel.forward`` but of the batcher (:class:`crosstune.data.audio.AudioBatcher`),
   and ``crosstune predict --onnx`` runs it before the graph as for PyTorch.
@@ -52,7 +56,7 @@ class _PositionalInputs(nn.Module):
         self.names = names
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, inputs)))
+        return self.model.onnx_outputs(**dict(zip(self.names, inputs)))
 
 
 def input_names(model: Any) -> tuple[str, ...]:

@@ -170,9 +170,17 @@ class Detection(Task):
                             tuple(config["detector"]["canvas"]))
 
     def predict_split(self, model: Any, split: Any, batching: Any, device: str) -> Any:
-        """Detections in each image's own pixels."""
+        """Detections in each image's own pixels (``model``: a detector, or an exported ``model.onnx`` run with
+        the post-processing of the detector saved beside it)."""
+        import torch
+
         from crosstune.detection.encoding import to_image_pixels
-        from crosstune.detection.inference import detect_split
+        from crosstune.detection.inference import OnnxDetector, detect_split
+
+        if not isinstance(model, torch.nn.Module):
+            from crosstune.detection.storage import load_detector
+
+            model = OnnxDetector(model, load_detector(Path(model.path).parent)[0])
 
         return to_image_pixels(detect_split(model, split, batching, device)[0], split.scales)
 

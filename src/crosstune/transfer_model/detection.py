@@ -104,6 +104,22 @@ class DetectionModel(TransferModel):
         outputs["prefix"] = x
         return outputs
 
+    def advance_prefix(self, level: PrefixLevel, cached: dict[str, torch.Tensor],
+                       to: PrefixLevel = "all") -> dict[str, torch.Tensor]:
+        """The prefix outputs at a deeper level ``to`` from those at ``level`` (running only the stages between):
+        what :meth:`prefix_outputs` at ``to`` would give, without the early, costly stages again."""
+        start, stop = self._prefix_stop(level), self._prefix_stop(to)
+        outputs = {key: value for key, value in cached.items() if key.startswith("pyramid_")}
+        x = cached["prefix"]
+        if start in self.detector.backbone.stage_indices and start < stop:
+            outputs[f"pyramid_{start}"] = x
+        for index in range(start + 1, stop + 1):
+            x = self.backbone._stages[index](self.backbone.body, x)
+            if index in self.detector.backbone.stage_indices and index < stop:
+                outputs[f"pyramid_{index}"] = x
+        outputs["prefix"] = x
+        return outputs
+
     def _features_from_prefix(self, level: PrefixLevel, cached: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         stop = self._prefix_stop(level)
         found = {key.removeprefix("pyramid_"): value for key, value in cached.items() if key.startswith("pyramid_")}
@@ -190,6 +206,45 @@ class DetectionModel(TransferModel):
 
     def onnx_input_names(self) -> tuple[str, ...]:
         return ("images",)
+
+    def onnx_example_inputs(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.rand(2, 3, *self.settings.canvas, generator=generator),)
+
+    def onnx_outputs(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The dense part only (what traces): :meth:`dense_outputs`."""
+        return self.dense_outputs(inputs["images"])
+
+    # --- the dense outputs and their post-processing apart (ONNX runs the first) -------------------------------
+
+    def dense_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Per location of every pyramid level (finest first), FCOS's class logits (K), box regression (4) and
+        centre-ness (1) side by side. Shape: images (B, 3, H, W) in [0, 1] -> (B, L, K + 5)."""
+        head = self.detector.head(self.pyramid_features(images))
+        return torch.cat([head["cls_logits"], head["bbox_regression"], head["bbox_ctrness"]], dim=2)
+
+    def level_sizes(self, canvas: tuple[int, int]) -> list[tuple[int, int]]:
+        """(height, width) of each pyramid level for images on ``canvas``: the backbone's strides halve with
+        rounding up (3x3 convolutions of stride 2, padding 1), as do P6 and P7 after the last stage."""
+        sizes = []
+        height, width = canvas
+        for stride in self.detector.backbone.strides:
+            sizes.append((-(-height // stride), -(-width // stride)))
+        return sizes
+
+    def detections_from_dense(self, dense: torch.Tensor, canvas: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
+        """FCOS's post-processing (anchors, score threshold, per-class NMS, top detections) of
+        :meth:`dense_outputs`, computed elsewhere (ONNX Runtime)."""
+        classes = int(self.detector.head.classification_head.num_classes)
+        head_outputs = {"cls_logits": dense[..., :classes], "bbox_regression": dense[..., classes:classes + 4],
+                        "bbox_ctrness": dense[..., classes + 4:]}
+        features = [torch.empty((dense.shape[0], 1, height, width), dtype=dense.dtype)
+                    for height, width in self.level_sizes(canvas)]
+        from torchvision.models.detection.image_list import ImageList
+
+        image_list = ImageList(torch.empty(dense.shape[0], 3, *canvas, dtype=dense.dtype), [canvas] * dense.shape[0])
+        anchors = self.detector.anchor_generator(image_list, features)
+        per_level = [feature.size(2) * feature.size(3) for feature in features]
+        return self._detections((head_outputs, anchors, per_level, image_list))
 
 
 class SummedLossTerms(nn.Module):

@@ -127,6 +127,10 @@ class TransferModel(nn.Module):
 
         return ({0: Dim("batch")},)
 
+    def onnx_outputs(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """What the ONNX graph computes from a batch's inputs: the forward pass's logits, by default."""
+        return self(**inputs)
+
 
 class TextTransferModel(TransferModel):
     """A Hugging Face encoder, pooled over tokens.
