@@ -66,6 +66,9 @@ HOW_TRAINED = {  # how the card says each kind of model directory was made (foun
 }
 
 
+PER_CLASS_SCORES = ("precision", "recall", "f1", "ap", "ap_50", "count_mae", "count_bias", "support")
+
+
 def trained_as(model_dir: str | Path) -> str:
     """Which kind of model a directory holds, from the record its stage leaves: the probe stage's
     ``probe.json``, the scratch stage's ``guard.json``; anything else was fine-tuned."""
@@ -91,9 +94,10 @@ def model_card(config: dict[str, Any], params: dict[str, Any], metrics: dict[str
     example = modality_of_config(config).usage
     headline = {key: value for key, value in metrics.items() if key in TASKS.get(task).card_metrics}
     baselines = {key: value for key, value in metrics.items() if key.startswith(("baseline_", "gain_"))}
-    per_class = {key: value for key, value in metrics.items()  # <class or entity type>_{precision,recall,f1,support}
-                 if key.rpartition("_")[2] in ("precision", "recall", "f1", "support")
-                 and f"{key.rpartition('_')[0]}_support" in metrics}
+    # <class or entity type>_<score> of every class that has a <class>_support count
+    classes = [key[: -len("_support")] for key in metrics if key.endswith("_support")]
+    per_class = {f"{name}_{score}": metrics[f"{name}_{score}"] for name in classes for score in PER_CLASS_SCORES
+                 if f"{name}_{score}" in metrics}
     return f"""---
 library_name: crosstune
 tags: [crosstune, {task}, {backbone.get('architecture', 'unknown')}]
