@@ -82,7 +82,7 @@ def test_a_task_rejects_a_loss_that_does_not_suit_it() -> None:
     with pytest.raises(ValueError, match=r"finetune\.loss: 'mse' does not suit a classification task"):
         TASKS.get("classification").build_loss("mse", None, 0.0)
     with pytest.raises(ValueError, match=r"finetune\.loss: unknown loss 'hinge'; valid loss names: "
-                                         r"\['cross_entropy', 'mse', 'token_cross_entropy'\]"):
+                                         r"\['cross_entropy', 'detection', 'mse', 'token_cross_entropy'\]"):
         TASKS.get("classification").build_loss("hinge", None, 0.0)
 
 
