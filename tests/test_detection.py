@@ -530,7 +530,6 @@ def test_the_dense_outputs_and_their_post_processing_are_the_detectors_own(tmp_p
 def test_onnx_export_finds_the_boxes_pytorch_finds(tmp_path: Path) -> None:
     """`crosstune export --format onnx` of a detector: the graph checked against PyTorch at export, and `crosstune
     predict --onnx` on new images gives PyTorch's boxes."""
-    import torch
 
     from crosstune.inference.onnx_export import write_onnx
     from crosstune.inference.predictor import Predictor
