@@ -5,7 +5,8 @@ fallback the best of the three on validation is exported) and the domain gap bef
 Reads params sections `base` (seed, device) and `evaluate`. By hand:
     python stages/evaluate.py --model models/finetuned --encoded data/encoded --prepared data/prepared \
         --initial models/initial --scratch models/scratch --probe models/probe \
-        --metrics metrics/eval.json --predictions metrics/predictions.csv --examples metrics/misclassified.png
+        --metrics metrics/eval.json --predictions metrics/predictions.csv --examples metrics/misclassified.png \
+        --summary metrics/summary.json
 """
 
 import argparse
@@ -24,12 +25,13 @@ def main(argv=None) -> None:
     parser.add_argument("--scratch", help="directory for the guard's scratch model")
     parser.add_argument("--probe", help="the probe stage's model (the guard's linear probe)")
     parser.add_argument("--metrics", required=True, help="flat JSON of test metrics")
+    parser.add_argument("--summary", help="flat JSON of the headline test metrics (what `dvc metrics show` lists)")
     parser.add_argument("--predictions", required=True, help="CSV of test inputs, labels and predictions")
     parser.add_argument("--examples", required=True, help="PNG of misclassified test examples")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     evaluate_stage(args.model, args.encoded, args.prepared, args.metrics, args.predictions, args.examples,
-                   args.params, args.initial, args.scratch, args.probe)
+                   args.params, args.initial, args.scratch, args.probe, args.summary)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,19 @@ def documented_reruns() -> dict[str, set[str]]:
     return rows
 
 
+DETECTION_PARAMS = {  # FCOS on the tiny CNN over generated squares (make_box_images): cache, probe, scratch detector
+    "data": {"train": "data/boxes/train", "test": "data/boxes/test"},
+    "prepare": {"task": "detection", "validation_fraction": 0.25, "min_examples_per_class": 2},
+    "backbone": {"name": "tiny-cnn", "weights": "none"},
+    "freeze": {"depth": 1},
+    "head": {"fpn_channels": 32},
+    "finetune": {"epochs": 1, "lr": 0.003, "batch_size": 4, "loss": "detection", "select_metric": "map",
+                 "class_weights": "none"},
+    "probe": {"epochs": 1, "lr": 0.003, "batch_size": 4},
+    "evaluate": {"baselines": [], "guard": "fallback"},
+}
+
+
 CLASS_WORDS = {
     "negative": ["terrible", "awful", "worse", "nausea", "useless", "headache"],
     "neutral": ["okay", "average", "unsure", "moderate", "mixed", "fine"],

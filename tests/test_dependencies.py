@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import (
+    DETECTION_PARAMS,
     REPO_ROOT,
     make_box_images,
     make_texts,
@@ -53,17 +54,7 @@ IMAGE_SCENARIO = {
     # scratch: always, so the scratch stage trains here whatever the evidence (text and audio go through auto)
     "evaluate": {"baselines": ["majority", "pixels_logreg"], "guard": "fallback", "scratch": "always"},
 }
-DETECTION_SCENARIO = {  # FCOS on the tiny CNN: the cache, the trained probe, the scratch detector, the drawing
-    "data": {"train": "data/boxes/train", "test": "data/boxes/test"},
-    "prepare": {"task": "detection", "validation_fraction": 0.25, "min_examples_per_class": 2},
-    "backbone": {"name": "tiny-cnn", "weights": "none"},
-    "freeze": {"depth": 1},
-    "head": {"fpn_channels": 32},
-    "finetune": {"epochs": 1, "lr": 0.003, "batch_size": 4, "loss": "detection", "select_metric": "map",
-                 "class_weights": "none"},
-    "probe": {"epochs": 1},
-    "evaluate": {"baselines": [], "guard": "fallback"},
-}
+DETECTION_SCENARIO = DETECTION_PARAMS  # the cache, the trained probe, the scratch detector, the drawing
 AUDIO_SCENARIO = {
     "data": {"train": "data/audio/train", "test": "data/audio/test"},
     "prepare": {"validation_fraction": 0.25},
@@ -232,3 +223,24 @@ def test_a_missing_dependency_is_reported() -> None:
     read = {"finetune": ["lr", "max_length"], "base": ["seed"]}
     assert undeclared_params(read, ["base", "finetune.lr"]) == ["finetune.max_length"]
     assert undeclared_params(read, ["base", "finetune"]) == []
+
+
+def test_the_metrics_files_named_in_code_are_the_ones_dvc_yaml_writes() -> None:
+    """`crosstune report`, the rerun check and the experiment commands read the metrics files by the names in
+    :mod:`crosstune.pipeline.metrics_files`: dvc.yaml writes exactly those, and declares only the summary."""
+    from crosstune.pipeline import metrics_files
+
+    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+
+    def paths(entries: list) -> set[str]:
+        return {next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries}
+
+    declared = set().union(*(paths(stage.get("metrics", [])) for stage in pipeline["stages"].values()),
+                           paths(pipeline.get("metrics", [])))
+    assert declared == {metrics_files.SUMMARY}
+    outs = set().union(*(paths(stage.get("outs", [])) for stage in pipeline["stages"].values()))
+    written = {path for path in outs if path.startswith("metrics/") and path.endswith(".json")}
+    directories = {path for path in outs if path.startswith("metrics/") and "." not in Path(path).name}
+    inside = {path for path in metrics_files.FILES if any(path.startswith(f"{folder}/") for folder in directories)}
+    assert inside == {metrics_files.TRAINING}  # dvclive's summary, in finetune's output folder
+    assert written | inside == set(metrics_files.FILES)

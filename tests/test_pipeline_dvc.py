@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 import yaml
 from conftest import (
+    DETECTION_PARAMS,
     REPO_ROOT,
     documented_reruns,
     make_box_images,
@@ -71,17 +72,8 @@ TRANSCRIPTION_PARAMS = {  # the tiny random Whisper's decoder trains on the cach
                  "class_weights": "none"},
     "evaluate": {"baselines": [], "guard": "fallback"},
 }
-DETECTION_PARAMS = {  # FCOS on the tiny CNN over generated squares: cache, trained probe, scratch detector
-    "data": {"train": "data/boxes/train", "test": "data/boxes/test"},
-    "prepare": {"task": "detection", "validation_fraction": 0.25, "min_examples_per_class": 2},
-    "backbone": {"name": "tiny-cnn", "weights": "none"},
-    "freeze": {"depth": 1},
-    "head": {"fpn_channels": 32},
-    "finetune": {"epochs": 2, "lr": 0.003, "batch_size": 4, "loss": "detection", "select_metric": "map",
-                 "class_weights": "none"},
-    "probe": {"epochs": 2, "lr": 0.003, "batch_size": 4},
-    "evaluate": {"baselines": [], "guard": "fallback"},
-}
+DETECTION_TWO_EPOCHS = {**DETECTION_PARAMS, "finetune": {**DETECTION_PARAMS["finetune"], "epochs": 2},
+                        "probe": {**DETECTION_PARAMS["probe"], "epochs": 2}}
 ALL_STAGES = {"prepare", "backbone", "attach_head", "cache", "probe", "finetune", "scratch", "evaluate"}
 TEXT_PARAMS = {"finetune": {"epochs": 2}, "evaluate": {"guard": "report"}}
 
@@ -125,7 +117,7 @@ class Repo:
             write_table(root / "data" / "raw" / "train.csv", make_texts(30, seed=1))
             write_table(root / "data" / "raw" / "test.csv", make_texts(10, seed=2))
         self.base_params = IMAGE_PARAMS if images else AUDIO_PARAMS if audio else NER_PARAMS if ner else \
-            TRANSCRIPTION_PARAMS if transcription else DETECTION_PARAMS if boxes else TEXT_PARAMS
+            TRANSCRIPTION_PARAMS if transcription else DETECTION_TWO_EPOCHS if boxes else TEXT_PARAMS
         write_params(root / "params.yaml", self.base_params)
         (root / ".gitignore").write_text((REPO_ROOT / ".gitignore").read_text(encoding="utf-8"), encoding="utf-8")
         (root / "data" / "source").mkdir(parents=True, exist_ok=True)
@@ -274,8 +266,12 @@ def test_learning_rate_reruns_only_what_trains_and_evaluate(repo: Repo) -> None:
     repo.commit("lower lr")
     params_diff = repo.dvc("params", "diff", "HEAD~1")
     assert re.search(r"finetune\.lr\s+0\.003\s+0\.001", params_diff), params_diff
-    metrics_diff = repo.dvc("metrics", "diff", "HEAD~1", "--all")
-    assert "metrics/eval.json" in metrics_diff and "f1_macro" in metrics_diff, metrics_diff
+    metrics_diff = repo.dvc("metrics", "diff", "HEAD~1", "--all")  # the declared headline
+    assert "metrics/summary.json" in metrics_diff and "f1_macro" in metrics_diff, metrics_diff
+    assert "metrics/eval.json" not in metrics_diff and max(map(len, metrics_diff.splitlines())) <= 100, metrics_diff
+    assert max(map(len, repo.dvc("metrics", "show").splitlines())) <= 100  # one screen wide
+    details = repo.dvc("metrics", "diff", "HEAD~1", "--all", "--targets", "metrics/eval.json")
+    assert "baseline_majority_f1_macro" in details, details
 
 
 def test_freeze_depth_reruns_from_attach_head_and_rebuilds_the_cache(repo: Repo) -> None:
@@ -523,14 +519,18 @@ def test_two_experiments_at_once_wait_or_fail_with_dvcs_lock_and_corrupt_nothing
 
 
 def _experiments_from_dvc(repo: Repo) -> dict[str, tuple[dict, dict]]:
-    """name -> (params.yaml, metrics files) of HEAD's experiments, read from `dvc exp show --json` directly."""
+    """name -> (params.yaml, metrics files) of HEAD's experiments, read from `dvc exp show --json` directly (the
+    declared summary) and from each experiment's commit (the other metrics files)."""
     found = {}
     for baseline in json.loads(repo.dvc("exp", "show", "--json")):
         for group in baseline.get("experiments") or []:
             for revision in group["revs"]:
                 data = revision["data"]
-                found[revision["name"]] = (data["params"]["params.yaml"]["data"],
-                                           {path: value["data"] for path, value in data["metrics"].items()})
+                metrics = {path: value["data"] for path, value in data["metrics"].items()}
+                assert set(metrics) == {"metrics/summary.json"}, metrics
+                for path in ("metrics/eval.json", "metrics/finetune/metrics.json"):
+                    metrics[path] = json.loads(repo.git("show", f"{revision['rev']}:{path}"))
+                found[revision["name"]] = (data["params"]["params.yaml"]["data"], metrics)
     return found
 
 
@@ -555,6 +555,7 @@ def test_sweep_queues_the_grid_as_dvc_experiments_and_ranks_them(repo: Repo) -> 
         validation[row[1]] = metrics["metrics/finetune/metrics.json"]["best_validation"]["f1_macro"]
         assert float(row[4]) == pytest.approx(validation[row[1]], abs=5e-5)
         assert float(row[5]) == pytest.approx(metrics["metrics/eval.json"]["f1_macro"], abs=5e-5)
+        assert metrics["metrics/summary.json"]["f1_macro"] == metrics["metrics/eval.json"]["f1_macro"]
     assert [row[1] for row in rows] == sorted(validation, key=lambda name: (-validation[name], name))
     assert len({tuple(row[2:4]) for row in rows}) == 2
     assert f"dvc exp apply {rows[0][1]}" in result.stdout

@@ -37,10 +37,28 @@ class Experiment:
     params: dict[str, Any] = field(default_factory=dict)  # params.yaml, as the trial ran it
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics file -> its values
     log: str | None = None  # the trial's output (also `dvc queue logs NAME`)
+    repo: str | Path = "."  # where the experiment's commit is, for the metrics files dvc.yaml does not declare
+
+    def file(self, path: str) -> dict[str, Any]:
+        """Metrics file ``path`` of this experiment: from `dvc exp show` when dvc.yaml declares it, else from the
+        experiment's commit (the other metrics files are committed outputs, :mod:`crosstune.pipeline.metrics_files`);
+        empty when absent or not yet run."""
+        if path not in self.metrics:
+            text = ""
+            if self.state == "success" and self.rev:
+                shown = subprocess.run(["git", "show", f"{self.rev}:{path}"], cwd=self.repo, capture_output=True,
+                                       text=True, check=False)
+                text = shown.stdout if shown.returncode == 0 else ""
+            try:
+                self.metrics[path] = json.loads(text) if text else {}
+            except json.JSONDecodeError:
+                logger.warning("%s of experiment %s is not JSON; left out", path, self.name)
+                self.metrics[path] = {}
+        return self.metrics[path]
 
     def value(self, path: str, key: str) -> Any:
         """A dotted ``key`` (``best_validation.f1_macro``) of metrics file ``path``; None when absent."""
-        node: Any = self.metrics.get(path, {})
+        node: Any = self.file(path)
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return None
@@ -122,6 +140,7 @@ def baseline_experiments(repo: str | Path = ".") -> list[Experiment]:
                     params=_data(revision, "params").get("params.yaml", {}),
                     metrics=_data(revision, "metrics"),
                     log=(executor.get("local") or {}).get("log"),
+                    repo=repo,
                 ))
         break  # dvc exp show lists the workspace, then HEAD's baseline first
     return experiments

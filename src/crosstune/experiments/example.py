@@ -19,10 +19,11 @@ from typing import Sequence
 
 from crosstune.config import read_params_file
 from crosstune.errors import CrosstuneError
+from crosstune.pipeline import metrics_files
 
 logger = logging.getLogger(__name__)
 
-TEST_METRICS = "metrics/eval.json"
+TEST_METRICS = metrics_files.TEST
 
 
 def _git(repo: Path, *args: str) -> str:

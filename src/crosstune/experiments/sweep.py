@@ -28,11 +28,12 @@ from crosstune.experiments.dvc_queue import (
     remove_experiments,
     run_queue,
 )
+from crosstune.pipeline import metrics_files
 
 logger = logging.getLogger(__name__)
 
-VALIDATION_METRICS = "metrics/finetune/metrics.json"  # finetune's best epoch on the validation split
-TEST_METRICS = "metrics/eval.json"
+VALIDATION_METRICS = metrics_files.TRAINING  # finetune's best epoch on the validation split
+TEST_METRICS = metrics_files.TEST
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
 
@@ -174,7 +175,7 @@ def _result(name: str, overrides: list[str], experiment: Experiment | None, metr
         return TrialResult(name, overrides, experiment.state if experiment else "missing", None, {},
                            experiment.log if experiment else None)
     validation = experiment.value(VALIDATION_METRICS, f"best_validation.{metric}")
-    test = {key: value for key, value in experiment.metrics.get(TEST_METRICS, {}).items()
+    test = {key: value for key, value in experiment.file(TEST_METRICS).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
     return TrialResult(name, overrides, experiment.state, None if validation is None else float(validation), test,
                        experiment.log)

@@ -243,7 +243,7 @@ def study_table(study: Any, repo: str | Path = ".", test_keys: Sequence[str] = (
     for trial in sorted(study.trials, key=order):
         complete = trial.state == optuna.trial.TrialState.COMPLETE
         experiment = experiments.get(trial.user_attrs.get("experiment", "")) if complete else None
-        test = experiment.metrics.get(TEST_METRICS, {}) if experiment else {}
+        test = experiment.file(TEST_METRICS) if experiment else {}
         epochs = max(trial.intermediate_values) if trial.intermediate_values else "-"
         if complete:
             validation = f"{trial.value:.4f}"

@@ -22,11 +22,35 @@ logger = logging.getLogger(__name__)
 def evaluate_stage(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_path: str,
                    predictions_path: str, examples_path: str,
                    params_path: str = DEFAULT_PARAMS_PATH, initial_dir: str | None = None,
-                   scratch_dir: str | None = None, probe_dir: str | None = None) -> dict[str, Any]:
+                   scratch_dir: str | None = None, probe_dir: str | None = None,
+                   summary_path: str | None = None) -> dict[str, Any]:
     """evaluate: test-split metrics, per-class report, predictions, misclassified examples and baselines;
     with ``evaluate.guard`` (and ``scratch_dir``, ``probe_dir``) the negative-transfer guard's verdict on
     the scratch and probe stages' models (:mod:`crosstune.evaluation.guard`); with a source domain (and
-    ``initial_dir``), the domain gap before and after fine-tuning."""
+    ``initial_dir``), the domain gap before and after fine-tuning. ``summary_path`` also gets
+    :func:`headline_metrics`, the one file dvc.yaml declares as metrics."""
+    metrics = _evaluate(model_dir, encoded_dir, prepared_dir, metrics_path, predictions_path, examples_path,
+                        params_path, initial_dir, scratch_dir, probe_dir)
+    if summary_path is not None:
+        from crosstune.data.prepared_dir import read_label_info
+        from crosstune.tasks.registry import TASKS
+
+        write_metrics(summary_path, headline_metrics(metrics, TASKS.get(read_label_info(prepared_dir)[0])))
+    return metrics
+
+
+def headline_metrics(metrics: dict[str, Any], task: Task) -> dict[str, Any]:
+    """What `dvc metrics show` and `dvc exp show` list for a run: the task's summary test metrics and which model
+    was exported. The rest of the evaluation (per class, baselines, the guard's comparisons) stays in the
+    metrics file beside it, which the report, `dvc metrics diff --targets FILE` and the experiments commands
+    read: declared as metrics, its ~45 keys made `dvc metrics show` one 2,000-character-wide table."""
+    keys = (*task.summary_metrics, "exported_model")
+    return {key: metrics[key] for key in keys if key in metrics}
+
+
+def _evaluate(model_dir: str, encoded_dir: str, prepared_dir: str, metrics_path: str, predictions_path: str,
+              examples_path: str, params_path: str, initial_dir: str | None, scratch_dir: str | None,
+              probe_dir: str | None) -> dict[str, Any]:
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.data.prepared_dir import read_split
     from crosstune.evaluation.features import PooledFeatures

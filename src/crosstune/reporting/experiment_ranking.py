@@ -105,7 +105,7 @@ def experiments_html(repo: Path, metric: str) -> str:
     body = []
     for rank, experiment in enumerate(experiments, 1):
         values = _flat("", experiment.params, {})
-        test = experiment.metrics.get(TEST_METRICS, {})
+        test = experiment.file(TEST_METRICS)
         cells = [str(rank), html.escape(experiment.name), *[html.escape(json.dumps(values.get(key))) for key in keys],
                  f"{experiment.value(VALIDATION_METRICS, f'best_validation.{metric}'):.4f}",
                  *[f"{test[key]:.4f}" if isinstance(test.get(key), (int, float)) else "—"

@@ -19,6 +19,7 @@ from typing import Any
 
 from crosstune.errors import CrosstuneError
 from crosstune.io import atomic_path
+from crosstune.pipeline import metrics_files
 from crosstune.reporting.experiment_ranking import experiments_html
 from crosstune.reporting.template import build_template
 from crosstune.reporting.wording import (
@@ -33,12 +34,6 @@ from crosstune.reporting.wording import (
 logger = logging.getLogger(__name__)
 SUMMARY_MARKER = "<!--crosstune:summary-->"
 TABLES_MARKER = "<!--crosstune:tables-->"
-METRICS_FILE_ORDER = ("metrics/eval.json", "metrics/finetune/metrics.json", "metrics/freeze.json")
-METRICS_FILE_TITLES = {
-    "metrics/eval.json": "Test split", "metrics/finetune/metrics.json": "Fine-tuning",
-    "metrics/freeze.json": "Freezing", "metrics/probe.json": "Linear probe (guard)",
-    "metrics/backbone.json": "Backbone", "metrics/selection.json": "Backbone selection",
-}
 PREDICTIONS = Path("metrics/predictions.csv")
 MISTAKES_PICTURE = "metrics/misclassified.png"
 CONFUSION_TITLE = "Test confusion matrix"  # the title dvc.yaml gives the confusion plot
@@ -59,7 +54,8 @@ def _dvc(*args: str, cwd: Path) -> str:
 def collect_metrics(repo: Path, compare: str | None) -> dict[str, dict[str, Any]]:
     """``{"file:key": {"new": value, "old": value-or-None}}`` for every metric of the workspace."""
     revision = compare or "HEAD"
-    raw = json.loads(_dvc("metrics", "diff", revision, "--all", "--json", cwd=repo) or "{}")
+    raw = json.loads(_dvc("metrics", "diff", revision, "--all", "--json", "--targets", *metrics_files.FILES,
+                          cwd=repo) or "{}")
     rows: dict[str, dict[str, Any]] = {}
     for path, entries in raw.items():
         for key, values in entries.items():
@@ -118,7 +114,8 @@ def _table(title: str, rows: dict[str, dict[str, Any]], compare: str | None, met
 
 def _metric_order(key: str) -> tuple[int, str]:
     path = key.split(":", 1)[0]
-    rank = METRICS_FILE_ORDER.index(path) if path in METRICS_FILE_ORDER else len(METRICS_FILE_ORDER)
+    order = list(metrics_files.FILES)
+    rank = order.index(path) if path in order else len(order)
     return rank, key
 
 
@@ -140,7 +137,7 @@ def summary_html(metrics: dict[str, dict[str, Any]], compare: str | None, revisi
     """Title and headline in words (test metrics, baselines, the guard's verdict), shown above the plots."""
     from crosstune.reporting.wording import headline_html
 
-    prefix = "metrics/eval.json:"
+    prefix = f"{metrics_files.TEST}:"
     test = {key[len(prefix):]: values["new"] for key, values in metrics.items() if key.startswith(prefix)}
     old = {key[len(prefix):]: values["old"] for key, values in metrics.items()
            if key.startswith(prefix) and values["old"] is not None} if compare else None
@@ -175,7 +172,7 @@ def _grouped_metrics(metrics: dict[str, dict[str, Any]], per_class: set[str]) ->
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for key in sorted(metrics, key=_metric_order):
         path, name = key.split(":", 1)
-        if path == "metrics/eval.json" and name in per_class:
+        if path == metrics_files.TEST and name in per_class:
             continue
         groups.setdefault(path, {})[name] = metrics[key]
     return groups
@@ -191,7 +188,7 @@ def tables_html(metrics: dict[str, dict[str, Any]], params: dict[str, dict[str, 
              '<code>dvc metrics diff</code> prints is beside them'
              + ("; the per-class scores are in the table above.</p>" if per_class else ".</p>")]
     for path, rows in _grouped_metrics(metrics, set(per_class)).items():
-        title = f"{METRICS_FILE_TITLES.get(path, path)} <code>{html.escape(path)}</code>"
+        title = f"{metrics_files.FILES.get(path, path)} <code>{html.escape(path)}</code>"
         named = {f"{metric_words(name)} <code>{html.escape(name)}</code>"
                  if metric_words(name).lower() != name.replace("_", " ") else html.escape(metric_words(name)):
                  {**values, "key": name}
@@ -251,7 +248,7 @@ def build_report(output: str | Path, compare: str | None = None, repo: str | Pat
     page = reword_plots(drop_uninformative_charts(page))
     task = str((params.get("prepare.task") or {}).get("new") or "classification")
     page = page.replace(SUMMARY_MARKER, summary_html(metrics, compare, revision, task, training_record(repo)))
-    prefix = "metrics/eval.json:"
+    prefix = f"{metrics_files.TEST}:"
     test = {key[len(prefix):]: values["new"] for key, values in metrics.items() if key.startswith(prefix)}
     from crosstune.data.prepared_dir import read_modality
     from crosstune.tasks.registry import TASKS

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from crosstune.pipeline import metrics_files
+
 # Standard deviation over 3 seeds of the text default's test metrics, float32 (bench/recipes/README.md): what a
 # change of seed alone moves them by, the yardstick for "within noise".
 SEED_SPREAD = {"f1_macro": 0.022}
@@ -49,8 +51,9 @@ def rerun_summary(repo: str | Path = ".", revision: str = "HEAD", shown: int = 6
     if not changed:
         return (f"Reproduced: dvc.lock and every metrics file equal the committed ones at {revision}, byte for "
                 f"byte.")
-    moved = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "diff", revision, "--json"], repo) or "{}")
-    test = {name: entry for name, entry in moved.get("metrics/eval.json", {}).items()
+    moved = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "diff", revision, "--json", "--targets",
+                             metrics_files.TEST], repo) or "{}")
+    test = {name: entry for name, entry in moved.get(metrics_files.TEST, {}).items()
             if isinstance(entry.get("diff"), (int, float)) and entry["diff"]}
     lines = [f"The rerun differs from the committed results at {revision} ({len(changed)} files: "
              f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})."]
@@ -66,9 +69,10 @@ def rerun_summary(repo: str | Path = ".", revision: str = "HEAD", shown: int = 6
         lines.append(f"  {split}{metric_words(name)} {entry['old']:.4f} -> {entry['new']:.4f} "
                      f"({entry['diff']:+.4f}){verdict}")
     if len(test) > shown:
-        lines.append(f"  and {len(test) - shown} more test metrics (dvc metrics diff {revision})")
-    before = _committed(repo, revision, "metrics/finetune/metrics.json").get("precision")
-    now_path = repo / "metrics" / "finetune" / "metrics.json"
+        lines.append(f"  and {len(test) - shown} more test metrics "
+                     f"(dvc metrics diff {revision} --targets {metrics_files.TEST})")
+    before = _committed(repo, revision, metrics_files.TRAINING).get("precision")
+    now_path = repo / metrics_files.TRAINING
     now = json.loads(now_path.read_text(encoding="utf-8")).get("precision") if now_path.is_file() else None
     if before and now and before != now:
         lines.append(f"Fine-tuning ran in {now} here and in {before} in the committed run: "
