@@ -277,6 +277,35 @@ def test_scores_are_cocos_map_and_the_counting_error() -> None:
     assert scores["map_50"] == pytest.approx(scores["per_class"]["cell"]["ap_50"] / 2)
 
 
+def test_per_class_ap_at_half_iou_equals_a_pass_at_that_threshold_alone() -> None:
+    """One MeanAveragePrecision pass gives per-class AP@.5 (from its precision array) equal to torchmetrics'
+    own per-class AP in a second pass at IoU 0.5 only; a class with no true box scores 0."""
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from crosstune.detection.scoring import detection_scores
+
+    generator = torch.Generator().manual_seed(0)
+
+    def boxes(count: int) -> torch.Tensor:
+        corner = torch.rand(count, 2, generator=generator) * 100
+        return torch.cat([corner, corner + 5 + torch.rand(count, 2, generator=generator) * 30], 1)
+
+    truth = [{"boxes": boxes(5), "labels": torch.randint(1, 4, (5,), generator=generator)} for _ in range(6)]
+    found = [{"boxes": torch.cat([item["boxes"] + torch.randn(5, 4, generator=generator) * 3, boxes(3)]),
+              "scores": torch.rand(8, generator=generator),
+              "labels": torch.cat([item["labels"], torch.randint(1, 4, (3,), generator=generator)])} for item in truth]
+    scores = detection_scores(found, truth, ["a", "b", "c", "never"])
+    alone = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools",
+                                 iou_thresholds=[0.5])
+    alone.update(found, truth)
+    reference = alone.compute()
+    expected = dict(zip(reference["classes"].tolist(), reference["map_per_class"].tolist()))
+    assert [scores["per_class"][name]["ap_50"] for name in "abc"] == pytest.approx([expected[1], expected[2],
+                                                                                      expected[3]])
+    assert scores["per_class"]["never"]["ap_50"] == 0.0 and 0 < min(expected.values())
+
+
 def test_letterboxing_keeps_boxes_on_their_pixels_and_maps_back_exactly(tmp_path: Path) -> None:
     import torch
 
@@ -397,7 +426,8 @@ def test_a_few_steps_on_augmented_batches_lower_the_detection_loss(tmp_path: Pat
 
 
 @pytest.mark.parametrize("pretrained", [True, False])
-def test_a_saved_detector_loads_back_with_the_same_detections(tmp_path: Path, pretrained: bool) -> None:
+def test_a_saved_detector_loads_back_with_the_same_detections(tmp_path: Path, pretrained: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from crosstune.backbones.vision import build_vision_backbone
@@ -411,8 +441,12 @@ def test_a_saved_detector_loads_back_with_the_same_detections(tmp_path: Path, pr
                                   {"task": "detection"}, seed=3)
     save_detector(model, tmp_path / "model")
     assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
-    loaded, config = load_detector(tmp_path / "model")
-    assert config["labels"] == ["cell", "dot"] and loaded.settings == settings
+    assert model.settings.pyramid == ((2, 8, 24), (3, 16, 32))  # found once, when first built
+    with monkeypatch.context() as patch:  # and read back from config.json: no probing pass on load
+        patch.setattr("crosstune.detection.model.pyramid_levels", lambda *_: pytest.fail("probed again"))
+        loaded, config = load_detector(tmp_path / "model")
+    assert config["labels"] == ["cell", "dot"] and loaded.settings == model.settings
+    assert config["detector"]["pyramid"] == [[2, 8, 24], [3, 16, 32]]
     images = collate(split, torch.arange(3)).inputs["images"]
     model.eval()
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -299,3 +300,23 @@ def test_mfcc_baseline_hears_pitch_and_the_spectrogram_figure_is_written(tmp_pat
     wrong = ["mid" if label == "low" else label for label in labels]
     count = misclassified_figure(tmp_path / "wrong.png", labels, wrong, waveforms=waveforms, sample_rate=8000)
     assert count == labels.count("low") and (tmp_path / "wrong.png").stat().st_size > 5000
+
+
+def test_tasks_without_learned_baselines_refuse_them_and_name_a_missing_guard_model(tmp_path: Path) -> None:
+    """Transcription and detection: baselines asked for are refused with what the model is compared with instead;
+    the guard's probe or scratch model missing names the stage to run."""
+    from crosstune.errors import ArtifactError, ConfigError
+    from crosstune.evaluation.guard import guard_model_dir, refuse_baselines
+
+    refuse_baselines([], "a detector is compared with the probe")
+    with pytest.raises(ConfigError, match=r"evaluate\.baselines: \['majority'\] score one label per example; a "
+                                          r"detector is compared with the probe instead: set evaluate\.baselines: "
+                                          r"\[\]\."):
+        refuse_baselines(["majority"], "a detector is compared with the probe")
+    with pytest.raises(ArtifactError, match=r"evaluate\.guard: fallback compares the detector with the scratch "
+                                            r"stage's, but no --scratch directory was given; run `dvc repro scratch`"):
+        guard_model_dir(None, "scratch", "fallback", "the detector with the scratch stage's")
+    with pytest.raises(ArtifactError, match=rf"but {re.escape(str(tmp_path))} holds none; run `dvc repro probe`"):
+        guard_model_dir(str(tmp_path), "probe", "report", "the recogniser with the zero-shot one")
+    (tmp_path / "config.json").write_text("{}")
+    assert guard_model_dir(str(tmp_path), "probe", "report", "the recogniser with the zero-shot one") == str(tmp_path)

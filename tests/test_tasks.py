@@ -162,6 +162,20 @@ def test_a_task_refuses_what_it_cannot_learn() -> None:
         get_task("ner")
 
 
+def test_tagging_and_detection_refuse_training_data_without_enough_entities_or_boxes() -> None:
+    """Both count what they learn from per name (entity type, box class): none at all, or too few of one, is one
+    line naming the file, the counts and the fix."""
+    tagging = get_task("token_classification")
+    o_only = pd.DataFrame({"text": ["a b"], "label": ["O O"]})
+    with pytest.raises(DataError, match=r"train\.tsv: no entities in the training data; tag some entities \(every tag is O\)"):
+        tagging.check_training_labels(o_only, Path("train.tsv"), 2)
+    one = pd.DataFrame({"text": ["flu and gene"], "label": ["B-Disease O B-Gene"]})
+    with pytest.raises(DataError, match=r"too few training entities of type\(s\) \{'Disease': 1, 'Gene': 1\} "
+                                        r"\(need at least prepare\.min_examples_per_class=2 each\)"):
+        tagging.check_training_labels(one, Path("train.tsv"), 2)
+    tagging.check_training_labels(one, Path("train.tsv"), 1)
+
+
 def test_metric_directions_rank_losses_and_errors_lowest_first() -> None:
     from crosstune.experiments.sweep import lower_is_better
 

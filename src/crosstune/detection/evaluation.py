@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.errors import ArtifactError, ConfigError
+from crosstune.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +31,21 @@ def evaluate_detector(model_dir: str, encoded_dir: str, prepared_dir: str, metri
     from crosstune.data.prepared_dir import read_split
     from crosstune.detection.encoding import to_image_pixels
     from crosstune.detection.inference import detect_split
-    from crosstune.evaluation.guard import WHAT_TO_TRY, choose_export, flag_negative_transfer
+    from crosstune.evaluation.guard import (
+        WHAT_TO_TRY,
+        choose_export,
+        flag_negative_transfer,
+        guard_model_dir,
+        refuse_baselines,
+    )
     from crosstune.io import read_json, write_metrics, write_metrics_csv
     from crosstune.runtime import setup
     from crosstune.tasks.registry import TASKS
     from crosstune.transfer_model.settings import GUARD_RECORD
     from crosstune.transfer_model.storage import load_transfer_model
 
-    if params.baselines:
-        raise ConfigError(f"params.yaml: evaluate.baselines: {list(params.baselines)} score one label per example; a "
-                          f"detector is compared with the same detector on a frozen backbone and from random weights "
-                          f"(evaluate.guard) instead: set evaluate.baselines: [].")
+    refuse_baselines(params.baselines, "a detector is compared with the same detector on a frozen backbone and from "
+                                       "random weights (evaluate.guard)")
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     task, labels = TASKS.get(config["task"]), list(config["labels"])
@@ -50,10 +54,8 @@ def evaluate_detector(model_dir: str, encoded_dir: str, prepared_dir: str, metri
     candidates = {"finetuned": model}
     if params.guard != "off":
         for name, directory in (("probe", probe_dir), ("scratch", scratch_dir)):
-            if directory is None or not (Path(directory) / "config.json").is_file():
-                raise ArtifactError(f"params.yaml: evaluate.guard: {params.guard} compares the fine-tuned detector "
-                                    f"with the {name} stage's, but {directory or f'no --{name} directory'} holds "
-                                    f"none; run `dvc repro {name}` or set evaluate.guard: off.")
+            directory = guard_model_dir(directory, name, params.guard,
+                                        f"the fine-tuned detector with the {name} stage's")
             record = Path(directory) / GUARD_RECORD
             if name == "scratch" and record.is_file() and read_json(record).get("guard") == "off":
                 raise ArtifactError(f"{directory}: the scratch stage ran with evaluate.guard: off; run `dvc repro "

@@ -55,13 +55,16 @@ class PyramidBackbone(nn.Module):
     ``out_channels`` is what torchvision's detectors read to size their heads.
     """
 
-    def __init__(self, backbone: nn.Module, out_channels: int, strides: Sequence[int] = PYRAMID_STRIDES) -> None:
+    def __init__(self, backbone: nn.Module, out_channels: int,
+                 levels: Sequence[tuple[int, int, int]] | None = None) -> None:
+        """``levels``: :func:`pyramid_levels` as recorded with a saved detector; None finds them (a forward pass)."""
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
         super().__init__()
         self.backbone = backbone
-        levels = pyramid_levels(backbone, strides)
+        levels = [tuple(level) for level in levels] if levels is not None else pyramid_levels(backbone)
+        self.levels = levels
         self.stage_indices = [index for index, _, _ in levels]
         self.strides = [stride for _, stride, _ in levels] + [levels[-1][1] * 2, levels[-1][1] * 4]
         self.fpn = FeaturePyramidNetwork([channels for _, _, channels in levels], out_channels,
@@ -100,10 +103,12 @@ def freeze_batchnorm(module: nn.Module) -> int:
 
 def build_detector(backbone: nn.Module, num_classes: int, *, min_size: int, max_size: int, fpn_channels: int = 128,
                    pretrained: bool = True, score_threshold: float = 0.05, nms_threshold: float = 0.6,
-                   detections_per_image: int = 100, seed: int = 0) -> nn.Module:
+                   detections_per_image: int = 100, seed: int = 0,
+                   levels: Sequence[tuple[int, int, int]] | None = None) -> nn.Module:
     """torchvision's FCOS on ``backbone`` for ``num_classes`` object classes (labels 1..num_classes; 0 is never
     predicted), resizing images so the short side is ``min_size`` (the long side at most ``max_size``) and
-    normalising with the backbone's own statistics. The new layers (pyramid, head) are seeded by ``seed``."""
+    normalising with the backbone's own statistics. The new layers (pyramid, head) are seeded by ``seed``;
+    ``levels``: the pyramid's inputs when known (:class:`PyramidBackbone`)."""
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
@@ -113,7 +118,7 @@ def build_detector(backbone: nn.Module, num_classes: int, *, min_size: int, max_
     if pretrained:
         freeze_batchnorm(backbone)
     torch.manual_seed(seed)
-    features = PyramidBackbone(backbone, fpn_channels)
+    features = PyramidBackbone(backbone, fpn_channels, levels)
     # FCOS's "anchors" are one point per location, sized by the level's stride: they set each level's size range
     anchors = AnchorGenerator(tuple((stride,) for stride in features.strides), ((1.0,),) * len(features.strides))
     preprocessing = backbone.preprocessing

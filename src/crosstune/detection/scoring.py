@@ -30,16 +30,12 @@ def detection_scores(detections: Sequence[dict[str, torch.Tensor]], targets: Seq
     found = [{"boxes": item["boxes"].detach().float(), "scores": item["scores"].detach().float(),
               "labels": item["labels"].long()} for item in detections]
     truth = [{"boxes": item["boxes"].float(), "labels": item["labels"].long()} for item in targets]
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools",
+                                  extended_summary=True)
     metric.update(found, truth)
     result = metric.compute()
-    # per-class AP at IoU 0.5 alone needs its own pass: class_metrics averages over the ten thresholds
-    at_50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools",
-                                 iou_thresholds=[0.5])
-    at_50.update(found, truth)
-    result_50 = at_50.compute()
     per_class_ap = _per_class(result["map_per_class"], result["classes"])
-    per_class_ap50 = _per_class(result_50["map_per_class"], result_50["classes"])
+    per_class_ap50 = _per_class(_ap_at_first_threshold(result["precision"]), result["classes"])
     errors = torch.zeros(len(targets), len(classes))
     for row, (image_found, image_truth) in enumerate(zip(found, truth)):
         confident = image_found["labels"][image_found["scores"] >= count_threshold]
@@ -55,6 +51,18 @@ def detection_scores(detections: Sequence[dict[str, torch.Tensor]], targets: Seq
             "map_75": max(float(result["map_75"]), 0.0),
             "count_mae": float(errors.abs().mean()) if len(targets) else 0.0,
             "count_bias": float(errors.mean()) if len(targets) else 0.0, "per_class": per_class}
+
+
+def _ap_at_first_threshold(precision: torch.Tensor) -> torch.Tensor:
+    """Per-class AP at IoU 0.5 from COCOeval's precision array (IoU threshold x 101 recall points x class x area x
+    max detections; -1 where a class has no true box): the mean over recall points at the first threshold, all
+    areas, 100 detections, as pycocotools' summarize averages it. ``class_metrics`` alone averages over the ten
+    thresholds; this reads AP@.5 from the same pass instead of a second one."""
+    at_50 = precision[0, :, :, 0, -1]  # (recall points, classes)
+    valid = at_50 > -1
+    totals = torch.where(valid, at_50, torch.zeros_like(at_50)).sum(0)
+    counts = valid.sum(0)
+    return torch.where(counts > 0, totals / counts.clamp(min=1), torch.full_like(totals, -1.0))
 
 
 def _per_class(values: torch.Tensor, classes: torch.Tensor) -> dict[int, float]:

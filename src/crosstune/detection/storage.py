@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +29,15 @@ class DetectorSettings:
     nms_threshold: float = 0.6
     detections_per_image: int = 100
     frozen_batchnorm: bool = True
+    # (stage index, stride, channels) of the backbone stages feeding the pyramid, found once when the detector is
+    # first built (a forward pass, :func:`crosstune.detection.model.pyramid_levels`) and read back after
+    pyramid: tuple[tuple[int, int, int], ...] | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "DetectorSettings":
-        return cls(**{**raw, "canvas": tuple(raw["canvas"])})
+        pyramid = raw.get("pyramid")
+        return cls(**{**raw, "canvas": tuple(raw["canvas"]),
+                      "pyramid": tuple(tuple(level) for level in pyramid) if pyramid is not None else None})
 
 
 def build_detection_model(backbone: Any, labels: list[str], settings: DetectorSettings, spec: dict[str, Any],
@@ -44,7 +49,9 @@ def build_detection_model(backbone: Any, labels: list[str], settings: DetectorSe
     detector = build_detector(backbone, len(labels), min_size=min(settings.canvas), max_size=max(settings.canvas),
                               fpn_channels=settings.fpn_channels, pretrained=settings.frozen_batchnorm,
                               score_threshold=settings.score_threshold, nms_threshold=settings.nms_threshold,
-                              detections_per_image=settings.detections_per_image, seed=seed)
+                              detections_per_image=settings.detections_per_image, seed=seed,
+                              levels=settings.pyramid)
+    settings = replace(settings, pyramid=tuple(detector.backbone.levels))
     return DetectionModel(detector, {**spec, "labels": list(labels)}, settings)
 
 
@@ -56,6 +63,7 @@ def save_detector(model: "DetectionModel", directory: str | Path, extra: dict[st
     directory.mkdir(parents=True, exist_ok=True)
     settings = asdict(model.settings)
     settings["canvas"] = list(settings["canvas"])
+    settings["pyramid"] = [list(level) for level in settings["pyramid"]] if settings["pyramid"] else None
     write_json(directory / CONFIG_NAME, {"model_type": MODEL_TYPE, "modality": "image", **model.spec,
                                          "backbone": model.backbone_entry(), "detector": settings, **(extra or {})})
     save_model(model, str(directory / WEIGHTS_NAME))

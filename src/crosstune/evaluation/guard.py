@@ -149,3 +149,27 @@ def flag_negative_transfer(gain: float, headline: str, finetuned: float, scratch
                    "trained from scratch on the same data and budget (%.4f, transfer_gain %+.4f). Try: %s.",
                    headline, finetuned, scratch, gain, WHAT_TO_TRY)
     return True
+
+
+def refuse_baselines(baselines: Any, compared_with: str) -> None:
+    """Tasks whose predictions are not one label per example (transcripts, boxes) have no learned baselines: a
+    non-empty ``evaluate.baselines`` is refused, naming what the model is compared with instead."""
+    from crosstune.errors import ConfigError
+
+    if baselines:
+        raise ConfigError(f"params.yaml: evaluate.baselines: {list(baselines)} score one label per example; "
+                          f"{compared_with} instead: set evaluate.baselines: [].")
+
+
+def guard_model_dir(directory: str | None, stage: str, guard: str, compared: str) -> str:
+    """The directory of the ``stage`` model the guard compares ``compared`` ("the fine-tuned detector with the
+    probe stage's") against; a clear error when it was not given or holds no model."""
+    from pathlib import Path
+
+    from crosstune.errors import ArtifactError
+
+    if directory is None or not (Path(directory) / "config.json").is_file():
+        where = f"{directory} holds none" if directory else f"no --{stage} directory was given"
+        raise ArtifactError(f"params.yaml: evaluate.guard: {guard} compares {compared}, but {where}; run "
+                            f"`dvc repro {stage}` or set evaluate.guard: off.")
+    return directory

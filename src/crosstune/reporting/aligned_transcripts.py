@@ -77,22 +77,18 @@ def aligned_transcripts_figure(path: str | Path, frame: "pd.DataFrame") -> int:
 def per_speaker_html(test: dict[str, Any]) -> str:
     """WER, CER and words of each test speaker (eval.json's ``{speaker}_wer`` ...), with the zero-shot model's
     WER beside them when the guard measured it: who the model still fails at a glance."""
-    import html
+    from crosstune.reporting.wording import rows_table_html
 
     speakers = [key[: -len("_words")] for key in test if key.endswith("_words") and key != "reference_words"]
-    rows = []
+    rows = {}
     for speaker in speakers:
         zero_shot = test.get(f"zero_shot_{speaker}_wer")
-        cells = [f"{float(test[f'{speaker}_wer']):.4f}", f"{float(test[f'{speaker}_cer']):.4f}",
-                 f"{float(zero_shot):.4f}" if zero_shot is not None else "—", str(int(test[f"{speaker}_words"]))]
-        rows.append(f"<tr><td>{html.escape(speaker)}</td>"
-                    + "".join(f'<td class="number">{cell}</td>' for cell in cells) + "</tr>")
-    if not rows:
-        return ""
-    return ("<h2>Per speaker</h2>\n<p>Word and character error rates of each test speaker (lower is better), and "
-            "the pretrained model's WER before fine-tuning (zero-shot).</p>\n"
-            '<table class="data"><thead><tr><th>speaker</th><th>WER</th><th>CER</th><th>zero-shot WER</th>'
-            f"<th>words</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        rows[speaker] = [f"{float(test[f'{speaker}_wer']):.4f}", f"{float(test[f'{speaker}_cer']):.4f}",
+                         f"{float(zero_shot):.4f}" if zero_shot is not None else "—",
+                         str(int(test[f"{speaker}_words"]))]
+    return rows_table_html("Per speaker", "Word and character error rates of each test speaker (lower is better), and "
+                           "the pretrained model's WER before fine-tuning (zero-shot).",
+                           ["speaker", "WER", "CER", "zero-shot WER", "words"], rows)
 
 
 def transcripts_html(predictions: Path, shown: int = MAX_UTTERANCES, name: str = "metrics/predictions.csv") -> str:

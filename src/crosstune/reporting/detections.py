@@ -15,21 +15,17 @@ WORST_SHOWN = 6
 def per_class_html(test: dict[str, Any]) -> str:
     """Each class's AP (IoU 0.50:0.95), AP at IoU 0.5, counting error and bias per image, and true boxes
     (eval.json's ``<class>_ap`` ...)."""
+    from crosstune.reporting.wording import rows_table_html
+
     classes = [key[: -len("_support")] for key in test if key.endswith("_support")]
-    rows = []
-    for name in classes:
-        cells = [f"{float(test[f'{name}_ap']):.3f}", f"{float(test[f'{name}_ap_50']):.3f}",
-                 f"{float(test[f'{name}_count_mae']):.2f}", f"{float(test[f'{name}_count_bias']):+.2f}",
-                 str(int(test[f"{name}_support"]))]
-        rows.append(f"<tr><td>{html.escape(name)}</td>"
-                    + "".join(f'<td class="number">{cell}</td>' for cell in cells) + "</tr>")
-    if not rows:
-        return ""
-    return ("<h2>Per class</h2>\n<p>Average precision over IoU 0.50:0.95 (COCO's measure) and at IoU 0.5 (Pascal "
-            "VOC's), higher is better; the counting error is the mean absolute difference between the boxes found "
-            "(score at least 0.5) and the true ones per test image; a negative bias means the detector undercounts."
-            "</p>\n<table class=\"data\"><thead><tr><th>class</th><th>AP</th><th>AP@.5</th><th>count error</th>"
-            f"<th>count bias</th><th>true boxes</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    rows = {name: [f"{float(test[f'{name}_ap']):.3f}", f"{float(test[f'{name}_ap_50']):.3f}",
+                   f"{float(test[f'{name}_count_mae']):.2f}", f"{float(test[f'{name}_count_bias']):+.2f}",
+                   str(int(test[f"{name}_support"]))] for name in classes}
+    return rows_table_html(
+        "Per class", "Average precision over IoU 0.50:0.95 (COCO's measure) and at IoU 0.5 (Pascal VOC's), higher is "
+        "better; the counting error is the mean absolute difference between the boxes found (score at least 0.5) and "
+        "the true ones per test image; a negative bias means the detector undercounts.",
+        ["class", "AP", "AP@.5", "count error", "count bias", "true boxes"], rows)
 
 
 def worst_images_html(predictions: Path, shown: int = WORST_SHOWN) -> str:

@@ -11,7 +11,7 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 METRIC_WORDS = {
     "f1_macro": "macro-F1", "f1_weighted": "weighted F1", "accuracy": "accuracy", "loss": "loss",
@@ -303,20 +303,25 @@ def _zero_shot_guard_html(test: dict[str, Any], metric: str) -> str:
             f"transcribes nothing).</p>")
 
 
+def rows_table_html(title: str, note: str, columns: Sequence[str], rows: dict[str, Sequence[str]]) -> str:
+    """A report section of one row per name (a class, a speaker) and its numbers, formatted by the caller: the
+    shape of every per-class and per-speaker table; empty without rows. ``columns`` starts with the names'."""
+    if not rows:
+        return ""
+    header = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f'<td class="number">{cell}</td>' for cell in cells)
+                   + "</tr>" for name, cells in rows.items())
+    return (f"<h2>{title}</h2>\n" + (f"<p>{note}</p>\n" if note else "")
+            + f'<table class="data"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
+
+
 def per_class_html(test: dict[str, Any]) -> str:
     """Precision, recall and F1 of each class on the test split, with its number of examples (classification: the
     ``<class>_precision`` ... ``<class>_support`` keys of eval.json), so the rare classes are seen at a glance."""
     classes = [key[: -len("_support")] for key in test if key.endswith("_support")]
-    rows = []
-    for name in classes:
-        cells = "".join(f'<td class="number">{_score(test, f"{name}_{part}")}</td>'
-                        for part in ("precision", "recall", "f1"))
-        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}<td class=\"number\">{int(test[f'{name}_support'])}</td>"
-                    f"</tr>")
-    if not rows:
-        return ""
-    return ("<h2>Per class</h2>\n<table class=\"data\"><thead><tr><th>class</th><th>precision</th><th>recall</th>"
-            f"<th>F1</th><th>test examples</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    rows = {name: [*(_score(test, f"{name}_{part}") for part in ("precision", "recall", "f1")),
+                   str(int(test[f"{name}_support"]))] for name in classes}
+    return rows_table_html("Per class", "", ["class", "precision", "recall", "F1", "test examples"], rows)
 
 
 def mistakes_html(predictions: Path, shown: int = MISTAKES_SHOWN, name: str = "metrics/predictions.csv") -> str:

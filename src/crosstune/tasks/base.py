@@ -97,6 +97,19 @@ class Task:
     def check_training_labels(self, train: "pd.DataFrame", path: Path, minimum: int) -> None:
         """Refuse training data the task cannot learn or be scored on (too few examples of a class)."""
 
+    @staticmethod
+    def check_counts(counts: Mapping[str, int], path: Path, minimum: int, counted: str, grouped_by: str,
+                     none_fix: str) -> None:
+        """Refuse training data holding no ``counted`` ("boxes", "entities") at all, or fewer than ``minimum`` of some
+        ``grouped_by`` ("class(es)", "type(s)"): nothing to learn, or too few to learn and score that one on."""
+        if not counts:
+            raise DataError(f"{path}: no {counted} in the training data; {none_fix}.")
+        small = {name: count for name, count in counts.items() if count < minimum}
+        if small:
+            raise DataError(f"{path}: too few training {counted} of {grouped_by} {small} (need at least "
+                            f"prepare.min_examples_per_class={minimum} each); add more, drop those, or lower "
+                            f"prepare.min_examples_per_class.")
+
     def stratify_by(self, frame: "pd.DataFrame") -> "pd.Series | None":
         """What held-out splits keep the proportions of (the labels), or None for a plain random split."""
         return None

@@ -77,13 +77,8 @@ class Detection(Task):
 
     def check_training_labels(self, train: "pd.DataFrame", path: Path, minimum: int) -> None:
         """The training images must hold boxes, ``minimum`` of each class at least."""
-        counts = self.label_counts(train)
-        if not counts:
-            raise DataError(f"{path}: no boxes in the training images; annotate some objects.")
-        small = {name: count for name, count in counts.items() if count < minimum}
-        if small:
-            raise DataError(f"{path}: too few training boxes of class(es) {small} (need at least {minimum} each: "
-                            f"prepare.min_examples_per_class); annotate more, or lower it.")
+        self.check_counts(self.label_counts(train), path, minimum, "boxes", "class(es)",
+                          "annotate some objects in the training images")
 
     def check_test_labels(self, test: "pd.DataFrame", labels: list[str], path: Path) -> None:
         """A test box of a class no training box has: the detector cannot find it."""

@@ -113,14 +113,8 @@ class TokenClassification(Task):
 
     def check_training_labels(self, train: "pd.DataFrame", path: Path, minimum: int) -> None:
         """The training sentences must hold entities, ``minimum`` of each type at least."""
-        counts = self.label_counts(train)
-        if not counts:
-            raise DataError(f"{path}: no entities in the training sentences (every tag is O); tag some entities.")
-        small = {kind: count for kind, count in counts.items() if count < minimum}
-        if small:
-            raise DataError(f"{path}: too few training entities of type(s) {small} (need at least "
-                            f"prepare.min_examples_per_class={minimum}); tag more, drop those types, or lower "
-                            f"prepare.min_examples_per_class.")
+        self.check_counts(self.label_counts(train), path, minimum, "entities", "type(s)",
+                          "tag some entities (every tag is O)")
 
     def hold_out(self, frame: "pd.DataFrame", fraction: float, seed: int) -> tuple["pd.DataFrame", "pd.DataFrame"]:
         """The file's last ``fraction`` of sentences, in order. Tagged corpora keep a document's sentences

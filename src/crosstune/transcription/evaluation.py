@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from crosstune.errors import ArtifactError, ConfigError
-
 logger = logging.getLogger(__name__)
 
 
@@ -27,18 +25,19 @@ def evaluate_recogniser(model_dir: str, encoded_dir: str, prepared_dir: str, met
     table (reference, transcript, per-utterance errors, alignment) and the worst utterances' picture."""
     from crosstune.data.batching import batching_for, load_any_split
     from crosstune.data.prepared_dir import read_split
+    from crosstune.evaluation.guard import guard_model_dir, refuse_baselines
     from crosstune.io import write_metrics, write_metrics_csv
-    from crosstune.reporting.aligned_transcripts import aligned_transcripts_figure, alignment_column
+    from crosstune.reporting.aligned_transcripts import (
+        aligned_transcripts_figure,
+        alignment_column,
+    )
     from crosstune.runtime import setup
     from crosstune.tasks.registry import TASKS
     from crosstune.transcription.decoding import transcribe_split
     from crosstune.transcription.error_rates import error_rates
     from crosstune.transfer_model.storage import load_transfer_model
 
-    if params.baselines:
-        raise ConfigError(f"params.yaml: evaluate.baselines: {list(params.baselines)} score one label per example; "
-                          f"transcription is compared with the zero-shot recogniser instead: set "
-                          f"evaluate.baselines: [].")
+    refuse_baselines(params.baselines, "transcription is compared with the zero-shot recogniser")
     device = setup(base)
     model, config = load_transfer_model(model_dir)
     model.to(device)
@@ -56,10 +55,8 @@ def evaluate_recogniser(model_dir: str, encoded_dir: str, prepared_dir: str, met
     metrics: dict[str, Any] = task.score_texts(references, transcripts["finetuned"], speakers, per_class=True)
     exported = "finetuned"
     if params.guard != "off":
-        if probe_dir is None or not (Path(probe_dir) / "config.json").is_file():
-            raise ArtifactError(f"params.yaml: evaluate.guard: {params.guard} compares the fine-tuned recogniser with "
-                                f"the zero-shot one, but {probe_dir or 'no --probe directory'} holds none; run "
-                                f"`dvc repro probe` or set evaluate.guard: off.")
+        probe_dir = guard_model_dir(probe_dir, "probe", params.guard,
+                                    "the fine-tuned recogniser with the zero-shot one")
         zero_shot, zero_shot_config = load_transfer_model(probe_dir)
         zero_shot.to(device)
         transcripts["probe"] = transcribe(zero_shot, zero_shot_config, "test")
