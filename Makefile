@@ -48,8 +48,8 @@ ifdef EXAMPLE
 else
 	$(BIN)/crosstune check
 	$(BIN)/dvc repro
-	@echo "Test-split metrics (metrics/eval.json; all runs: dvc metrics show, dvc exp show):"
-	@$(BIN)/python -c 'from crosstune.experiments.example import format_metrics; print(format_metrics("metrics/eval.json"))'
+	@echo "Test-split metrics (metrics/eval.json; the headline of every run: dvc metrics show, dvc exp show):"
+	@$(BIN)/python -c 'from crosstune.experiments.example import TEST_METRICS, format_metrics; print(format_metrics(TEST_METRICS))'
 	@$(BIN)/crosstune compare-committed
 endif
 

@@ -136,7 +136,8 @@ def test_bf16_training_on_cpu_trains(attached: dict[str, Path]) -> None:
 @pytest.mark.parametrize(("setting", "expected"), [("bf16", "bfloat16"), ("auto", "float32")])
 def test_finetune_stage_records_the_precision_it_ran(attached: dict[str, Path], cpu_with, setting: str,
                                                      expected: str) -> None:
-    """A teammate whose run differs sees the precision each was made in: dvc metrics show names it."""
+    """A teammate whose run differs sees the precision each was made in: `dvc metrics show
+    metrics/finetune/metrics.json` (and the rerun check) names it."""
     import json
 
     from crosstune.pipeline.finetune import finetune_stage

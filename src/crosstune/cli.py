@@ -15,6 +15,7 @@ from typing import Sequence
 
 from crosstune.entry_point import run_main
 from crosstune.errors import CrosstuneError
+from crosstune.pipeline import metrics_files
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="model directory (default: the one evaluate exported: models/finetuned, or "
                                         "models/probe or models/scratch when evaluate.guard: fallback chose it)")
     export.add_argument("--out", required=True, help="directory to create")
-    export.add_argument("--metrics", default="metrics/eval.json", help="test metrics to put on the card")
-    export.add_argument("--backbone-summary", default="metrics/backbone.json")
+    export.add_argument("--metrics", default=metrics_files.TEST, help="test metrics to put on the card")
+    export.add_argument("--backbone-summary", default=metrics_files.BACKBONE)
     export.add_argument("--data-summary", default="data/prepared/summary.json")
     export.add_argument("--repo", default=".", help="the git/DVC repository (default: current directory)")
     export.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",

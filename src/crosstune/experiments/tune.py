@@ -221,7 +221,8 @@ def _run_trial(repo: Path, name: str, overrides: Sequence[str], spec: TrialSpec)
             value = experiment.value(VALIDATION_METRICS, f"best_validation.{spec.metric}")
             if value is not None:
                 return "complete", float(value), ""
-    return "fail", None, f"{name} ran but `dvc exp show` has no {VALIDATION_METRICS} best_validation.{spec.metric}"
+    return "fail", None, (f"{name} ran but its commit's {VALIDATION_METRICS} has no best_validation.{spec.metric} "
+                          f"(`git show {name}:{VALIDATION_METRICS}`, with the experiment's rev from `dvc exp show`)")
 
 
 def study_table(study: Any, repo: str | Path = ".", test_keys: Sequence[str] = ("f1_macro", "accuracy")) -> str:

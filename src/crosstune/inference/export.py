@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from crosstune.pipeline import metrics_files
+
 CARD_NAME = "README.md"
 
 
@@ -152,7 +154,7 @@ EXPORTED_DIRS = {"finetuned": "models/finetuned", "probe": "models/probe", "scra
 EXPORT_FORMATS = ("safetensors", "onnx")  # the model directory as it is, or with model.onnx added
 
 
-def exported_model_dir(eval_metrics: str | Path = "metrics/eval.json") -> str:
+def exported_model_dir(eval_metrics: str | Path = metrics_files.TEST) -> str:
     """The model evaluate chose to export: the fine-tuned one, or the negative-transfer guard's probe or
     scratch model when ``evaluate.guard: fallback`` found it better on validation."""
     from crosstune.io import read_json
@@ -208,8 +210,8 @@ def _normalise_in_tokenizer(directory: Path, repo_dir: Path) -> str:
             f"`crosstune predict` see the same tokens.{truncation}\n")
 
 
-def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = "metrics/eval.json",
-                 backbone_summary: str | Path = "metrics/backbone.json",
+def export_model(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = metrics_files.TEST,
+                 backbone_summary: str | Path = metrics_files.BACKBONE,
                  data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".",
                  format: str = "safetensors") -> Path:
     """Copy ``model_dir`` to ``out_dir`` (atomically) and add the model card; returns ``out_dir``.

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from crosstune.errors import ArtifactError, ConfigError
+from crosstune.pipeline import metrics_files
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ ONNX Runtime after the same preprocessing as PyTorch.
 """
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = "metrics/eval.json",
-                backbone_summary: str | Path = "metrics/backbone.json",
+def export_onnx(model_dir: str | Path, out_dir: str | Path, eval_metrics: str | Path = metrics_files.TEST,
+                backbone_summary: str | Path = metrics_files.BACKBONE,
                 data_summary: str | Path = "data/prepared/summary.json", repo_dir: str | Path = ".") -> Path:
     """Copy ``model_dir`` to ``out_dir`` with its model card and ``model.onnx`` (atomically); returns ``out_dir``.
 

@@ -208,7 +208,8 @@ def _probe_dir(probe_dir: str | None, head_init: str) -> str:
     if probe_dir is None or not (Path(probe_dir) / "model.safetensors").is_file():
         why = "" if head_init == "probe" else " when every block of the backbone is frozen"
         raise ArtifactError(f"params.yaml: finetune.head_init: {head_init} starts from the probe stage's model{why}, "
-                            f"but {probe_dir or 'no --probe directory'} holds none; run `dvc repro probe` (or pass "
+                            f"but {f'{probe_dir} holds none' if probe_dir else 'no --probe directory was given'}; "
+                            f"run `dvc repro probe` (or pass "
                             f"--probe models/probe), or set finetune.head_init: random.")
     logger.info("finetune: starting from the linear probe's fitted head (%s)%s", probe_dir,
                 ": LP-FT" if head_init == "probe" else ": nothing in the backbone trains (finetune.head_init: auto)")

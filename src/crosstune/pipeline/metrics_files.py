@@ -14,6 +14,7 @@ from __future__ import annotations
 SUMMARY = "metrics/summary.json"  # the headline: the task's summary test metrics and the exported model
 TEST = "metrics/eval.json"  # the test split in full: per class, baselines, the guard's comparisons
 TRAINING = "metrics/finetune/metrics.json"  # dvclive's summary of fine-tuning: the kept epoch's validation scores
+BACKBONE = "metrics/backbone.json"  # the backbone's record: name, source, size, tokens per split
 
 # Every metrics file but the summary (which repeats some of the first), with the title the report gives it, in the
 # report's order.
@@ -22,6 +23,6 @@ FILES: dict[str, str] = {
     TRAINING: "Fine-tuning",
     "metrics/freeze.json": "Freezing",
     "metrics/probe.json": "Linear probe (guard)",
-    "metrics/backbone.json": "Backbone",
+    BACKBONE: "Backbone",
     "metrics/selection.json": "Backbone selection",
 }
