@@ -33,9 +33,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,7 +42,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import default_params, merge, prepare_workdir  # noqa: E402  (also puts src/ on the path)
+from workdir import (  # noqa: E402  (also puts src/ on the path)
+    contestant_arguments,
+    default_params,
+    done_runs,
+    load_results,
+    measure_contestant,
+    merge,
+    prepare_workdir,
+    record_run,
+    run_contestant,
+)
 
 TOOLS = ("zero_shot_30s", "zero_shot", "crosstune_decoder", "crosstune_top2", "crosstune_full", "trainer")
 DEPTHS = {"crosstune_decoder": "all", "crosstune_top2": 2, "crosstune_full": 0}
@@ -231,22 +238,13 @@ def run_trainer(workdir: Path, params_path: Path, seed: int) -> dict:
 
 
 def worker(tool: str, workdir: Path, params_path: Path, seed: int, out: Path) -> None:
-    import torch
-
-    from crosstune.logging_setup import configure_logging
-
-    configure_logging("WARNING")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    started = time.perf_counter()
     if tool in DEPTHS:
-        result = run_crosstune(workdir, params_path, seed)
+        measure_contestant(lambda: run_crosstune(workdir, params_path, seed), out)
     elif tool.startswith("zero_shot"):
-        result = run_zero_shot(workdir, params_path, seed, 30 if tool == "zero_shot_30s" else None)
+        window = 30 if tool == "zero_shot_30s" else None
+        measure_contestant(lambda: run_zero_shot(workdir, params_path, seed, window), out)
     else:
-        result = run_trainer(workdir, params_path, seed)
-    result["total_seconds"] = time.perf_counter() - started
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps(result, indent=1))
+        measure_contestant(lambda: run_trainer(workdir, params_path, seed), out)
 
 
 def _workdir(tool: str, seed: int) -> tuple[Path, Path]:
@@ -259,15 +257,8 @@ def _workdir(tool: str, seed: int) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="42,43,44")
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    contestant_arguments(parser, TOOLS, str(REPO / "bench/asr/results.json"))
     parser.add_argument("--trainer-seeds", default="42", help="seeds of the (slow) Trainer recipe")
-    parser.add_argument("--out", default=str(REPO / "bench/asr/results.json"))
-    parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--params", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.workdir), Path(args.params), args.seed, Path(args.result))
@@ -278,32 +269,17 @@ def main() -> None:
     if not (REPO / "data" / "digit_strings" / "train.csv").is_file():
         subprocess.run([sys.executable, str(REPO / "data" / "make_digit_strings.py")], check=True)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-                          "model_name": _cpu_name()}
-    done = {(run["seed"], run["tool"]) for run in results["runs"]}
+    results = load_results(out)
+    done = done_runs(results, ("seed", "tool"))
     for tool in args.tools.split(","):
         seeds = args.trainer_seeds if tool == "trainer" else "42" if tool.startswith("zero_shot") else args.seeds
         for seed in (int(value) for value in seeds.split(",")):
             if (seed, tool) in done:
                 continue
             workdir, params_path = _workdir(tool, seed)
-            result = workdir / f"{tool}.json"
             print(f"seed={seed}: {tool} ...", flush=True)
-            subprocess.run([sys.executable, __file__, "--worker", tool, "--workdir", str(workdir), "--params",
-                            str(params_path), "--seed", str(seed), "--result", str(result)], check=True)
-            run = {"seed": seed, "tool": tool, **json.loads(result.read_text())}
-            results["runs"].append(run)
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            print(json.dumps({key: run.get(key) for key in ("tool", "seed", "epoch_seconds", "total_seconds")}
-                             | {"wer": run["test"]["wer"]}), flush=True)
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+            run = {"seed": seed, "tool": tool, **run_contestant(__file__, tool, workdir, params_path, seed)}
+            record_run(results, out, "asr", results["runs"], run)
 
 
 if __name__ == "__main__":

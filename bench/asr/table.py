@@ -10,6 +10,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workdir import machines_line  # noqa: E402
+
 RESULTS = Path(__file__).with_name("results.json")
 ORDER = ("zero_shot_30s", "zero_shot", "crosstune_decoder", "crosstune_top2", "crosstune_full", "trainer")
 NAMES = {"zero_shot_30s": "zero-shot, Whisper's 30 s window (no training)",
@@ -39,7 +43,7 @@ def main(path: Path = RESULTS) -> None:
     for run in results["runs"]:
         groups[run["tool"]].append(run)
     recipe = [value for value in map(_epoch, groups.get("trainer", [])) if value]
-    print(f"Machine: {results['machine']['model_name']}, {results['machine']['cores']} cores, float32.\n")
+    print(f"Machine: {machines_line(results)}, float32.\n")
     print("| contestant | seeds | test WER | test CER | george WER | lucas WER | s / epoch | recipe's epoch ÷ this | "
           "cache pass, s | peak RSS, GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -5,7 +5,7 @@ pyramid, on the same prepared split of ``examples/detection.yaml`` (204 train / 
 fixes the validation carve) for the example's epochs, and is tested on BCCD's 72 upstream test images. COCO mAP
 (torchmetrics on pycocotools) on test, the best validation epoch kept:
 
-- ``crosstune``: the finetune stage's loop as the example runs it: images letterboxed to 384x512 once,
+- ``crosstune``: the finetune stage's loop as the example runs it: images letterboxed to 320x448 once,
   ``freeze.depth: 6`` with those blocks' outputs cached once, AdamW 1e-3 with linear warmup and decay, batch 8;
 - ``crosstune_depth0``: the same with nothing frozen (every epoch runs the whole backbone);
 - ``reference``: torchvision's reference recipe (``references/detection/train.py``: SGD with momentum 0.9,
@@ -14,7 +14,15 @@ fixes the validation carve) for the example's epochs, and is tested on BCCD's 72
   to the canvas's short side every batch, a ``DataLoader`` decoding the JPEGs every epoch), at the rate of the
   reference's FCOS command (``--lr 0.01`` for 8 GPUs x 2 images) scaled linearly to batch 8: 0.005; the same
   blocks frozen (FrozenBN as the reference's backbones). ``reference_lr1e-2`` at 0.01, ``reference_lr1e-3`` at
-  crosstune's rate, so rates are not the difference.
+  crosstune's rate;
+- ``reference_init1``: the reference at 0.005 with the box regression's bias started at 1 instead of
+  torchvision's 0. FCOS regresses relu(conv) box sides, so at torchvision's initialisation most left and right
+  sides are exactly 0; GIoU's gradient vanishes on such zero-width boxes, and SGD's steps, proportional to it,
+  never leave them within these epochs (confident zero-area boxes, mAP 0), where AdamW's normalised steps do.
+  A bias of 1 starts each box one stride wide (the FCOS paper's exp(0) = 1);
+- ``reference_adamw``: the reference's data path (JPEGs decoded, resized and the frozen blocks run every batch)
+  with crosstune's optimizer and schedule (``build_optimizer``/``build_scheduler`` on the example's finetune
+  params): the same training at equal quality, so the per-epoch ratio against ``crosstune`` is the data path's.
 
 Seconds per epoch count the training passes only (validation excluded); crosstune's one-time cache pass is
 reported apart. Each run is its own subprocess. Writes bench/detection/results.json; the README has the table.
@@ -25,12 +33,7 @@ reported apart. Each run is its own subprocess. Writes bench/detection/results.j
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +42,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import default_params, merge, prepare_workdir  # noqa: E402  (also puts src/ on the path)
+from workdir import (  # noqa: E402  (also puts src/ on the path)
+    contestant_arguments,
+    default_params,
+    done_runs,
+    load_results,
+    measure_contestant,
+    merge,
+    prepare_workdir,
+    record_run,
+    run_contestant,
+)
 
-TOOLS = ("crosstune", "crosstune_depth0", "reference", "reference_lr1e-2", "reference_lr1e-3")
+TOOLS = ("crosstune", "crosstune_depth0", "reference", "reference_lr1e-2", "reference_lr1e-3", "reference_init1",
+         "reference_adamw")
 DEPTHS = {"crosstune_depth0": 0}
-REFERENCE_LR = {"reference": 0.005, "reference_lr1e-2": 0.01, "reference_lr1e-3": 1e-3}
+REFERENCE = {  # tool -> SGD's rate (None: crosstune's optimizer and schedule) and the box regression's bias
+    "reference": (0.005, None), "reference_lr1e-2": (0.01, None), "reference_lr1e-3": (1e-3, None),
+    "reference_init1": (0.005, 1.0), "reference_adamw": (None, None)}
 
 
 def _test_scores(model, workdir: Path, batch_size: int) -> dict:
@@ -126,15 +142,17 @@ def _collate(batch):
     return tuple(zip(*batch))
 
 
-def run_reference(workdir: Path, params_path: Path, seed: int, lr: float) -> dict:
+def run_reference(workdir: Path, params_path: Path, seed: int, lr: float | None, box_bias: float | None) -> dict:
     """torchvision's reference training loop (``train_one_epoch`` of references/detection/engine.py) on the same
-    FCOS: images resized by the model's transform each batch, SGD with warmup and step decay, flips."""
+    FCOS: images resized by the model's transform each batch, flips, SGD at ``lr`` with warmup and step decay
+    (``lr`` None: crosstune's optimizer and schedule instead); ``box_bias``: the box regression's initial bias."""
     import torch
 
     from crosstune.config import FinetuneParams, load_section
     from crosstune.data.prepared_dir import read_split
     from crosstune.detection.scoring import detection_scores
     from crosstune.freezing.policy import apply_policy, set_train_mode
+    from crosstune.training.optimization import build_optimizer, build_scheduler
     from crosstune.transfer_model.settings import saved_freeze
     from crosstune.transfer_model.storage import load_transfer_model
 
@@ -142,6 +160,8 @@ def run_reference(workdir: Path, params_path: Path, seed: int, lr: float) -> dic
     model, config = load_transfer_model(workdir / "initial")
     apply_policy(model, saved_freeze(config), seed)
     detector, labels = model.detector, list(config["labels"])
+    if box_bias is not None:
+        torch.nn.init.constant_(detector.head.regression_head.bbox_reg.bias, box_bias)
     torch.manual_seed(seed)
     loaders = {name: torch.utils.data.DataLoader(
         _VocImages(read_split(str(workdir / "prepared"), name), labels, name == "train"),
@@ -149,9 +169,14 @@ def run_reference(workdir: Path, params_path: Path, seed: int, lr: float) -> dic
         num_workers=0, collate_fn=_collate, generator=torch.Generator().manual_seed(seed))
         for name in ("train", "validation", "test")}
     trainable = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=1e-4)
-    milestones = [max(1, round(params.epochs * 16 / 26)), max(1, round(params.epochs * 22 / 26))]
-    decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if lr is None:  # per step, as crosstune's loop steps them
+        optimizer = build_optimizer(model, params)
+        step_schedule = build_scheduler(optimizer, params, params.epochs * len(loaders["train"]))
+        decay = None
+    else:
+        optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=1e-4)
+        milestones = [max(1, round(params.epochs * 16 / 26)), max(1, round(params.epochs * 22 / 26))]
+        decay, step_schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1), None
 
     def evaluate(name: str) -> dict:
         detector.eval()
@@ -165,8 +190,8 @@ def run_reference(workdir: Path, params_path: Path, seed: int, lr: float) -> dic
     history, epoch_seconds, best, best_state = [], [], None, None
     for epoch in range(params.epochs):
         set_train_mode(model)  # frozen blocks stay in eval mode, as crosstune's loop keeps them
-        warmup = None
-        if epoch == 0:  # the reference's warmup: linear from lr/1000 over the first epoch (at most 1000 steps)
+        warmup = step_schedule
+        if epoch == 0 and decay is not None:  # the reference's warmup: linear from lr/1000 over the first epoch
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3,
                                                        total_iters=min(1000, len(loaders["train"]) - 1))
         started = time.perf_counter()
@@ -180,34 +205,26 @@ def run_reference(workdir: Path, params_path: Path, seed: int, lr: float) -> dic
             optimizer.step()
             if warmup is not None:
                 warmup.step()
-        decay.step()
+        if decay is not None:
+            decay.step()
         epoch_seconds.append(time.perf_counter() - started)
         scores = evaluate("validation")
         history.append({key: scores[key] for key in ("map", "map_50")})
         if best is None or scores["map"] > best:
             best, best_state = scores["map"], {key: value.clone() for key, value in detector.state_dict().items()}
     detector.load_state_dict(best_state)
-    return {"epoch_seconds": epoch_seconds, "validation": history, "lr": lr,
+    return {"epoch_seconds": epoch_seconds, "validation": history, "lr": lr if lr is not None else params.lr,
+            "optimizer": "sgd" if lr is not None else params.optimizer, "box_bias": box_bias,
             "best_epoch": 1 + max(range(len(history)), key=lambda index: history[index]["map"]),
             "trainable_parameters": sum(p.numel() for p in trainable),
             "test": {**evaluate("test"), "per_class": None}}
 
 
 def worker(tool: str, workdir: Path, params_path: Path, seed: int, out: Path) -> None:
-    import torch
-
-    from crosstune.logging_setup import configure_logging
-
-    configure_logging("WARNING")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    started = time.perf_counter()
-    if tool in REFERENCE_LR:
-        result = run_reference(workdir, params_path, seed, REFERENCE_LR[tool])
+    if tool in REFERENCE:
+        measure_contestant(lambda: run_reference(workdir, params_path, seed, *REFERENCE[tool]), out)
     else:
-        result = run_crosstune(workdir, params_path, seed)
-    result["total_seconds"] = time.perf_counter() - started
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps(result, indent=1))
+        measure_contestant(lambda: run_crosstune(workdir, params_path, seed), out)
 
 
 def _workdir(tool: str, seed: int) -> tuple[Path, Path]:
@@ -222,14 +239,7 @@ def _workdir(tool: str, seed: int) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="42,43,44")
-    parser.add_argument("--tools", default=",".join(TOOLS))
-    parser.add_argument("--out", default=str(REPO / "bench/detection/results.json"))
-    parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--params", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    contestant_arguments(parser, TOOLS, str(REPO / "bench/detection/results.json"))
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.workdir), Path(args.params), args.seed, Path(args.result))
@@ -238,31 +248,16 @@ def main() -> None:
 
     configure_logging("WARNING")
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-                          "model_name": _cpu_name()}
-    done = {(run["seed"], run["tool"]) for run in results["runs"]}
+    results = load_results(out)
+    done = done_runs(results, ("seed", "tool"))
     for seed in (int(value) for value in args.seeds.split(",")):
         for tool in args.tools.split(","):
             if (seed, tool) in done:
                 continue
             workdir, params_path = _workdir(tool, seed)
-            result = workdir / f"{tool}.json"
             print(f"seed={seed}: {tool} ...", flush=True)
-            subprocess.run([sys.executable, __file__, "--worker", tool, "--workdir", str(workdir), "--params",
-                            str(params_path), "--seed", str(seed), "--result", str(result)], check=True)
-            run = {"seed": seed, "tool": tool, **json.loads(result.read_text())}
-            results["runs"].append(run)
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            print(json.dumps({key: run.get(key) for key in ("tool", "seed", "epoch_seconds", "total_seconds")}
-                             | {"map": run["test"]["map"], "map_50": run["test"]["map_50"]}), flush=True)
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+            run = {"seed": seed, "tool": tool, **run_contestant(__file__, tool, workdir, params_path, seed)}
+            record_run(results, out, "detection", results["runs"], run)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +34,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import default_params, merge, prepare_workdir  # noqa: E402  (also puts src/ on the path)
+from workdir import (  # noqa: E402  (also puts src/ on the path)
+    contestant_arguments,
+    default_params,
+    done_runs,
+    load_results,
+    measure_contestant,
+    merge,
+    prepare_workdir,
+    record_run,
+    run_contestant,
+)
 
 TOOLS = ("crosstune", "crosstune_bf16", "trainer", "trainer_grouped_bf16", "crf")
 
@@ -203,22 +208,14 @@ def run_crf(workdir: Path, params_path: Path, seed: int) -> dict:
 
 
 def worker(tool: str, workdir: Path, params_path: Path, seed: int, out: Path) -> None:
-    import torch
-
-    from crosstune.logging_setup import configure_logging
-
-    configure_logging("WARNING")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    started = time.perf_counter()
     if tool.startswith("crosstune"):
-        result = run_crosstune(workdir, params_path, seed, "bf16" if tool.endswith("bf16") else None)
+        precision = "bf16" if tool.endswith("bf16") else None
+        measure_contestant(lambda: run_crosstune(workdir, params_path, seed, precision), out)
     elif tool == "crf":
-        result = run_crf(workdir, params_path, seed)
+        measure_contestant(lambda: run_crf(workdir, params_path, seed), out)
     else:
-        result = run_trainer(workdir, params_path, seed, grouped=tool.endswith("bf16"), bf16=tool.endswith("bf16"))
-    result["total_seconds"] = time.perf_counter() - started
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps(result, indent=1))
+        grouped = tool.endswith("bf16")
+        measure_contestant(lambda: run_trainer(workdir, params_path, seed, grouped=grouped, bf16=grouped), out)
 
 
 def _workdir(backbone: str, seed: int, size: int | None, data: str) -> tuple[Path, Path]:
@@ -239,17 +236,10 @@ def _workdir(backbone: str, seed: int, size: int | None, data: str) -> tuple[Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="42,43,44")
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    contestant_arguments(parser, TOOLS, str(REPO / "bench/ner/results.json"))
     parser.add_argument("--backbones", default="minilm-l6")
     parser.add_argument("--data", default="ncbi", help="ncbi (data/ner/ncbi_disease) or a folder under data/ner/")
     parser.add_argument("--sizes", default="", help="learning curve: training sentences, e.g. 100,500")
-    parser.add_argument("--out", default=str(REPO / "bench/ner/results.json"))
-    parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--params", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, Path(args.workdir), Path(args.params), args.seed, Path(args.result))
@@ -258,10 +248,8 @@ def main() -> None:
 
     configure_logging("WARNING")
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    results["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-                          "model_name": _cpu_name()}
-    done = {(run["data"], run["backbone"], run["size"], run["seed"], run["tool"]) for run in results["runs"]}
+    results = load_results(out)
+    done = done_runs(results, ("data", "backbone", "size", "seed", "tool"))
     plan = [(backbone, size, int(seed)) for backbone in args.backbones.split(",")
             for size in [None] + [int(size) for size in args.sizes.split(",") if size]
             for seed in args.seeds.split(",")]
@@ -273,22 +261,10 @@ def main() -> None:
             continue
         workdir, params_path = _workdir(backbone, seed, size, args.data)
         for tool in tools if number % 2 == 0 else tools[::-1]:  # alternate so no tool always runs warmer
-            result = workdir / f"{tool}.json"
             print(f"{args.data} {backbone} size={size or 'all'} seed={seed}: {tool} ...", flush=True)
-            subprocess.run([sys.executable, __file__, "--worker", tool, "--workdir", str(workdir), "--params",
-                            str(params_path), "--seed", str(seed), "--result", str(result)], check=True)
             run = {"data": args.data, "backbone": backbone, "size": size, "seed": seed, "tool": tool,
-                   **json.loads(result.read_text())}
-            results["runs"].append(run)
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            print(json.dumps({key: run[key] for key in ("tool", "test", "total_seconds")}), flush=True)
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+                   **run_contestant(__file__, tool, workdir, params_path, seed)}
+            record_run(results, out, "ner", results["runs"], run)
 
 
 if __name__ == "__main__":

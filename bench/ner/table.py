@@ -10,6 +10,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workdir import machines_line  # noqa: E402
+
 RESULTS = Path(__file__).with_name("results.json")
 NAMES = {"crosstune": "crosstune (the example's recipe, float32)", "crosstune_bf16": "crosstune, bf16 autocast",
          "crosstune_all_blocks": "crosstune, every block trainable (float32)", "trainer": "Trainer (documented)",
@@ -37,7 +41,7 @@ def main(path: Path = RESULTS) -> None:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in results["runs"]:
         groups[(run["data"], run["backbone"], run["size"], run["tool"])].append(run)
-    print(f"Machine: {results['machine']['model_name']}, {results['machine']['cores']} cores.\n")
+    print(f"Machine: {machines_line(results)}.\n")
     print("| data | backbone | contestant | seeds | test entity F1 | s / epoch | Trainer's epoch ÷ this | "
           "Trainer grouped + bf16 ÷ this |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
