@@ -218,10 +218,15 @@ def worker(tool: str, workdir: Path, params_path: Path, seed: int, out: Path) ->
         measure_contestant(lambda: run_trainer(workdir, params_path, seed, grouped=grouped, bf16=grouped), out)
 
 
+NO_BLOCKS = ("minilm-static",)  # static token embeddings: no attention blocks to freeze
+
+
 def _workdir(backbone: str, seed: int, size: int | None, data: str) -> tuple[Path, Path]:
     """Prepare, encode and attach for one backbone and seed (the seed fixes the validation carve and the head)."""
     params = default_params("examples/ner.yaml")
     params = merge(params, {"base": {"seed": seed}, "backbone": {"name": backbone}})
+    if backbone in NO_BLOCKS:  # the example freezes block 1; a backbone without blocks trains its embedding table
+        params = merge(params, {"freeze": {"depth": 0}})
     if data != "ncbi":
         params["data"]["train"], params["data"]["test"] = (str(REPO / f"data/ner/{data}/{name}.tsv")
                                                            for name in ("train", "test"))
