@@ -21,6 +21,31 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests that share a module-scoped fixture on one test worker. ``make test`` runs two workers
+    (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject.toml); a module fixture (a repo that ran the whole
+    pipeline, a converted model) is built once per worker that needs it, so its users form one ``xdist_group``:
+    the fixtures a test uses together are joined (union-find), per module. Without xdist the marks do nothing."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared_by_item = []
+    for item in items:
+        definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        shared = sorted(f"{item.module.__name__}::{name}" for name, defs in definitions.items()  # ours, not
+                        if defs and defs[-1].baseid and defs[-1].scope != "function")  # pytest's (baseid "")
+        for key in shared[1:]:
+            parent[root(key)] = root(shared[0])
+        shared_by_item.append(shared)
+    for item, shared in zip(items, shared_by_item):
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(root(shared[0])))
+
 def documented_reruns() -> dict[str, set[str]]:
     """docs/pipeline.md's "What a change reruns" table, change (a params key, or ``nothing``) -> stages: the one
     statement of it, which tests/test_docs.py derives from dvc.yaml and the end-to-end tests run."""

@@ -114,8 +114,12 @@ def test_local_weights_file_round_trip(tmp_path: Path) -> None:
 
 # Audio backbones: every registry entry, with random and (where shipped) pretrained weights.
 
+# Both tests of the packaged Whisper encoder convert it on first use into the working directory's
+# .cache/crosstune/backbones: one test worker runs them (pytest-xdist), so the two never convert it at once.
+WHISPER_CACHE = pytest.mark.xdist_group("whisper-encoder-cache")
 AUDIO_CASES = [(name, "none") for name in backbone_names("audio")] + [
-    ("whisper-tiny-en", "DEFAULT"), ("ge2e-speaker", "DEFAULT"), ("silero-vad", "DEFAULT")]
+    pytest.param("whisper-tiny-en", "DEFAULT", marks=WHISPER_CACHE), ("ge2e-speaker", "DEFAULT"),
+    ("silero-vad", "DEFAULT")]
 
 
 @pytest.mark.parametrize(("name", "weights"), AUDIO_CASES)
@@ -134,6 +138,7 @@ def test_every_audio_backbone_gives_finite_features_and_cuts_exactly(name: str, 
         torch.testing.assert_close(model.forward_from_prefix("all", **all_cached), outputs, rtol=0, atol=0)
 
 
+@WHISPER_CACHE
 def test_whisper_runs_on_the_clips_own_frames_and_refuses_more_than_30_seconds() -> None:
     from crosstune.errors import ConfigError
 

@@ -318,3 +318,29 @@ def test_source_scores_rank_the_packaged_lite_models_by_their_imagenet_heads(sco
         score_candidates(random, ["efficientnet-lite0"], "image", images, labels, [], 0, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match=f"backbone.score: {score} scores a pretrained source classifier"):
         score_candidates(params, ["tiny-bert"], "text", ["a"] * 24, labels, [], 0, cache_dir=tmp_path)
+
+
+def test_feature_store_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
+    """Two processes filling the store at once (two experiments, two test workers) each write their own temporary
+    file and rename it; a write that fails leaves neither its file nor a temporary one."""
+    from crosstune.selection.candidates import _save_atomically
+
+    used: list[Path] = []
+
+    def write(temporary: Path) -> None:
+        used.append(temporary)
+        np.save(temporary, np.arange(3), allow_pickle=False)
+
+    _save_atomically(tmp_path / "a.npy", write)
+    _save_atomically(tmp_path / "a.npy", write)
+    assert used[0] != used[1] and all(path.parent == tmp_path and path.name.startswith(".a.") for path in used)
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "a.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3))
+
+    def fail(temporary: Path) -> None:
+        temporary.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _save_atomically(tmp_path / "b.npy", fail)
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "a.npy"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -348,7 +350,14 @@ def _extract_missing(params: BackboneParams, missing: Sequence[str], paths: dict
 
 
 def _save_atomically(path: Path, write: Any) -> None:
-    """``write(temporary)`` next to ``path``, then rename: a killed run leaves no half-written feature file."""
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(temporary)
-    temporary.replace(path)
+    """``write(temporary)`` next to ``path``, then rename: a killed run leaves no half-written feature file, and
+    two processes filling the store at once (two experiments, two test workers) each write their own temporary
+    file and swap in the same content, so neither renames or reads the other's half-written one."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        write(temporary)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
