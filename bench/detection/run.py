@@ -20,6 +20,10 @@ fixes the validation carve) for the example's epochs, and is tested on BCCD's 72
   sides are exactly 0; GIoU's gradient vanishes on such zero-width boxes, and SGD's steps, proportional to it,
   never leave them within these epochs (confident zero-area boxes, mAP 0), where AdamW's normalised steps do.
   A bias of 1 starts each box one stride wide (the FCOS paper's exp(0) = 1);
+- ``probe`` and ``scratch``: the guard's other two detectors, through the pipeline's own stage functions on
+  the same workdir: the pyramid and towers trained on the frozen backbone (``probe.epochs`` at ``probe.lr``),
+  and the same detector from random weights with the ``finetune`` params (the fine-tuned one needs at least 20
+  points of mAP@.5 over it, mean of 3 seeds);
 - ``reference_adamw``: the reference's data path (JPEGs decoded, resized and the frozen blocks run every batch)
   with crosstune's optimizer and schedule (``build_optimizer``/``build_scheduler`` on the example's finetune
   params): the same training at equal quality, so the per-epoch ratio against ``crosstune`` is the data path's.
@@ -54,8 +58,8 @@ from workdir import (  # noqa: E402  (also puts src/ on the path)
     run_contestant,
 )
 
-TOOLS = ("crosstune", "crosstune_depth0", "reference", "reference_lr1e-2", "reference_lr1e-3", "reference_init1",
-         "reference_adamw")
+TOOLS = ("crosstune", "crosstune_depth0", "probe", "scratch", "reference", "reference_lr1e-2", "reference_lr1e-3",
+         "reference_init1", "reference_adamw")
 DEPTHS = {"crosstune_depth0": 0}
 REFERENCE = {  # tool -> SGD's rate (None: crosstune's optimizer and schedule) and the box regression's bias
     "reference": (0.005, None), "reference_lr1e-2": (0.01, None), "reference_lr1e-3": (1e-3, None),
@@ -106,6 +110,27 @@ def run_crosstune(workdir: Path, params_path: Path, seed: int) -> dict:
             "best_epoch": result.best_epoch, "cache_seconds": cache_seconds, "cached_level": plan.level,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "test": _test_scores(model, workdir, params.batch_size)}
+
+
+def run_guard_model(tool: str, workdir: Path, params_path: Path) -> dict:
+    """The probe or scratch stage as ``dvc repro`` runs it (probe without the cache stage's features: its frozen
+    backbone's outputs computed once in memory), then the saved detector tested as the others are."""
+    import json
+
+    from crosstune.config import FinetuneParams, load_section
+    from crosstune.pipeline.probe import probe_stage
+    from crosstune.pipeline.scratch import scratch_stage
+    from crosstune.transfer_model.storage import load_transfer_model
+
+    initial, encoded, model_dir = str(workdir / "initial"), str(workdir / "encoded"), workdir / tool
+    if tool == "probe":
+        summary = probe_stage(initial, encoded, str(model_dir), str(workdir / "probe.json"), str(params_path), None)
+    else:
+        summary = scratch_stage(initial, encoded, str(model_dir), str(params_path))
+    model, _ = load_transfer_model(model_dir)
+    history = json.loads((model_dir / "train_history.json").read_text())
+    return {"validation": [{key: h[key] for key in ("map", "map_50")} for h in history], "summary": summary,
+            "test": _test_scores(model, workdir, load_section(FinetuneParams, params_path).batch_size)}
 
 
 class _VocImages:
@@ -223,6 +248,8 @@ def run_reference(workdir: Path, params_path: Path, seed: int, lr: float | None,
 def worker(tool: str, workdir: Path, params_path: Path, seed: int, out: Path) -> None:
     if tool in REFERENCE:
         measure_contestant(lambda: run_reference(workdir, params_path, seed, *REFERENCE[tool]), out)
+    elif tool in ("probe", "scratch"):
+        measure_contestant(lambda: run_guard_model(tool, workdir, params_path), out)
     else:
         measure_contestant(lambda: run_crosstune(workdir, params_path, seed), out)
 
