@@ -37,6 +37,7 @@ reported apart. Each run is its own subprocess. Writes bench/detection/results.j
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -115,8 +116,6 @@ def run_crosstune(workdir: Path, params_path: Path, seed: int) -> dict:
 def run_guard_model(tool: str, workdir: Path, params_path: Path) -> dict:
     """The probe or scratch stage as ``dvc repro`` runs it (probe without the cache stage's features: its frozen
     backbone's outputs computed once in memory), then the saved detector tested as the others are."""
-    import json
-
     from crosstune.config import FinetuneParams, load_section
     from crosstune.pipeline.probe import probe_stage
     from crosstune.pipeline.scratch import scratch_stage
