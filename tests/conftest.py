@@ -22,11 +22,16 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the tests that share a module-scoped fixture on one test worker. ``make test`` runs two workers
     (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject.toml); a module fixture (a repo that ran the whole
     pipeline, a converted model) is built once per worker that needs it, so its users form one ``xdist_group``:
-    the fixtures a test uses together are joined (union-find), per module. Without xdist the marks do nothing."""
+    the fixtures a test uses together are joined (union-find), per test file. Only fixtures defined under tests/
+    count (pytest's own session fixtures, such as ``tmp_path_factory``, share nothing costly). Without xdist the
+    marks do nothing; ``pytest -n0`` runs in one process (for ``--pdb``)."""
+    import inspect
+
+    tests = REPO_ROOT / "tests"
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -34,17 +39,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             key = parent[key]
         return key
 
+    def ours(definition: Any) -> bool:
+        try:
+            return Path(inspect.getfile(definition.func)).resolve().is_relative_to(tests)
+        except TypeError:  # a built-in
+            return False
+
     shared_by_item = []
     for item in items:
         definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        shared = sorted(f"{item.module.__name__}::{name}" for name, defs in definitions.items()  # ours, not
-                        if defs and defs[-1].baseid and defs[-1].scope != "function")  # pytest's (baseid "")
+        shared = sorted(f"{Path(item.nodeid.split('::')[0]).stem}.{name}" for name, defs in definitions.items()
+                        if defs and defs[-1].scope != "function" and ours(defs[-1]))
         for key in shared[1:]:
             parent[root(key)] = root(shared[0])
         shared_by_item.append(shared)
     for item, shared in zip(items, shared_by_item):
         if shared:
             item.add_marker(pytest.mark.xdist_group(root(shared[0])))
+    if config.getvalue("loadgroup"):  # on an xdist worker with --dist loadgroup
+        _name_the_groups(items)
+
+
+def _name_the_groups(items: list[pytest.Item]) -> None:
+    """Append each test's ``xdist_group`` to its id (``test_x@group``), which is what xdist's scheduler reads.
+    xdist 3.8 does this by setting ``item._nodeid``, which pytest 9 no longer reads (the id is ``item._id``, a
+    ``NodeId``), so without this every group is silently ignored: measured on this project's pins."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                        for mark in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
 
 def documented_reruns() -> dict[str, set[str]]:
     """docs/pipeline.md's "What a change reruns" table, change (a params key, or ``nothing``) -> stages: the one
