@@ -221,15 +221,21 @@ def worker(tool: str, workdir: Path, params_path: Path, seed: int, out: Path) ->
 NO_BLOCKS = ("minilm-static",)  # static token embeddings: no attention blocks to freeze
 
 
-def _workdir(backbone: str, seed: int, size: int | None, data: str) -> tuple[Path, Path]:
-    """Prepare, encode and attach for one backbone and seed (the seed fixes the validation carve and the head)."""
-    params = default_params("examples/ner.yaml")
-    params = merge(params, {"base": {"seed": seed}, "backbone": {"name": backbone}})
-    if backbone in NO_BLOCKS:  # the example freezes block 1; a backbone without blocks trains its embedding table
-        params = merge(params, {"freeze": {"depth": 0}})
+def corpus_params(data: str, extra: dict) -> dict:
+    """The example's params with ``extra`` laid over them, on corpus ``data``: ``ncbi`` (the example's own) or a
+    folder under data/ner/ holding train.tsv and test.tsv (``bc2gm``)."""
+    params = merge(default_params("examples/ner.yaml"), extra)
     if data != "ncbi":
         params["data"]["train"], params["data"]["test"] = (str(REPO / f"data/ner/{data}/{name}.tsv")
                                                            for name in ("train", "test"))
+    return params
+
+
+def _workdir(backbone: str, seed: int, size: int | None, data: str) -> tuple[Path, Path]:
+    """Prepare, encode and attach for one backbone and seed (the seed fixes the validation carve and the head)."""
+    params = corpus_params(data, {"base": {"seed": seed}, "backbone": {"name": backbone}})
+    if backbone in NO_BLOCKS:  # the example freezes block 1; a backbone without blocks trains its embedding table
+        params = merge(params, {"freeze": {"depth": 0}})
     work = Path(tempfile.mkdtemp(prefix=f"crosstune-ner-{backbone}-{seed}-"))
     if size:
         blocks = Path(params["data"]["train"]).read_text(encoding="utf-8").strip().split("\n\n")

@@ -24,18 +24,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from workdir import default_params, machine, merge, prepare_workdir  # noqa: E402  (also puts src/ on the path)
+from run import corpus_params  # noqa: E402  (bench/ner/run.py, this script's folder)
+from workdir import machine, prepare_workdir  # noqa: E402  (also puts src/ on the path)
 
 SCORES = ("logme", "knn")
 
 
 def selection_scores(data: str, candidates: list[str], score: str) -> tuple[dict[str, float], float]:
     """Every candidate's ``score`` from the backbone stage, and the stage's seconds (prepare excluded)."""
-    params = merge(default_params("examples/ner.yaml"),
-                   {"backbone": {"select": "score", "candidates": candidates, "score": score}})
-    if data != "ncbi":
-        params["data"]["train"], params["data"]["test"] = (str(REPO / f"data/ner/{data}/{name}.tsv")
-                                                           for name in ("train", "test"))
+    params = corpus_params(data, {"backbone": {"select": "score", "candidates": candidates, "score": score}})
     work = Path(tempfile.mkdtemp(prefix=f"crosstune-ner-selection-{score}-"))
     started = time.perf_counter()
     prepare_workdir(work, params, attach=False)
